@@ -1,0 +1,2 @@
+//! The app spec. (Being written; see the module docs once it lands.)
+#![forbid(unsafe_code)]
