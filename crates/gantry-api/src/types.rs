@@ -1,0 +1,219 @@
+//! Request and response bodies of `/api/v1`. Times are milliseconds since the
+//! Unix epoch. No type here ever carries a secret value out of the server.
+
+use serde::{Deserialize, Serialize};
+
+/// What a caller may do. Each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read state: configs, secrets' names, history.
+    Viewer,
+    /// Also change what runs: apply and roll back config, deploy.
+    Deployer,
+    /// Also manage secrets, tokens, and read the audit log.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Deployer, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "deployer" => Ok(Role::Deployer),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role `{other}`; expected one of `viewer`, `deployer`, `admin`"
+            )),
+        }
+    }
+}
+
+/// Every error answer: a message that says what went wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /api/v1/whoami`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub actor: String,
+    pub role: Role,
+    /// The one environment the caller is limited to, if any.
+    pub env: Option<String>,
+}
+
+/// `GET /api/v1/apps`: one line per app environment with a config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEnvSummary {
+    pub app: String,
+    pub env: String,
+    pub config_version: i64,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// `PUT /api/v1/apps/{app}/envs/{env}/config`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyConfig {
+    /// Shown in error locations, e.g. `gantry.toml`.
+    pub file_name: String,
+    /// The whole `gantry.toml` text.
+    pub source: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A stored config version, without its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersionInfo {
+    pub app: String,
+    pub env: String,
+    pub version: i64,
+    pub author: String,
+    pub created_at: i64,
+    pub hash: String,
+    pub note: String,
+}
+
+/// Answer to an apply or a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedConfig {
+    /// False when the source equals the current version (nothing stored).
+    pub changed: bool,
+    pub version: ConfigVersionInfo,
+}
+
+/// `GET .../config` and `GET .../config/versions/{v}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDetail {
+    pub version: ConfigVersionInfo,
+    pub file_name: String,
+    /// The stored `gantry.toml` text (it holds secret names, never values).
+    pub source: String,
+    /// The merged config for this environment, with credentials redacted.
+    pub resolved: serde_json::Value,
+}
+
+/// `GET .../config/diff?from=V1&to=V2`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDiff {
+    pub from: i64,
+    pub to: i64,
+    /// A unified diff of the two sources; empty when they are equal.
+    pub diff: String,
+}
+
+/// `POST .../config/rollback`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackConfig {
+    pub version: i64,
+}
+
+/// `PUT .../secrets/{name}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSecret {
+    pub value: String,
+}
+
+/// A secret's name and version, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub version: i64,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// `POST /api/v1/secrets/rotate-key`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    pub reencrypted: usize,
+}
+
+/// `POST /api/v1/tokens`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub role: Role,
+    /// Limit the token to one environment.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Lifetime in seconds; none means it does not expire.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    pub env: Option<String>,
+    pub description: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// The answer to a token creation: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub params: serde_json::Value,
+    pub outcome: String,
+    pub hash: String,
+}
+
+/// `GET /api/v1/audit/verify`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub entries: i64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// The first broken link: its sequence number and what is wrong.
+    pub broken_at: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// `GET /readyz`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub schema_version: i64,
+    #[serde(default)]
+    pub error: Option<String>,
+}

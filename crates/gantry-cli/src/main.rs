@@ -1,0 +1,89 @@
+//! `gantry`: the one binary. `gantry server` runs the control plane; every
+//! other command is a client of its HTTP API (or, for `config check|show|
+//! schema`, works on a local `gantry.toml` alone).
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod ctx;
+mod env;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed (invalid config, failed check, error answer)
+  2  wrong usage (unknown flag, missing argument)
+  3  the server cannot be reached
+  4  not allowed: missing or invalid token (401) or role too low (403)";
+
+/// Gantry runs your web service in production: environments, secrets,
+/// zero-downtime deploys behind its own proxy, and the audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, after_help = EXIT_CODES, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Data directory of the server (store, keys, socket).
+    #[arg(long, global = true, env = env::DATA_DIR, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Server address: `unix:/path/gantry.sock` or `http://host:port`
+    /// (default: the socket in the data directory).
+    #[arg(long, global = true, env = env::SERVER, value_name = "ADDR")]
+    server: Option<String>,
+    /// API token (needed over TCP, or when not the data directory's owner).
+    #[arg(long, global = true, env = env::TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (API on a unix socket, optionally on TCP).
+    ///
+    /// Example: gantry server --listen 127.0.0.1:7400
+    Server(cmd::server::Args),
+    /// Check, show, apply and version app configs (gantry.toml).
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+    /// Set, list and remove encrypted secrets (values never leave the server).
+    #[command(subcommand)]
+    Secrets(cmd::secrets::Command),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(cmd::token::Command),
+    /// List the audit log, or verify its hash chain.
+    ///
+    /// Example: gantry audit --since 1h
+    Audit(cmd::audit::Args),
+    /// Show who the server thinks you are, with your role.
+    ///
+    /// Example: gantry whoami --server http://127.0.0.1:7400 --token gantry_...
+    Whoami,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = ctx::Ctx::new(&cli);
+    let result = match cli.command {
+        Command::Server(args) => cmd::server::run(&ctx, args),
+        Command::Config(c) => cmd::config::run(&ctx, c),
+        Command::Secrets(c) => cmd::secrets::run(&ctx, c),
+        Command::Token(c) => cmd::token::run(&ctx, c),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Whoami => cmd::whoami(&ctx),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::error_chain(&e));
+            ExitCode::from(ctx::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Test support: a real `gantry server` on a temp data dir, and the real
+//! `gantry` binary to drive it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// The repository root (for examples and fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub api: String,
+    pub socket: PathBuf,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts a server on an existing data dir (to restart one).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let data = dir.path().join("data");
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env_remove("GANTRY_SERVER")
+            .env_remove("GANTRY_TOKEN")
+            .env_remove("GANTRY_SECRET_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gantry server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut api, mut socket) = (None, None);
+        while api.is_none() || socket.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "server exited before it was ready: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            if let Some(a) = line.trim().strip_prefix("api:") {
+                api = Some(a.trim().to_string());
+            }
+            if let Some(s) = line.trim().strip_prefix("socket:") {
+                socket = Some(PathBuf::from(s.trim().trim_start_matches("unix:")));
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            dir,
+            child: Some(child),
+            api: api.unwrap(),
+            socket: socket.unwrap(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A `gantry` command bound to this server's data dir (local admin on
+    /// the unix socket), run in `cwd` = the temp dir.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("GANTRY_DATA_DIR", self.data_dir())
+            .env("GANTRY_SERVER", format!("unix:{}", self.socket.display()))
+            .env_remove("GANTRY_TOKEN")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd().args(args).output().unwrap())
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        Run::from(child.wait_with_output().unwrap())
+    }
+
+    /// Runs `gantry` over TCP with a token.
+    pub fn run_tcp(&self, token: &str, args: &[&str]) -> Run {
+        Run::from(
+            self.cmd()
+                .args(["--server", &self.api, "--token", token])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// Creates a token via the local admin and returns it.
+    pub fn token(&self, role: &str, env: Option<&str>) -> String {
+        let mut args = vec!["token", "create", "--role", role];
+        if let Some(e) = env {
+            args.extend(["--env", e]);
+        }
+        let r = self.run(&args);
+        assert_eq!(r.code, 0, "token create failed: {}", r.stderr);
+        r.stdout.trim().to_string()
+    }
+
+    /// SIGTERM, then wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn sqlite(&self, sql: &str) -> Run {
+        Run::from(
+            Command::new("sqlite3")
+                .arg(self.data_dir().join("gantry.db"))
+                .arg(sql)
+                .output()
+                .expect("sqlite3 is installed by .ci/run"),
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}

@@ -1,0 +1,80 @@
+//! `/api/v1`: the routes, one module per resource. Every handler states the
+//! role it needs in its signature (see [`crate::auth`]).
+
+mod audit_log;
+mod config;
+mod secrets;
+mod tokens;
+
+use axum::Json;
+use axum::Router;
+use axum::routing::{get, post, put};
+use gantry_api::{AppEnvSummary, WhoAmI};
+
+use crate::auth::{Principal, Viewer};
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/apps", get(apps))
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/config",
+            get(config::current).put(config::apply),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/config/versions",
+            get(config::history),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/config/versions/{version}",
+            get(config::version),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/config/diff",
+            get(config::diff),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/config/rollback",
+            post(config::rollback),
+        )
+        .route("/api/v1/apps/{app}/envs/{env}/secrets", get(secrets::list))
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/secrets/{name}",
+            put(secrets::set).delete(secrets::remove),
+        )
+        .route("/api/v1/secrets/rotate-key", post(secrets::rotate_key))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/audit", get(audit_log::list))
+        .route("/api/v1/audit/verify", get(audit_log::verify))
+}
+
+async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> ApiResult<WhoAmI> {
+    Ok(Json(WhoAmI {
+        actor: p.actor,
+        role: p.role,
+        env: p.env,
+    }))
+}
+
+/// App environments with a config (an unscoped endpoint, like all without
+/// `{env}`).
+async fn apps(
+    _: Viewer,
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> ApiResult<Vec<AppEnvSummary>> {
+    let envs = state.db(|s| s.app_envs()).await?;
+    Ok(Json(
+        envs.into_iter()
+            .map(|e| AppEnvSummary {
+                app: e.app,
+                env: e.env,
+                config_version: e.version,
+                updated_at: e.updated_at,
+                updated_by: e.author,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,205 @@
+//! The control plane (`gantry server`).
+//!
+//! It owns the store and serves the JSON API under `/api/v1` on a unix
+//! socket in the data directory (mode 0600) and, optionally, on TCP. Request
+//! path: routing → [`audit::record`] (mutating calls) → [`auth::authenticate`]
+//! → the handler, whose extractor checks role and environment.
+//! `/healthz` says the process is up; `/readyz` that the store answers with
+//! a current schema. SIGTERM/SIGINT stop it gracefully: listeners close,
+//! in-flight requests finish, the socket file is removed.
+#![forbid(unsafe_code)]
+
+mod api;
+mod audit;
+mod auth;
+mod error;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use gantry_api::Readiness;
+use gantry_store::Store;
+
+use crate::auth::Peer;
+use crate::state::AppState;
+
+/// File name of the API socket inside the data directory.
+pub const SOCKET_FILE: &str = "gantry.sock";
+const LOCK_FILE: &str = "server.lock";
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    /// The unix socket; defaults to `<data_dir>/gantry.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve the API on this TCP address (tokens required there).
+    pub listen: Option<SocketAddr>,
+    /// The secrets key, when given by environment variable.
+    pub secret_key: Option<String>,
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+}
+
+/// The router, for a given store (the tests' entry point too).
+fn app(state: AppState) -> Router {
+    let api = api::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .fallback(|| async {
+            error::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; the API lives under /api/v1",
+            )
+        })
+        .with_state(state)
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    let result = state.db(|s| s.ready()).await;
+    let body = Readiness {
+        ready: result.is_ok(),
+        schema_version: gantry_store::SCHEMA_VERSION,
+        error: result.err().map(|e| e.message),
+    };
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Opens the store, binds the listeners and serves until `shutdown`
+/// resolves. `on_ready` is called once the listeners are bound.
+pub async fn run(
+    opts: ServerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Listening),
+) -> anyhow::Result<()> {
+    gantry_store::create_private_dir(&opts.data_dir)?;
+    let _lock = lock_data_dir(&opts.data_dir)?;
+    let store = Store::open_with_key(&opts.data_dir, opts.secret_key.as_deref())
+        .with_context(|| format!("cannot open the store in {}", opts.data_dir.display()))?;
+    let owner_uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&opts.data_dir)?.uid()
+    };
+    let state = AppState {
+        store: Arc::new(store),
+        owner_uid,
+    };
+    let router = app(state);
+
+    let socket = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join(SOCKET_FILE));
+    let unix = bind_unix(&socket).await?;
+    let tcp = match opts.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}; is the port in use?"))?,
+        ),
+        None => None,
+    };
+    let listening = Listening {
+        socket: socket.clone(),
+        tcp: tcp.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+    tracing::info!(socket = %socket.display(), tcp = ?listening.tcp, "gantry server ready");
+    on_ready(&listening);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix_server = axum::serve(
+        unix,
+        router.clone().into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let result = match tcp {
+        Some(l) => {
+            let tcp_server = axum::serve(l, router.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stopped(stop_rx));
+            tokio::try_join!(async { unix_server.await }, async { tcp_server.await }).map(|_| ())
+        }
+        None => unix_server.await,
+    };
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("gantry server stopped");
+    result.context("the API server failed")
+}
+
+/// Holds an exclusive lock on the data directory for the server's life, so
+/// two servers never share one store.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another gantry server is already running on the data directory {}; stop it first, \
+             or use another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Binds the API socket with mode 0600, replacing a stale socket file left
+/// by a server that died.
+async fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "a server is already answering on {}; stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot create the socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
