@@ -426,6 +426,21 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
     assert_eq!(server.stop(), Some(0));
     assert!(!server.socket.exists());
 
+    // --log-format json: every log line on stderr is a JSON object.
+    let mut json_server = TestServer::start_with(&["--log-format", "json"]);
+    let child = json_server.child.take().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+
     // With no server, commands say how to start one (exit 3).
     let r = server.run(&["whoami"]);
     assert_eq!(r.code, 3, "{r:?}");

@@ -382,7 +382,7 @@ pub(crate) fn secret_refs_in(value: &str) -> Vec<Result<String, ()>> {
 
 /// The name of a secret (upper-case environment variable style, e.g.
 /// `DATABASE_URL`), never its value. Secrets are declared in the top-level
-/// `secrets` list and set with `gantry secret set`.
+/// `secrets` list and set with `gantry secrets set`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SecretName(pub String);

@@ -42,7 +42,7 @@ pub struct AppSpec {
     #[schemars(extend("propertyNames" = { "format": "env-name" }))]
     pub env: BTreeMap<String, EnvValue>,
     /// Names of the secrets this app uses (never their values; set them with
-    /// `gantry secret set`). Each is injected as an environment variable of
+    /// `gantry secrets set`). Each is injected as an environment variable of
     /// the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("uniqueItems" = true))]

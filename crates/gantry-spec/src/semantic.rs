@@ -94,7 +94,7 @@ pub(crate) fn check(
             let (span, path) = locator.locate(c.env, &use_.path);
             let help = did_you_mean(&use_.name, declared.iter().copied())
                 .map(|d| format!("{d} Otherwise add \"{}\" to the top-level `secrets` list", use_.name))
-                .or_else(|| Some(format!("add \"{}\" to the top-level `secrets` list and set it with `gantry secret set`", use_.name)));
+                .or_else(|| Some(format!("add \"{}\" to the top-level `secrets` list and set it with `gantry secrets set`", use_.name)));
             let entry = undeclared
                 .entry((path, use_.name.clone()))
                 .or_insert_with(|| (span, Vec::new(), help));
