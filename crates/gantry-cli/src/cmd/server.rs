@@ -52,29 +52,34 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(gantry_server::run(opts, shutdown_signal(), |l| {
-        // The first lines on stdout say where to reach the server; tests
-        // and scripts read them.
-        println!("gantry server ready");
-        println!("  socket: unix:{}", l.socket.display());
-        if let Some(a) = l.tcp {
-            println!("  api:    http://{a}");
-        }
-    }))?;
+    runtime.block_on(async {
+        // Handlers go in before the server says it is ready, so a SIGTERM
+        // that follows the announcement is always a graceful stop.
+        let shutdown = shutdown_signal()?;
+        gantry_server::run(opts, shutdown, |l| {
+            // The first lines on stdout say where to reach the server;
+            // tests and scripts read them.
+            println!("gantry server ready");
+            println!("  socket: unix:{}", l.socket.display());
+            if let Some(a) = l.tcp {
+                println!("  api:    http://{a}");
+            }
+        })
+        .await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on
+/// either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    })
 }

@@ -1,0 +1,82 @@
+//! The embedded runtime: each instance of an app environment is a native
+//! process, supervised.
+//!
+//! Shape of it:
+//! - [`Runtime::start`] / [`Runtime::adopt`] give an [`Instance`] handle,
+//!   backed by one tokio task per instance ([`supervisor`]).
+//! - The task starts a **shim** (`gantry shim DIR`, [`shim`]), which runs
+//!   the app in its own process group and session, under its limits
+//!   ([`limits`]: cgroup v2, else v1, else rlimits), captures its output
+//!   with timestamps into rotated files ([`logs`]), and records the app's
+//!   pid, start time and exit in the instance directory. Because the pipes
+//!   end in the shim, apps outlive the control plane; on restart the control
+//!   plane re-adopts them by pid *and* start time ([`procfs`]), so a reused
+//!   pid is never taken for ours.
+//! - Probes ([`probe`]) gate readiness and trigger liveness restarts;
+//!   restarts follow the policy with capped, jittered exponential backoff
+//!   and stop in a crash-loop state ([`restart`], pure and unit-tested).
+//! - Ports come from one host-wide pool, verified free by binding ([`ports`]).
+//! - Every state change is an [`Event`] with a reason, sent to the caller.
+//!
+//! The driver boundary is [`Runtime`]'s methods and the serializable
+//! [`InstanceSpec`]; a container driver would implement the same.
+#![forbid(unsafe_code)]
+
+pub mod limits;
+pub mod logs;
+pub mod ports;
+pub mod probe;
+pub mod procfs;
+pub mod restart;
+pub mod shim;
+pub mod supervisor;
+
+pub use supervisor::{Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-21T22:44:04.123Z` for milliseconds since the epoch.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_795_302_244_123),
+            "2026-11-21T23:04:04.123Z"
+        );
+        assert_eq!(
+            super::rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

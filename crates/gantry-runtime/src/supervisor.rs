@@ -1,0 +1,715 @@
+//! One tokio task per instance: start (or adopt) the shim, watch the app,
+//! probe it, sample its usage, restart it by policy, stop it gracefully.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::sleep;
+
+use crate::limits::Limits;
+use crate::probe::{self, ExecContext, ProbeSpec, ProbeState};
+use crate::procfs;
+use crate::restart::{Decision, ExitReason, RestartRules, RestartTracker};
+use crate::shim::{self, ShimExit, ShimSpec, ShimState};
+
+/// Everything needed to run one instance. Serializable: it is stored, so a
+/// restarted control plane can adopt the instance with the same spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub app: String,
+    pub env: String,
+    /// The backend set (e.g. a release id), so sets of one env coexist.
+    pub set: String,
+    pub index: u32,
+    /// Run with `/bin/sh -c`.
+    pub command: String,
+    pub workdir: PathBuf,
+    /// The app's environment (secrets included); `PORT` is added.
+    pub env_vars: BTreeMap<String, String>,
+    pub port: u16,
+    pub readiness: Option<ProbeSpec>,
+    pub liveness: Option<ProbeSpec>,
+    pub restart: RestartRules,
+    /// Signal number sent first on stop (15 = SIGTERM).
+    pub stop_signal: i32,
+    pub grace: Duration,
+    pub limits: Limits,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    /// How often CPU and memory are sampled.
+    pub usage_interval: Duration,
+}
+
+impl InstanceSpec {
+    /// `app.env.set.index`: unique per host, used for cgroups and dirs.
+    pub fn id(&self) -> String {
+        format!("{}.{}.{}.{}", self.app, self.env, self.set, self.index)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Starting,
+    Running,
+    /// Waiting before a restart.
+    Backoff,
+    /// Failed too often; waits for a restart command or a new deploy.
+    CrashLoop,
+    Stopping,
+    Stopped,
+    /// Exited and the policy says not to restart.
+    Exited,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub phase: Phase,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub port: u16,
+    pub started_at_ms: Option<i64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub last_probe: Option<String>,
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    /// How limits are enforced ("cgroup v1", "rlimit (memory only)", "none").
+    pub limits: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Started,
+    StartFailed,
+    Adopted,
+    Ready,
+    NotReady,
+    LivenessFailed,
+    Exited,
+    OutOfMemory,
+    Restarting,
+    CrashLoop,
+    Stopped,
+}
+
+/// A state change of an instance, with the reason in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub instance: String,
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+enum Command {
+    Stop(oneshot::Sender<()>),
+    Restart(oneshot::Sender<()>),
+}
+
+/// Starts and adopts instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    root: PathBuf,
+    shim: Arc<Vec<OsString>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Runtime {
+    /// `root` holds one directory per instance; `shim` is the command that
+    /// runs a shim, to which the instance directory is appended (e.g.
+    /// `["/usr/bin/gantry", "shim"]`); events go to `events`.
+    pub fn new(root: PathBuf, shim: Vec<OsString>, events: mpsc::UnboundedSender<Event>) -> Self {
+        Self {
+            root,
+            shim: Arc::new(shim),
+            events,
+        }
+    }
+
+    pub fn instance_dir(&self, spec: &InstanceSpec) -> PathBuf {
+        self.root
+            .join(&spec.app)
+            .join(&spec.env)
+            .join(format!("{}-{}", spec.set, spec.index))
+    }
+
+    /// Starts a new process for `spec` and supervises it.
+    pub fn start(&self, spec: InstanceSpec) -> Instance {
+        self.launch(spec, false)
+    }
+
+    /// Takes over an instance started by an earlier control plane: if its
+    /// app is still the same process (pid and start time), it is watched
+    /// again; otherwise it is handled as exited (and restarted by policy).
+    pub fn adopt(&self, spec: InstanceSpec) -> Instance {
+        self.launch(spec, true)
+    }
+
+    fn launch(&self, spec: InstanceSpec, adopt: bool) -> Instance {
+        let dir = self.instance_dir(&spec);
+        let (status_tx, status_rx) = watch::channel(InstanceStatus {
+            id: spec.id(),
+            phase: Phase::Starting,
+            ready: false,
+            pid: None,
+            port: spec.port,
+            started_at_ms: None,
+            restarts: 0,
+            last_exit: None,
+            last_probe: None,
+            cpu_percent: None,
+            rss_bytes: None,
+            limits: None,
+        });
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let spec = Arc::new(spec);
+        let sup = Supervisor {
+            spec: spec.clone(),
+            dir,
+            shim: self.shim.clone(),
+            events: self.events.clone(),
+            status: status_tx,
+            commands: cmd_rx,
+            tracker: RestartTracker::default(),
+        };
+        tokio::spawn(sup.run(adopt));
+        Instance {
+            spec,
+            status: status_rx,
+            commands: cmd_tx,
+        }
+    }
+}
+
+/// A handle on a supervised instance. Dropping it leaves the instance
+/// running and supervised.
+#[derive(Clone)]
+pub struct Instance {
+    spec: Arc<InstanceSpec>,
+    status: watch::Receiver<InstanceStatus>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Instance {
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    pub fn status(&self) -> InstanceStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `pred` holds for the status (callers add a timeout).
+    pub async fn wait_for(&self, pred: impl Fn(&InstanceStatus) -> bool) -> InstanceStatus {
+        let mut rx = self.status.clone();
+        let r = rx.wait_for(|s| pred(s)).await.map(|s| s.clone());
+        r.unwrap_or_else(|_| self.status())
+    }
+
+    /// Stops gracefully (stop signal, grace period, then SIGKILL to the
+    /// whole process group) and ends supervision.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Restarts now, and forgets the crash-loop history.
+    pub async fn restart(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Restart(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A running app as the supervisor knows it.
+struct Running {
+    state: ShimState,
+    started: Instant,
+}
+
+enum Outcome {
+    Exited(ExitReason),
+    Stop(oneshot::Sender<()>),
+    Restart(oneshot::Sender<()>),
+}
+
+struct Supervisor {
+    spec: Arc<InstanceSpec>,
+    dir: PathBuf,
+    shim: Arc<Vec<OsString>>,
+    events: mpsc::UnboundedSender<Event>,
+    status: watch::Sender<InstanceStatus>,
+    commands: mpsc::Receiver<Command>,
+    tracker: RestartTracker,
+}
+
+impl Supervisor {
+    fn event(&self, kind: EventKind, message: String) {
+        tracing::info!(instance = %self.spec.id(), ?kind, "{message}");
+        let _ = self.events.send(Event {
+            instance: self.spec.id(),
+            at_ms: crate::now_ms(),
+            kind,
+            message,
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut InstanceStatus)) {
+        self.status.send_modify(f);
+    }
+
+    async fn run(mut self, adopt: bool) {
+        let mut adopting = adopt;
+        loop {
+            let started = if std::mem::take(&mut adopting) {
+                self.adopt().await
+            } else {
+                self.spawn().await
+            };
+            let outcome = match &started {
+                Ok(run) => self.monitor(run).await,
+                Err(reason) => Outcome::Exited(reason.clone()),
+            };
+            let ran_for = started
+                .as_ref()
+                .map_or(Duration::ZERO, |r| r.started.elapsed());
+            let reason = match outcome {
+                Outcome::Stop(reply) => {
+                    if let Ok(run) = &started {
+                        self.stop_process(run).await;
+                    }
+                    self.update(|s| {
+                        s.phase = Phase::Stopped;
+                        s.ready = false;
+                        s.pid = None;
+                    });
+                    let _ = reply.send(());
+                    return;
+                }
+                Outcome::Restart(reply) => {
+                    if let Ok(run) = &started {
+                        self.stop_process(run).await;
+                    }
+                    self.tracker.reset();
+                    let _ = reply.send(());
+                    self.update(|s| s.restarts += 1);
+                    continue;
+                }
+                Outcome::Exited(reason) => reason,
+            };
+            self.update(|s| {
+                s.ready = false;
+                s.pid = None;
+                s.last_exit = Some(reason.to_string());
+            });
+            let jitter = jitter();
+            let rules = self.spec.restart;
+            match self
+                .tracker
+                .decide(&rules, &reason, ran_for, Instant::now(), jitter)
+            {
+                Decision::Restart { after, attempt } => {
+                    self.event(
+                        EventKind::Restarting,
+                        format!("{reason}; restart {attempt} in {} ms", after.as_millis()),
+                    );
+                    self.update(|s| s.phase = Phase::Backoff);
+                    tokio::select! {
+                        _ = sleep(after) => {}
+                        cmd = self.commands.recv() => match cmd {
+                            Some(Command::Stop(reply)) => {
+                                self.update(|s| s.phase = Phase::Stopped);
+                                let _ = reply.send(());
+                                return;
+                            }
+                            Some(Command::Restart(reply)) => {
+                                self.tracker.reset();
+                                let _ = reply.send(());
+                            }
+                            None => sleep(after).await,
+                        },
+                    }
+                    self.update(|s| s.restarts += 1);
+                }
+                Decision::CrashLoop { failures, window } => {
+                    self.event(
+                        EventKind::CrashLoop,
+                        format!(
+                            "{reason}; {failures} failures within {} s: crash loop, not restarting \
+                             until `gantry restart` or the next deploy",
+                            window.as_secs()
+                        ),
+                    );
+                    self.update(|s| s.phase = Phase::CrashLoop);
+                    if !self.wait_for_restart().await {
+                        return;
+                    }
+                }
+                Decision::Stay => {
+                    self.update(|s| s.phase = Phase::Exited);
+                    if !self.wait_for_restart().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parks until a command: true to start again, false when stopped.
+    async fn wait_for_restart(&mut self) -> bool {
+        match self.commands.recv().await {
+            Some(Command::Restart(reply)) => {
+                self.tracker.reset();
+                let _ = reply.send(());
+                self.update(|s| s.restarts += 1);
+                true
+            }
+            Some(Command::Stop(reply)) => {
+                self.update(|s| s.phase = Phase::Stopped);
+                let _ = reply.send(());
+                false
+            }
+            // Every handle is gone: nobody can ask for a restart any more.
+            None => false,
+        }
+    }
+
+    fn shim_spec(&self) -> ShimSpec {
+        let mut env = self.spec.env_vars.clone();
+        env.insert("PORT".into(), self.spec.port.to_string());
+        ShimSpec {
+            id: self.spec.id(),
+            command: self.spec.command.clone(),
+            workdir: self.spec.workdir.clone(),
+            env,
+            limits: self.spec.limits,
+            log_max_bytes: self.spec.log_max_bytes,
+            log_keep: self.spec.log_keep,
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<Running, ExitReason> {
+        self.update(|s| s.phase = Phase::Starting);
+        let dir = self.dir.clone();
+        let prepared = std::fs::create_dir_all(&dir).and_then(|()| {
+            let _ = std::fs::remove_file(dir.join(shim::STATE_FILE));
+            let _ = std::fs::remove_file(dir.join(shim::EXIT_FILE));
+            std::fs::write(
+                dir.join(shim::SPEC_FILE),
+                serde_json::to_vec(&self.shim_spec())?,
+            )
+        });
+        if let Err(e) = prepared {
+            self.event(
+                EventKind::StartFailed,
+                format!("cannot prepare {}: {e}", dir.display()),
+            );
+            return Err(ExitReason::Code(127));
+        }
+        let Some((program, args)) = self.shim.split_first() else {
+            self.event(EventKind::StartFailed, "no shim command configured".into());
+            return Err(ExitReason::Code(127));
+        };
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(false)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                self.event(
+                    EventKind::StartFailed,
+                    format!("cannot start the shim: {e}"),
+                );
+                return Err(ExitReason::Code(127));
+            }
+        };
+        // Reap the shim whenever it exits, so it never lingers as a zombie.
+        let mut reaped = tokio::spawn(async move { child.wait().await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(state) = shim::read_json::<ShimState>(&dir.join(shim::STATE_FILE)) {
+                let message = format!(
+                    "started pid {} on port {} (`{}`; limits: {})",
+                    state.app_pid,
+                    self.spec.port,
+                    self.spec.command,
+                    state.enforced.describe()
+                );
+                self.event(EventKind::Started, message);
+                self.running(&state);
+                return Ok(Running {
+                    state,
+                    started: Instant::now(),
+                });
+            }
+            if reaped.is_finished() || Instant::now() > deadline {
+                let why = std::fs::read_to_string(dir.join(shim::SHIM_LOG))
+                    .unwrap_or_else(|_| "the shim exited without a word".into());
+                self.event(EventKind::StartFailed, why.trim().to_string());
+                if !reaped.is_finished() {
+                    reaped.abort();
+                }
+                return Err(ExitReason::Code(127));
+            }
+            tokio::select! {
+                _ = sleep(Duration::from_millis(10)) => {}
+                _ = &mut reaped => {}
+            }
+        }
+    }
+
+    fn running(&self, state: &ShimState) {
+        let (pid, at, limits) = (
+            state.app_pid,
+            state.started_at_ms,
+            state.enforced.describe(),
+        );
+        self.update(|s| {
+            s.phase = Phase::Running;
+            s.pid = Some(pid);
+            s.started_at_ms = Some(at);
+            s.limits = Some(limits.to_string());
+        });
+    }
+
+    async fn adopt(&mut self) -> Result<Running, ExitReason> {
+        let state: Option<ShimState> = shim::read_json(&self.dir.join(shim::STATE_FILE));
+        match state {
+            Some(state) if procfs::is_alive(state.app_pid, state.app_start_ticks) => {
+                self.event(
+                    EventKind::Adopted,
+                    format!("adopted pid {} on port {}", state.app_pid, self.spec.port),
+                );
+                self.running(&state);
+                let age =
+                    Duration::from_millis((crate::now_ms() - state.started_at_ms).max(0) as u64);
+                Ok(Running {
+                    state,
+                    started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                })
+            }
+            Some(state) => {
+                let reason = self
+                    .exit_reason(state.app_pid)
+                    .unwrap_or(ExitReason::Vanished);
+                self.event(
+                    EventKind::Exited,
+                    format!(
+                        "pid {} {reason} while the control plane was down",
+                        state.app_pid
+                    ),
+                );
+                Err(reason)
+            }
+            None => {
+                self.event(
+                    EventKind::Exited,
+                    "no running process found to adopt".into(),
+                );
+                Err(ExitReason::Vanished)
+            }
+        }
+    }
+
+    fn exit_reason(&self, app_pid: i32) -> Option<ExitReason> {
+        let exit: ShimExit = shim::read_json(&self.dir.join(shim::EXIT_FILE))?;
+        if exit.app_pid != app_pid {
+            return None;
+        }
+        Some(if exit.oom {
+            ExitReason::OutOfMemory
+        } else if let Some(sig) = exit.signal {
+            ExitReason::Signal(sig)
+        } else {
+            match exit.code {
+                Some(0) => ExitReason::Clean,
+                Some(c) => ExitReason::Code(c),
+                None => ExitReason::Vanished,
+            }
+        })
+    }
+
+    /// Waits up to `limit` for the shim's exit record of `pid`.
+    async fn await_exit_reason(&self, pid: i32, limit: Duration) -> ExitReason {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(r) = self.exit_reason(pid) {
+                return r;
+            }
+            if Instant::now() > deadline {
+                return ExitReason::Vanished;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn monitor(&mut self, run: &Running) -> Outcome {
+        let spec = self.spec.clone();
+        let pid = run.state.app_pid;
+        let exec = ExecContext {
+            workdir: spec.workdir.clone(),
+            env: self.shim_spec().env,
+        };
+        let mut ready = ProbeState::default();
+        let mut live = ProbeState::default();
+        let now = tokio::time::Instant::now();
+        let mut next_ready = now;
+        let grace = spec
+            .liveness
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.startup_grace);
+        let mut next_live = now + grace;
+        let mut next_usage = now;
+        let mut last_cpu: Option<(u64, Instant)> = None;
+        let far = Duration::from_secs(86_400 * 365);
+        if spec.readiness.is_none() {
+            self.update(|s| s.ready = true);
+        }
+        loop {
+            tokio::select! {
+                _ = sleep(Duration::from_millis(50)) => {
+                    if !procfs::is_alive(pid, run.state.app_start_ticks) {
+                        let reason = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+                        let kind = if reason == ExitReason::OutOfMemory { EventKind::OutOfMemory } else { EventKind::Exited };
+                        self.event(kind, format!("pid {pid} {reason}"));
+                        return Outcome::Exited(reason);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_ready), if spec.readiness.is_some() => {
+                    let Some(p) = &spec.readiness else { continue };
+                    next_ready = tokio::time::Instant::now() + p.interval;
+                    let r = probe::run_once(p, spec.port, &exec).await;
+                    let changed = ready.observe(p, &r);
+                    let detail = r.detail.clone();
+                    self.update(|s| s.last_probe = Some(format!("readiness: {detail}")));
+                    match changed {
+                        Some(true) => {
+                            self.update(|s| s.ready = true);
+                            self.event(EventKind::Ready, format!("ready: {}", r.detail));
+                        }
+                        Some(false) => {
+                            self.update(|s| s.ready = false);
+                            self.event(EventKind::NotReady, format!("not ready: {}", r.detail));
+                        }
+                        None => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(next_live), if spec.liveness.is_some() => {
+                    let Some(p) = &spec.liveness else { continue };
+                    next_live = tokio::time::Instant::now() + p.interval;
+                    let r = probe::run_once(p, spec.port, &exec).await;
+                    if live.observe(p, &r) == Some(false) {
+                        self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
+                        self.stop_process(run).await;
+                        return Outcome::Exited(ExitReason::LivenessFailed);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_usage) => {
+                    next_usage = tokio::time::Instant::now() + if spec.usage_interval.is_zero() { far } else { spec.usage_interval };
+                    let u = procfs::group_usage(pid);
+                    let now = Instant::now();
+                    let cpu = last_cpu.map(|(ticks, at)| {
+                        let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                        (u.cpu_ticks.saturating_sub(ticks) as f64 / procfs::clock_ticks_per_sec() as f64) / secs * 100.0
+                    });
+                    last_cpu = Some((u.cpu_ticks, now));
+                    self.update(|s| {
+                        s.rss_bytes = Some(u.rss_bytes);
+                        if cpu.is_some() { s.cpu_percent = cpu; }
+                    });
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Stop(reply)) => return Outcome::Stop(reply),
+                    Some(Command::Restart(reply)) => return Outcome::Restart(reply),
+                    // No handle left: keep supervising; nobody can stop it now
+                    // but the process itself.
+                    None => {
+                        let reason = self.watch_until_exit(pid, run.state.app_start_ticks).await;
+                        return Outcome::Exited(reason);
+                    }
+                },
+            }
+        }
+    }
+
+    async fn watch_until_exit(&self, pid: i32, start: u64) -> ExitReason {
+        while procfs::is_alive(pid, start) {
+            sleep(Duration::from_millis(100)).await;
+        }
+        self.await_exit_reason(pid, Duration::from_secs(3)).await
+    }
+
+    /// Stop signal to the process group, wait up to the grace period, then
+    /// SIGKILL the group.
+    async fn stop_process(&self, run: &Running) {
+        let pid = run.state.app_pid;
+        let start = run.state.app_start_ticks;
+        if !procfs::is_alive(pid, start) {
+            return;
+        }
+        self.update(|s| {
+            s.phase = Phase::Stopping;
+            s.ready = false;
+        });
+        let group = Pid::from_raw(pid);
+        let sig = Signal::try_from(self.spec.stop_signal).unwrap_or(Signal::SIGTERM);
+        let t0 = Instant::now();
+        let _ = killpg(group, sig);
+        let deadline = t0 + self.spec.grace;
+        while procfs::is_alive(pid, start) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20)).await;
+        }
+        let how = if procfs::is_alive(pid, start) {
+            let _ = killpg(group, Signal::SIGKILL);
+            while procfs::is_alive(pid, start) {
+                sleep(Duration::from_millis(10)).await;
+            }
+            format!(
+                "did not stop within the {} ms grace period after {}; killed with SIGKILL",
+                self.spec.grace.as_millis(),
+                sig.as_str()
+            )
+        } else {
+            format!(
+                "stopped by {} after {} ms",
+                sig.as_str(),
+                t0.elapsed().as_millis()
+            )
+        };
+        // Whatever else is left of the group goes too.
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+        self.event(EventKind::Stopped, format!("pid {pid} {how}"));
+    }
+}
+
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// Reads the last lines of an instance's log.
+pub fn tail_logs(dir: &Path, n: usize) -> Vec<String> {
+    crate::logs::tail(dir, n)
+}
