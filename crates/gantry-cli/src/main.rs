@@ -62,6 +62,12 @@ enum Command {
     ///
     /// Example: gantry audit --since 1h
     Audit(cmd::audit::Args),
+    /// Internal: supervise one app process (started by the server).
+    #[command(hide = true)]
+    Shim {
+        /// The instance directory holding spec.json.
+        dir: PathBuf,
+    },
     /// Show who the server thinks you are, with your role.
     ///
     /// Example: gantry whoami --server http://127.0.0.1:7400 --token gantry_...
@@ -78,6 +84,9 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
+        Command::Shim { dir } => Ok(ExitCode::from(
+            u8::try_from(gantry_runtime::shim::main(&dir)).unwrap_or(1),
+        )),
     };
     match result {
         Ok(code) => code,

@@ -177,15 +177,23 @@ pub fn oom_kills(e: &Enforced) -> u64 {
     }
 }
 
-/// Removes the instance's cgroups (they must be empty by then).
+/// Removes the instance's cgroups, once the app is gone. The caller (the
+/// shim) is still a member, so it first moves itself to the parent.
 pub fn cleanup(e: &Enforced) {
-    match e {
-        Enforced::V2 { dir } => {
-            let _ = std::fs::remove_dir(dir);
+    let leave = |dir: &Path| {
+        if let Some(parent) = dir.parent() {
+            let _ = write(
+                &parent.join("cgroup.procs"),
+                &std::process::id().to_string(),
+            );
         }
+        let _ = std::fs::remove_dir(dir);
+    };
+    match e {
+        Enforced::V2 { dir } => leave(dir),
         Enforced::V1 { memory, cpu } => {
             for d in [memory, cpu].into_iter().flatten() {
-                let _ = std::fs::remove_dir(d);
+                leave(d);
             }
         }
         _ => {}

@@ -195,3 +195,27 @@ impl Run {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
+
+/// Builds the example app once per test process (release, its own target
+/// dir inside the workspace's) and returns the binary.
+pub fn hello_app() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo_root();
+            let target = root.join("target/examples");
+            let out = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--quiet", "--manifest-path"])
+                .arg(root.join("examples/hello-app/Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .expect("run cargo");
+            assert!(
+                out.status.success(),
+                "building examples/hello-app failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            target.join("release/hello-app")
+        })
+        .clone()
+}

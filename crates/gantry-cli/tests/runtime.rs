@@ -1,0 +1,466 @@
+//! The process runtime against the real example app, with the real
+//! `gantry shim`: probes, restarts, crash loops, OOM, graceful and forced
+//! stops, process-group cleanup, logs, and adoption by a new control plane.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use gantry_runtime::limits::Limits;
+use gantry_runtime::ports::PortPool;
+use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
+use gantry_runtime::restart::{Backoff, CrashLoop, RestartPolicy, RestartRules};
+use gantry_runtime::{Event, EventKind, Instance, InstanceSpec, Phase, Runtime};
+use tokio::sync::mpsc;
+
+fn http_probe(path: &str) -> ProbeSpec {
+    ProbeSpec {
+        check: ProbeCheck::Http {
+            path: path.into(),
+            status_min: 200,
+            status_max: 299,
+            body_contains: None,
+        },
+        port: None,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+        success_threshold: 1,
+        failure_threshold: 2,
+        startup_grace: Duration::ZERO,
+    }
+}
+
+fn port() -> u16 {
+    // One pool per test process would be the server's job; here the pool
+    // still proves the port is free before use.
+    static POOL: std::sync::Mutex<Option<PortPool>> = std::sync::Mutex::new(None);
+    let mut pool = POOL.lock().unwrap();
+    pool.get_or_insert_with(|| PortPool::new(31000..=31999))
+        .allocate()
+        .unwrap()
+}
+
+fn spec(name: &str, env: &[(&str, &str)]) -> InstanceSpec {
+    let app = support::hello_app();
+    let mut vars: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.insert("PATH".into(), "/usr/bin:/bin".into());
+    vars.insert("LOG_FORMAT".into(), "json".into());
+    InstanceSpec {
+        app: "hello".into(),
+        env: name.into(),
+        set: "v1".into(),
+        index: 0,
+        command: app.display().to_string(),
+        workdir: app.parent().unwrap().to_path_buf(),
+        env_vars: vars,
+        port: port(),
+        readiness: Some(http_probe("/readiness")),
+        liveness: None,
+        restart: RestartRules {
+            policy: RestartPolicy::Always,
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            crash_loop: CrashLoop {
+                max_restarts: 3,
+                window: Duration::from_secs(60),
+            },
+        },
+        stop_signal: 15,
+        grace: Duration::from_secs(5),
+        limits: Limits::default(),
+        log_max_bytes: 1024 * 1024,
+        log_keep: 2,
+        usage_interval: Duration::from_millis(200),
+    }
+}
+
+struct Harness {
+    root: tempfile::TempDir,
+    runtime: Runtime,
+    events: mpsc::UnboundedReceiver<Event>,
+    seen: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        Self::in_dir(root)
+    }
+
+    fn in_dir(root: tempfile::TempDir) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runtime = Runtime::new(
+            root.path().join("instances"),
+            vec![support::BIN.into(), "shim".into()],
+            tx,
+        );
+        Self {
+            root,
+            runtime,
+            events: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 20 s) for an event of `kind`; returns it.
+    async fn expect(&mut self, kind: EventKind) -> Event {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let e = self.events.recv().await.expect("event channel open");
+                self.seen.push(e.clone());
+                if e.kind == kind {
+                    return e;
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no {kind:?} event; saw {:#?}", self.seen))
+    }
+}
+
+async fn wait(
+    i: &Instance,
+    what: &str,
+    pred: impl Fn(&gantry_runtime::InstanceStatus) -> bool,
+) -> gantry_runtime::InstanceStatus {
+    tokio::time::timeout(Duration::from_secs(20), i.wait_for(pred))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", i.status()))
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn alive(pid: i32) -> bool {
+    gantry_runtime::procfs::stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_with_env_and_port_serves_logs_and_stops_gracefully() {
+    let mut h = Harness::new();
+    let s = spec(
+        "basic",
+        &[("EXPOSE_ENV", "GREETING"), ("GREETING", "hi there")],
+    );
+    let port = s.port;
+    let i = h.runtime.start(s);
+    h.expect(EventKind::Started).await;
+    let ready = h.expect(EventKind::Ready).await;
+    assert!(
+        ready
+            .message
+            .starts_with("ready: GET /readiness → 200 after "),
+        "{}",
+        ready.message
+    );
+    assert_eq!(get(port, "/env/GREETING"), (200, "hi there".into()));
+    assert_eq!(
+        get(port, "/env/PORT").0,
+        404,
+        "only EXPOSE_ENV names are shown"
+    );
+    let st = wait(&i, "usage sample", |s| {
+        s.rss_bytes.is_some_and(|r| r > 0) && s.cpu_percent.is_some()
+    })
+    .await;
+    assert_eq!(st.phase, Phase::Running);
+    assert!(st.ready);
+    assert!(
+        st.last_probe
+            .as_deref()
+            .unwrap()
+            .contains("GET /readiness → 200")
+    );
+
+    // Logs: the app's JSON line for our request, timestamped, with its id.
+    let dir = h.runtime.instance_dir(i.spec());
+    let found = (0..100).find_map(|_| {
+        let lines = gantry_runtime::logs::tail(&dir, 50);
+        let hit = lines
+            .iter()
+            .find(|l| l.contains(&format!("req-{port}")) && l.contains("/env/GREETING"))
+            .cloned();
+        if hit.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        hit
+    });
+    let line = found.expect("request log line captured");
+    assert!(
+        line.starts_with("20") && line.contains(" stdout {"),
+        "{line}"
+    );
+
+    let pid = st.pid.unwrap();
+    i.stop().await;
+    let stopped = h.expect(EventKind::Stopped).await;
+    assert!(
+        stopped.message.contains("stopped by SIGTERM after"),
+        "{}",
+        stopped.message
+    );
+    assert!(!alive(pid));
+    assert_eq!(i.status().phase, Phase::Stopped);
+    drop(h.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_that_never_passes_keeps_the_instance_out() {
+    let mut h = Harness::new();
+    let i = h
+        .runtime
+        .start(spec("notready", &[("FAIL_READINESS", "1")]));
+    h.expect(EventKind::Started).await;
+    let e = h.expect(EventKind::NotReady).await;
+    assert!(
+        e.message.contains("GET /readiness → 503 after"),
+        "{}",
+        e.message
+    );
+    let st = i.status();
+    assert!(!st.ready);
+    assert_eq!(st.phase, Phase::Running, "not ready is not a crash");
+    assert!(!h.seen.iter().any(|e| e.kind == EventKind::Ready));
+    i.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_failure_restarts_the_process() {
+    let mut h = Harness::new();
+    let mut s = spec("liveness", &[("FAIL_LIVENESS_AFTER_MS", "300")]);
+    s.liveness = Some(http_probe("/health"));
+    let i = h.runtime.start(s);
+    let first = h.expect(EventKind::Started).await;
+    let e = h.expect(EventKind::LivenessFailed).await;
+    assert!(e.message.contains("GET /health → 500"), "{}", e.message);
+    let r = h.expect(EventKind::Restarting).await;
+    assert!(
+        r.message
+            .starts_with("restarted: liveness probe failed; restart 1 in"),
+        "{}",
+        r.message
+    );
+    let second = h.expect(EventKind::Started).await;
+    assert_ne!(first.message, second.message, "a new pid");
+    assert!(i.status().restarts >= 1);
+    i.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_then_stops_restarting() {
+    let mut h = Harness::new();
+    let i = h
+        .runtime
+        .start(spec("crashloop", &[("CRASH_ON_START", "1")]));
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let e = h.expect(EventKind::Restarting).await;
+        assert!(
+            e.message.starts_with("exited with code 1; restart"),
+            "{}",
+            e.message
+        );
+        let ms: u64 = e
+            .message
+            .rsplit(" in ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" ms")
+            .parse()
+            .unwrap();
+        delays.push(ms);
+    }
+    assert!(
+        delays[0] < delays[1] && delays[1] < delays[2],
+        "backoff grows: {delays:?}"
+    );
+    let e = h.expect(EventKind::CrashLoop).await;
+    assert!(
+        e.message.contains("4 failures within 60 s: crash loop"),
+        "{}",
+        e.message
+    );
+    let st = wait(&i, "crash loop", |s| s.phase == Phase::CrashLoop).await;
+    assert_eq!(st.last_exit.as_deref(), Some("exited with code 1"));
+    // Nothing more happens on its own...
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !h.events
+            .try_recv()
+            .is_ok_and(|e| e.kind == EventKind::Started)
+    );
+    // ...until an explicit restart.
+    i.restart().await;
+    h.expect(EventKind::Started).await;
+    i.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_kill_is_reported_as_oom() {
+    let mut h = Harness::new();
+    let mut s = spec("oom", &[("ALLOC_MB", "256")]);
+    s.limits = Limits {
+        memory_bytes: Some(64 * 1024 * 1024),
+        cpu: Some(0.5),
+    };
+    s.restart.policy = RestartPolicy::Never;
+    let i = h.runtime.start(s);
+    let started = h.expect(EventKind::Started).await;
+    assert!(
+        !started.message.contains("limits: none"),
+        "{}",
+        started.message
+    );
+    let e = h.expect(EventKind::OutOfMemory).await;
+    assert!(e.message.contains("OOM"), "{}", e.message);
+    let st = wait(&i, "exited", |s| s.phase == Phase::Exited).await;
+    assert_eq!(
+        st.last_exit.as_deref(),
+        Some("killed by the OOM killer (memory limit)")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
+    let mut h = Harness::new();
+    let mut s = spec("stubborn", &[("IGNORE_SIGTERM", "1"), ("SPAWN_CHILD", "1")]);
+    s.grace = Duration::from_millis(500);
+    let port = s.port;
+    let i = h.runtime.start(s);
+    h.expect(EventKind::Ready).await;
+    let (status, body) = get(port, "/child");
+    assert_eq!(status, 200, "{body}");
+    let child: i32 = body
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap();
+    assert!(alive(child));
+    let pid = i.status().pid.unwrap();
+    i.stop().await;
+    let e = h.expect(EventKind::Stopped).await;
+    assert!(
+        e.message.contains(
+            "did not stop within the 500 ms grace period after SIGTERM; killed with SIGKILL"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(!alive(pid));
+    // The child was in the app's process group: gone too (reaped by init).
+    for _ in 0..100 {
+        if !alive(child) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(child), "child {child} outlived the app");
+}
+
+#[test]
+fn instances_survive_the_control_plane_and_are_adopted() {
+    let root = tempfile::tempdir().unwrap();
+    let s = spec("adopt", &[]);
+    let port = s.port;
+    // Control plane #1 starts the instance, then dies (its runtime and
+    // every task dropped, as with kill -9).
+    let (pid, root) = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut h = Harness::in_dir(root);
+        let pid = rt.block_on(async {
+            let i = h.runtime.start(s.clone());
+            h.expect(EventKind::Ready).await;
+            i.status().pid.unwrap()
+        });
+        drop(rt);
+        (pid, h.root)
+    };
+    assert!(alive(pid), "the app outlives the control plane");
+    assert_eq!(get(port, "/health").0, 200);
+
+    // Control plane #2 adopts it: same pid, supervised again.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut h = Harness::in_dir(root);
+    rt.block_on(async {
+        let i = h.runtime.adopt(s.clone());
+        let e = h.expect(EventKind::Adopted).await;
+        assert_eq!(e.message, format!("adopted pid {pid} on port {port}"));
+        wait(&i, "ready after adoption", |s| s.ready).await;
+        // It dies: the new control plane restarts it.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let e = h.expect(EventKind::Exited).await;
+        assert_eq!(e.message, format!("pid {pid} killed by signal 9 (SIGKILL)"));
+        h.expect(EventKind::Started).await;
+        let st = wait(&i, "restarted", |s| {
+            s.ready && s.pid.is_some_and(|p| p != pid)
+        })
+        .await;
+        assert_ne!(st.pid, Some(pid));
+        i.stop().await;
+    });
+}
+
+#[test]
+fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted() {
+    let root = tempfile::tempdir().unwrap();
+    let s = spec("reused", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut h = Harness::in_dir(root);
+    let dir = h.runtime.instance_dir(&s);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A state file naming a live process that is not ours: this test's own
+    // pid, with another start time, as after a reboot and pid reuse.
+    let me = std::process::id() as i32;
+    let state = gantry_runtime::shim::ShimState {
+        shim_pid: me,
+        app_pid: me,
+        app_start_ticks: 1,
+        started_at_ms: 0,
+        enforced: gantry_runtime::limits::Enforced::None,
+    };
+    std::fs::write(dir.join("shim.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+    rt.block_on(async {
+        let i = h.runtime.adopt(s);
+        let e = h.expect(EventKind::Exited).await;
+        assert!(
+            e.message.starts_with(&format!("pid {me} "))
+                && e.message.ends_with("while the control plane was down"),
+            "{}",
+            e.message
+        );
+        assert!(!h.seen.iter().any(|e| e.kind == EventKind::Adopted));
+        h.expect(EventKind::Started).await;
+        let st = wait(&i, "ready", |s| s.ready).await;
+        assert_ne!(st.pid, Some(me));
+        i.stop().await;
+    });
+}
