@@ -217,3 +217,61 @@ pub struct Readiness {
     #[serde(default)]
     pub error: Option<String>,
 }
+
+/// `POST /api/v1/apps/{app}/envs/{env}/start`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartEnv {
+    /// Absolute directory the app runs in (until releases exist: the app's
+    /// source or build directory).
+    pub dir: String,
+}
+
+/// One instance as `gantry ps` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub app: String,
+    pub env: String,
+    pub set: String,
+    pub index: u32,
+    /// starting, running, backoff, crash-loop, stopping, stopped, exited
+    pub phase: String,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub port: u16,
+    pub started_at: Option<i64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub last_probe: Option<String>,
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    /// How limits are enforced on this host.
+    pub limits: Option<String>,
+}
+
+/// A runtime event of an app environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    pub id: i64,
+    pub at: i64,
+    pub instance: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// `GET .../logs`: captured lines, oldest first, each
+/// `<rfc3339> <stream> <text>` and prefixed with the instance index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLines {
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub instance: String,
+    /// RFC 3339 with milliseconds, as captured.
+    pub at: String,
+    /// `stdout`, `stderr` or `gantry`.
+    pub stream: String,
+    pub text: String,
+}

@@ -58,6 +58,30 @@ enum Command {
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(cmd::token::Command),
+    /// Start an environment's instances from its applied config.
+    ///
+    /// Example: gantry start --env staging --dir ./build
+    Start(cmd::instances::StartArgs),
+    /// Stop an environment's instances gracefully (its data directory stays).
+    ///
+    /// Example: gantry stop --env staging
+    Stop(cmd::instances::Target),
+    /// Restart an environment's instances one by one; clears crash loops.
+    ///
+    /// Example: gantry restart --env production
+    Restart(cmd::instances::Target),
+    /// List instances: state, pid, port, uptime, restarts, CPU, memory, last probe.
+    ///
+    /// Example: gantry ps --env production
+    Ps(cmd::instances::PsArgs),
+    /// Print the captured stdout and stderr of an environment's instances.
+    ///
+    /// Example: gantry logs --env production --follow
+    Logs(cmd::instances::LogsArgs),
+    /// Print an environment's runtime events (starts, probes, exits, restarts).
+    ///
+    /// Example: gantry events --env production
+    Events(cmd::instances::Target),
     /// List the audit log, or verify its hash chain.
     ///
     /// Example: gantry audit --since 1h
@@ -84,6 +108,12 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
+        Command::Start(a) => cmd::instances::start(&ctx, a),
+        Command::Stop(t) => cmd::instances::stop(&ctx, t),
+        Command::Restart(t) => cmd::instances::restart(&ctx, t),
+        Command::Ps(a) => cmd::instances::ps(&ctx, a),
+        Command::Logs(a) => cmd::instances::logs(&ctx, a),
+        Command::Events(t) => cmd::instances::events(&ctx, t),
         Command::Shim { dir } => Ok(ExitCode::from(
             u8::try_from(gantry_runtime::shim::main(&dir)).unwrap_or(1),
         )),

@@ -428,12 +428,9 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
 
     // --log-format json: every log line on stderr is a JSON object.
     let mut json_server = TestServer::start_with(&["--log-format", "json"]);
-    let child = json_server.child.take().unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(json_server.stop(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let logs = json_server.log.lock().unwrap().clone();
     assert!(logs.lines().count() >= 2, "{logs}");
     for line in logs.lines() {
         let v: serde_json::Value =
@@ -482,6 +479,12 @@ fn every_command_has_help_with_an_example() {
         &["audit"],
         &["audit", "verify"],
         &["whoami"],
+        &["start"],
+        &["stop"],
+        &["restart"],
+        &["ps"],
+        &["logs"],
+        &["events"],
     ];
     for args in groups {
         let out = Command::new(BIN)

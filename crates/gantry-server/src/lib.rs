@@ -13,6 +13,7 @@ mod api;
 mod audit;
 mod auth;
 mod error;
+mod fleet;
 mod state;
 
 use std::net::SocketAddr;
@@ -45,6 +46,12 @@ pub struct ServerOptions {
     pub listen: Option<SocketAddr>,
     /// The secrets key, when given by environment variable.
     pub secret_key: Option<String>,
+    /// The command that runs a shim, e.g. `["/usr/bin/gantry", "shim"]`.
+    pub shim: Vec<std::ffi::OsString>,
+    /// Ports handed to app instances.
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// How often instance CPU and memory are stored.
+    pub usage_interval: std::time::Duration,
 }
 
 /// Where a started server listens.
@@ -108,9 +115,22 @@ pub async fn run(
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&opts.data_dir)?.uid()
     };
+    let store = Arc::new(store);
+    let fleet = fleet::Fleet::boot(
+        store.clone(),
+        &opts.data_dir,
+        fleet::FleetOptions {
+            shim: opts.shim.clone(),
+            ports: opts.ports.clone(),
+            usage_interval: opts.usage_interval,
+            usage_retention: std::time::Duration::from_secs(24 * 3600),
+        },
+    )
+    .context("cannot start the runtime")?;
     let state = AppState {
-        store: Arc::new(store),
+        store,
         owner_uid,
+        fleet,
     };
     let router = app(state);
 

@@ -13,6 +13,7 @@ pub(crate) struct AppState {
     /// The uid that owns the data directory; only it is trusted on the
     /// unix socket without a token.
     pub(crate) owner_uid: u32,
+    pub(crate) fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl AppState {

@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod instances;
 mod migrations;
 pub mod secrets;
 pub mod tokens;
@@ -246,7 +247,15 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        for table in ["config_versions", "secrets", "tokens", "audit_log"] {
+        for table in [
+            "config_versions",
+            "secrets",
+            "tokens",
+            "audit_log",
+            "instances",
+            "events",
+            "usage_samples",
+        ] {
             let n: i64 = conn
                 .query_row(
                     "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",

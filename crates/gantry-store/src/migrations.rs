@@ -63,6 +63,35 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+    // 2: runtime instances (for adoption), their events and usage samples.
+    "CREATE TABLE instances (
+        id          TEXT PRIMARY KEY,
+        app         TEXT NOT NULL,
+        env         TEXT NOT NULL,
+        set_name    TEXT NOT NULL,
+        idx         INTEGER NOT NULL,
+        port        INTEGER NOT NULL UNIQUE,
+        spec        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX instances_app_env ON instances (app, env);
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        app         TEXT NOT NULL,
+        env         TEXT NOT NULL,
+        instance    TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        message     TEXT NOT NULL
+    );
+    CREATE INDEX events_app_env_at ON events (app, env, at);
+    CREATE TABLE usage_samples (
+        instance    TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        cpu_percent REAL,
+        rss_bytes   INTEGER
+    );
+    CREATE INDEX usage_instance_at ON usage_samples (instance, at);",
 ];
 
 /// The schema version this binary writes.

@@ -17,9 +17,28 @@ pub(crate) struct Args {
     /// The API's unix socket (default: gantry.sock in the data directory).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Ports handed to app instances, as FIRST-LAST.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "20000-29999", value_parser = parse_range)]
+    port_range: std::ops::RangeInclusive<u16>,
+    /// How often instance CPU and memory usage are stored.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::output::parse_duration)]
+    usage_interval: std::time::Duration,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("`{s}` is not a port range; write it as FIRST-LAST, e.g. 20000-29999");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -46,6 +65,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         secret_key: std::env::var(crate::env::SECRET_KEY)
             .ok()
             .filter(|k| !k.is_empty()),
+        shim: vec![
+            std::env::current_exe()
+                .context("cannot find the gantry binary to run shims with")?
+                .into_os_string(),
+            "shim".into(),
+        ],
+        ports: args.port_range,
+        usage_interval: args.usage_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gantry");
 
@@ -19,6 +20,53 @@ pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub api: String,
     pub socket: PathBuf,
+    extra: Vec<String>,
+    /// Everything the server wrote on stderr.
+    pub log: Arc<Mutex<String>>,
+}
+
+/// Spawns `gantry server` and reads where it listens from its stdout.
+fn spawn_server(data: &Path, extra: &[&str], log: Arc<Mutex<String>>) -> (Child, String, PathBuf) {
+    let mut child = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env_remove("GANTRY_SERVER")
+        .env_remove("GANTRY_TOKEN")
+        .env_remove("GANTRY_SECRET_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gantry server");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut api, mut socket) = (None, None);
+    while api.is_none() || socket.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "server exited before it was ready: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if let Some(a) = line.trim().strip_prefix("api:") {
+            api = Some(a.trim().to_string());
+        }
+        if let Some(s) = line.trim().strip_prefix("socket:") {
+            socket = Some(PathBuf::from(s.trim().trim_start_matches("unix:")));
+        }
+    }
+    // Keep draining both pipes so the server never blocks on a full one.
+    std::thread::spawn(move || for _ in lines {});
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, api.unwrap(), socket.unwrap())
 }
 
 impl TestServer {
@@ -33,44 +81,31 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (to restart one).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let data = dir.path().join("data");
-        let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .args(extra)
-            .env_remove("GANTRY_SERVER")
-            .env_remove("GANTRY_TOKEN")
-            .env_remove("GANTRY_SECRET_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gantry server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut api, mut socket) = (None, None);
-        while api.is_none() || socket.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "server exited before it was ready: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
-            if let Some(a) = line.trim().strip_prefix("api:") {
-                api = Some(a.trim().to_string());
-            }
-            if let Some(s) = line.trim().strip_prefix("socket:") {
-                socket = Some(PathBuf::from(s.trim().trim_start_matches("unix:")));
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let log = Arc::new(Mutex::new(String::new()));
+        let (child, api, socket) = spawn_server(&dir.path().join("data"), extra, log.clone());
         Self {
             dir,
             child: Some(child),
-            api: api.unwrap(),
-            socket: socket.unwrap(),
+            api,
+            socket,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log,
         }
+    }
+
+    /// kill -9 the server, run `meanwhile`, then start a new one on the
+    /// same data dir.
+    pub fn kill9_and_restart_paused(&mut self, meanwhile: impl FnOnce()) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        meanwhile();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, api, socket) = spawn_server(&self.data_dir(), &extra, self.log.clone());
+        self.child = Some(child);
+        self.api = api;
+        self.socket = socket;
     }
 
     pub fn data_dir(&self) -> PathBuf {

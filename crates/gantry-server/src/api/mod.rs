@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod config;
+mod instances;
 mod secrets;
 mod tokens;
 
@@ -47,6 +48,25 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/secrets/rotate-key", post(secrets::rotate_key))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/instances", get(instances::list_all))
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/instances",
+            get(instances::list_env),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/start",
+            post(instances::start),
+        )
+        .route("/api/v1/apps/{app}/envs/{env}/stop", post(instances::stop))
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/restart",
+            post(instances::restart),
+        )
+        .route("/api/v1/apps/{app}/envs/{env}/logs", get(instances::logs))
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/events",
+            get(instances::events),
+        )
         .route("/api/v1/audit", get(audit_log::list))
         .route("/api/v1/audit/verify", get(audit_log::verify))
 }

@@ -1,0 +1,519 @@
+//! The control plane's side of the runtime: which instances run for which
+//! app environment, on which ports, recorded in the store *before* they
+//! start, so a restarted control plane adopts them (see `gantry-runtime`).
+//! Runtime events are stored as they come; usage is sampled into the store.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use gantry_api::{InstanceInfo, LogLine};
+use gantry_runtime::limits::Limits;
+use gantry_runtime::ports::PortPool;
+use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
+use gantry_runtime::restart::{Backoff, CrashLoop, RestartPolicy, RestartRules};
+use gantry_runtime::{Event, Instance, InstanceSpec, Runtime};
+use gantry_spec::AppSpec;
+use gantry_spec::model::{self, ProbeKind, StopSignal};
+use gantry_store::Store;
+use gantry_store::instances::{InstanceRecord, UsageSample};
+
+use crate::error::ApiError;
+
+/// The backend set started by `gantry start` (releases bring their own).
+const MAIN_SET: &str = "main";
+/// Environment variables passed from the control plane to apps.
+const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+pub(crate) struct FleetOptions {
+    /// Command that runs a shim (the instance dir is appended).
+    pub(crate) shim: Vec<OsString>,
+    pub(crate) ports: RangeInclusive<u16>,
+    pub(crate) usage_interval: Duration,
+    /// How long usage samples are kept.
+    pub(crate) usage_retention: Duration,
+}
+
+struct Running {
+    app: String,
+    env: String,
+    set: String,
+    instance: Instance,
+}
+
+pub(crate) struct Fleet {
+    runtime: Runtime,
+    store: Arc<Store>,
+    data_dir: PathBuf,
+    running: Mutex<BTreeMap<String, Running>>,
+    ports: Mutex<PortPool>,
+    /// One start/stop/restart at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fleet {
+    /// Adopts every recorded instance and starts the event and usage pumps.
+    pub(crate) fn boot(
+        store: Arc<Store>,
+        data_dir: &Path,
+        opts: FleetOptions,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx);
+        let fleet = Arc::new(Self {
+            runtime,
+            store: store.clone(),
+            data_dir: data_dir.to_path_buf(),
+            running: Mutex::new(BTreeMap::new()),
+            ports: Mutex::new(PortPool::new(opts.ports)),
+            busy: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(pump_events(store.clone(), rx));
+        for rec in store.instances(None)? {
+            let spec: InstanceSpec = match serde_json::from_str(&rec.spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(instance = %rec.id, error = %e, "stored instance spec unreadable; not adopted");
+                    continue;
+                }
+            };
+            lock(&fleet.ports).reserve(rec.port);
+            let instance = fleet.runtime.adopt(spec);
+            lock(&fleet.running).insert(
+                rec.id.clone(),
+                Running {
+                    app: rec.app,
+                    env: rec.env,
+                    set: rec.set_name,
+                    instance,
+                },
+            );
+        }
+        let f = fleet.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(opts.usage_interval).await;
+                f.sample_usage(opts.usage_retention).await;
+            }
+        });
+        Ok(fleet)
+    }
+
+    async fn sample_usage(&self, keep: Duration) {
+        let now = gantry_store::now_ms();
+        let samples: Vec<UsageSample> = lock(&self.running)
+            .iter()
+            .filter_map(|(id, r)| {
+                let s = r.instance.status();
+                s.pid.map(|_| UsageSample {
+                    instance: id.clone(),
+                    at: now,
+                    cpu_percent: s.cpu_percent,
+                    rss_bytes: s.rss_bytes.map(|b| b as i64),
+                })
+            })
+            .collect();
+        let store = self.store.clone();
+        let keep_ms = keep.as_millis() as i64;
+        let _ = tokio::task::spawn_blocking(move || store.record_usage(&samples, keep_ms)).await;
+    }
+
+    /// The persistent data directory of an app environment.
+    pub(crate) fn env_data_dir(&self, app: &str, env: &str) -> PathBuf {
+        self.data_dir.join("envs").join(app).join(env).join("data")
+    }
+
+    /// Starts the instances of an app environment from its config.
+    pub(crate) async fn start(
+        &self,
+        app: &str,
+        env: &str,
+        spec: &AppSpec,
+        dir: PathBuf,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<InstanceInfo>, ApiError> {
+        let _busy = self.busy.lock().await;
+        if lock(&self.running)
+            .values()
+            .any(|r| r.app == app && r.env == env)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{app}/{env} is already running; use `gantry restart --env {env}` or `gantry stop --env {env}` first"
+                ),
+            ));
+        }
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(ApiError::unprocessable(format!(
+                "`{}` is not an existing absolute directory to run the app in",
+                dir.display()
+            )));
+        }
+        let data = self.env_data_dir(app, env);
+        std::fs::create_dir_all(&data)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", data.display())))?;
+        let env_vars = app_env(app, env, spec, &secrets, &data)?;
+        let count = spec.run.instances;
+        let mut specs = Vec::new();
+        {
+            let mut ports = lock(&self.ports);
+            for index in 0..count {
+                match ports.allocate() {
+                    Ok(port) => specs.push(instance_spec(
+                        app, env, MAIN_SET, index, port, spec, &dir, &env_vars,
+                    )),
+                    Err(e) => {
+                        for s in &specs {
+                            ports.release(s.port);
+                        }
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        let now = gantry_store::now_ms();
+        let records = specs
+            .iter()
+            .map(|s| {
+                Ok(InstanceRecord {
+                    id: s.id(),
+                    app: app.into(),
+                    env: env.into(),
+                    set_name: s.set.clone(),
+                    idx: i64::from(s.index),
+                    port: s.port,
+                    spec: serde_json::to_string(s)
+                        .map_err(|e| ApiError::internal(e.to_string()))?,
+                    created_at: now,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        // Recorded before started: a crash in between leaves records that
+        // the next control plane adopts (as exited) and starts.
+        let store = self.store.clone();
+        let recorded = tokio::task::spawn_blocking(move || store.add_instances(&records))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = recorded {
+            let mut ports = lock(&self.ports);
+            for s in &specs {
+                ports.release(s.port);
+            }
+            return Err(e.into());
+        }
+        let mut running = lock(&self.running);
+        for s in specs {
+            let id = s.id();
+            let instance = self.runtime.start(s);
+            running.insert(
+                id,
+                Running {
+                    app: app.into(),
+                    env: env.into(),
+                    set: MAIN_SET.into(),
+                    instance,
+                },
+            );
+        }
+        drop(running);
+        Ok(self.list(Some((app, env))))
+    }
+
+    /// Stops every instance of an app environment gracefully and forgets them.
+    pub(crate) async fn stop(&self, app: &str, env: &str) -> Result<usize, ApiError> {
+        let _busy = self.busy.lock().await;
+        let stopping: Vec<(String, Running)> = {
+            let mut running = lock(&self.running);
+            let ids: Vec<String> = running
+                .iter()
+                .filter(|(_, r)| r.app == app && r.env == env)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| running.remove(&id).map(|r| (id, r)))
+                .collect()
+        };
+        if stopping.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{app}/{env} has no running instances; start them with `gantry start --env {env}`"
+                ),
+            ));
+        }
+        let n = stopping.len();
+        let handles: Vec<_> = stopping
+            .iter()
+            .map(|(_, r)| {
+                let i = r.instance.clone();
+                tokio::spawn(async move { i.stop().await })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.await;
+        }
+        {
+            let mut ports = lock(&self.ports);
+            for (_, r) in &stopping {
+                ports.release(r.instance.spec().port);
+            }
+        }
+        let (a, e) = (app.to_string(), env.to_string());
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove_instances(&a, &e))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        Ok(n)
+    }
+
+    /// Restarts every instance of an app environment (one after another, so
+    /// some stay up) and clears crash loops.
+    pub(crate) async fn restart(&self, app: &str, env: &str) -> Result<usize, ApiError> {
+        let _busy = self.busy.lock().await;
+        let instances: Vec<Instance> = lock(&self.running)
+            .values()
+            .filter(|r| r.app == app && r.env == env)
+            .map(|r| r.instance.clone())
+            .collect();
+        if instances.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{app}/{env} has no instances to restart; start them with `gantry start --env {env}`"
+                ),
+            ));
+        }
+        for i in &instances {
+            i.restart().await;
+        }
+        Ok(instances.len())
+    }
+
+    pub(crate) fn list(&self, filter: Option<(&str, &str)>) -> Vec<InstanceInfo> {
+        lock(&self.running)
+            .iter()
+            .filter(|(_, r)| filter.is_none_or(|(a, e)| r.app == a && r.env == e))
+            .map(|(id, r)| {
+                let s = r.instance.status();
+                InstanceInfo {
+                    id: id.clone(),
+                    app: r.app.clone(),
+                    env: r.env.clone(),
+                    set: r.set.clone(),
+                    index: r.instance.spec().index,
+                    phase: serde_json::to_value(s.phase)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    ready: s.ready,
+                    pid: s.pid,
+                    port: s.port,
+                    started_at: s.started_at_ms,
+                    restarts: s.restarts,
+                    last_exit: s.last_exit,
+                    last_probe: s.last_probe,
+                    cpu_percent: s.cpu_percent,
+                    rss_bytes: s.rss_bytes,
+                    limits: s.limits,
+                }
+            })
+            .collect()
+    }
+
+    /// The last `n` log lines of an app environment's instances, merged by
+    /// time, only those after `after` (an RFC 3339 time) if given.
+    pub(crate) fn logs(&self, app: &str, env: &str, n: usize, after: Option<&str>) -> Vec<LogLine> {
+        let dirs: Vec<(String, PathBuf)> = lock(&self.running)
+            .iter()
+            .filter(|(_, r)| r.app == app && r.env == env)
+            .map(|(id, r)| (id.clone(), self.runtime.instance_dir(r.instance.spec())))
+            .collect();
+        let mut lines: Vec<LogLine> = dirs
+            .iter()
+            .flat_map(|(id, dir)| {
+                gantry_runtime::logs::tail(dir, n)
+                    .into_iter()
+                    .filter_map(|l| {
+                        let mut parts = l.splitn(3, ' ');
+                        let at = parts.next()?.to_string();
+                        let stream = parts.next()?.to_string();
+                        let text = parts.next().unwrap_or("").to_string();
+                        Some(LogLine {
+                            instance: id.clone(),
+                            at,
+                            stream,
+                            text,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| after.is_none_or(|a| l.at.as_str() > a))
+            .collect();
+        lines.sort_by(|a, b| a.at.cmp(&b.at));
+        let skip = lines.len().saturating_sub(n);
+        lines.split_off(skip)
+    }
+}
+
+async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    while let Some(e) = rx.recv().await {
+        // Instance ids are `app.env.set.index`; app and env names have no dots.
+        let mut parts = e.instance.splitn(3, '.');
+        let (app, env) = (
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
+        );
+        let kind = serde_json::to_value(e.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let store = store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            store.append_event(e.at_ms, &app, &env, &e.instance, &kind, &e.message)
+        })
+        .await;
+        if !matches!(r, Ok(Ok(_))) {
+            tracing::error!("could not store a runtime event");
+        }
+    }
+}
+
+/// The app's environment: a few variables of the control plane's, the
+/// config's `[env]` with secret references filled in, every declared secret
+/// by name, and Gantry's own.
+fn app_env(
+    app: &str,
+    env: &str,
+    spec: &AppSpec,
+    secrets: &[(String, Vec<u8>)],
+    data: &Path,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let value = |name: &str| -> Result<String, ApiError> {
+        let (_, v) = secrets.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "secret `{name}` has no value in `{env}`; set it with `gantry secrets set {name} --env {env}`"
+            ))
+        })?;
+        String::from_utf8(v.clone())
+            .map_err(|_| ApiError::unprocessable(format!("secret `{name}` is not UTF-8 text")))
+    };
+    let mut vars = BTreeMap::new();
+    for k in PASS_ENV {
+        if let Ok(v) = std::env::var(k) {
+            vars.insert(k.to_string(), v);
+        }
+    }
+    for (k, v) in &spec.env {
+        let mut text = v.as_str().to_string();
+        for name in v.secret_refs() {
+            text = text.replace(&format!("${{secret.{name}}}"), &value(&name)?);
+        }
+        vars.insert(k.clone(), text);
+    }
+    for name in &spec.secrets {
+        vars.insert(name.as_str().to_string(), value(name.as_str())?);
+    }
+    vars.insert("GANTRY_APP".into(), app.into());
+    vars.insert("GANTRY_ENV".into(), env.into());
+    vars.insert("DATA_DIR".into(), data.display().to_string());
+    Ok(vars)
+}
+
+fn probe(p: &model::Probe) -> ProbeSpec {
+    let check = match p.kind {
+        ProbeKind::Http => ProbeCheck::Http {
+            path: p.path.clone().unwrap_or_else(|| "/".into()),
+            status_min: p.expect_status.min,
+            status_max: p.expect_status.max,
+            body_contains: p.body_contains.clone(),
+        },
+        ProbeKind::Tcp => ProbeCheck::Tcp,
+        ProbeKind::Exec => ProbeCheck::Exec {
+            command: p.command.clone().unwrap_or_else(|| "true".into()),
+        },
+    };
+    ProbeSpec {
+        check,
+        port: p.port,
+        interval: p.interval.as_std(),
+        timeout: p.timeout.as_std(),
+        success_threshold: p.success_threshold,
+        failure_threshold: p.failure_threshold,
+        startup_grace: p.startup_grace.as_std(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn instance_spec(
+    app: &str,
+    env: &str,
+    set: &str,
+    index: u32,
+    port: u16,
+    spec: &AppSpec,
+    dir: &Path,
+    env_vars: &BTreeMap<String, String>,
+) -> InstanceSpec {
+    let run = &spec.run;
+    let mut vars = env_vars.clone();
+    vars.insert("INSTANCE_ID".into(), index.to_string());
+    let workdir = match &run.workdir {
+        Some(w) => dir.join(w),
+        None => dir.to_path_buf(),
+    };
+    InstanceSpec {
+        app: app.into(),
+        env: env.into(),
+        set: set.into(),
+        index,
+        command: run.command.clone(),
+        workdir,
+        env_vars: vars,
+        port,
+        readiness: Some(probe(&spec.health.readiness)),
+        liveness: spec.health.liveness.as_ref().map(probe),
+        restart: RestartRules {
+            policy: match run.restart {
+                model::RestartPolicy::Always => RestartPolicy::Always,
+                model::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+                model::RestartPolicy::Never => RestartPolicy::Never,
+            },
+            backoff: Backoff {
+                initial: run.backoff.initial.as_std(),
+                max: run.backoff.max.as_std(),
+            },
+            crash_loop: CrashLoop {
+                max_restarts: run.crash_loop.max_restarts,
+                window: run.crash_loop.window.as_std(),
+            },
+        },
+        stop_signal: match run.stop_signal {
+            StopSignal::Sigterm => 15,
+            StopSignal::Sigint => 2,
+            StopSignal::Sigquit => 3,
+            StopSignal::Sighup => 1,
+            StopSignal::Sigusr1 => 10,
+            StopSignal::Sigusr2 => 12,
+        },
+        grace: run.grace_period.as_std(),
+        limits: Limits {
+            memory_bytes: (!run.limits.memory.is_zero()).then(|| run.limits.memory.as_u64()),
+            cpu: (run.limits.cpu > 0.0).then_some(run.limits.cpu),
+        },
+        log_max_bytes: 10 * 1024 * 1024,
+        log_keep: 3,
+        usage_interval: Duration::from_secs(5),
+    }
+}
