@@ -58,6 +58,10 @@ enum Command {
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(cmd::token::Command),
+    /// Run the app locally in the foreground; rebuild and restart on every change.
+    ///
+    /// Example: gantry dev   (in the directory of gantry.toml)
+    Dev(cmd::dev::Args),
     /// Start an environment's instances from its applied config.
     ///
     /// Example: gantry start --env staging --dir ./build
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
+        Command::Dev(a) => cmd::dev::run(&ctx, a),
         Command::Start(a) => cmd::instances::start(&ctx, a),
         Command::Stop(t) => cmd::instances::stop(&ctx, t),
         Command::Restart(t) => cmd::instances::restart(&ctx, t),

@@ -464,3 +464,21 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
         i.stop().await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_is_supervised_the_same_way() {
+    let mut h = Harness::new();
+    let mut s = spec("python", &[]);
+    let py = support::repo_root().join("examples/hello-py");
+    s.command = "python3 app.py".into();
+    s.workdir = py;
+    let port = s.port;
+    let i = h.runtime.start(s);
+    h.expect(EventKind::Ready).await;
+    let (status, body) = get(port, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("hello"), "{body}");
+    i.stop().await;
+    let e = h.expect(EventKind::Stopped).await;
+    assert!(e.message.contains("stopped by SIGTERM"), "{}", e.message);
+}
