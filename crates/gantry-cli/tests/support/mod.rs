@@ -74,9 +74,19 @@ impl TestServer {
         Self::start_with(&[])
     }
 
+    /// Each server of a test process gets its own block of instance ports
+    /// (tests run in parallel; on a real host one server owns the range).
     pub fn start_with(extra: &[&str]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, extra)
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--port-range") {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200;
+            let first = 20000 + n * 50;
+            args.extend(["--port-range".into(), format!("{first}-{}", first + 49)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_in(dir, &args)
     }
 
     /// Starts a server on an existing data dir (to restart one).
