@@ -162,6 +162,19 @@ impl Client {
         }
     }
 
+    /// Posts raw bytes (e.g. a source bundle) and decodes a JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<T, ClientError> {
+        let (status, body) = self
+            .send(Method::POST, path, Some((Bytes::from(bytes), content_type)))
+            .await?;
+        decode(status, &body)
+    }
+
     /// Sends one request and returns the status and body as they came.
     pub async fn raw<B: Serialize>(
         &self,
@@ -170,10 +183,26 @@ impl Client {
         body: Option<&B>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let payload = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode {
-                reason: e.to_string(),
-            })?),
-            None => Bytes::new(),
+            Some(b) => Some((
+                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode {
+                    reason: e.to_string(),
+                })?),
+                "application/json",
+            )),
+            None => None,
+        };
+        self.send(method, path, payload).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (payload, content_type) = match body {
+            Some((b, ct)) => (b, Some(ct)),
+            None => (Bytes::new(), None),
         };
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
@@ -184,8 +213,8 @@ impl Client {
             .uri(path)
             .header(hyper::header::HOST, host)
             .header(hyper::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
         }
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -226,6 +255,32 @@ impl Client {
             .map_err(transport)?
             .to_bytes();
         Ok((status, bytes))
+    }
+}
+
+/// A 2xx JSON answer into `T`, or the server's error message.
+fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+    if status.is_success() {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+            reason: e.to_string(),
+        })
+    } else {
+        let message = serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| {
+                format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(bytes)
+                        .trim()
+                        .chars()
+                        .take(500)
+                        .collect::<String>()
+                )
+            });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
     }
 }
 

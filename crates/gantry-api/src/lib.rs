@@ -5,6 +5,7 @@
 //! cannot take a hidden second path into the server's state.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod client;
 pub mod types;
 

@@ -275,3 +275,17 @@ pub struct LogLine {
     pub stream: String,
     pub text: String,
 }
+
+/// A built release: a numbered, content-addressed artifact of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub app: String,
+    pub number: i64,
+    /// `sha256:<hex>` of the artifact's files.
+    pub digest: String,
+    pub source_commit: Option<String>,
+    pub author: String,
+    pub created_at: i64,
+    /// Output of the build command (the end of it, when long).
+    pub build_log: String,
+}

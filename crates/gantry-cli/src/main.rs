@@ -62,6 +62,14 @@ enum Command {
     ///
     /// Example: gantry dev   (in the directory of gantry.toml)
     Dev(cmd::dev::Args),
+    /// Build a release from the app's source: a clean copy, `build.command`, stored outputs.
+    ///
+    /// Example: gantry build --env staging
+    Build(cmd::releases::BuildArgs),
+    /// List an app's releases (number, digest, commit, time, author).
+    ///
+    /// Example: gantry releases --env production
+    Releases(cmd::releases::ListArgs),
     /// Start an environment's instances from its applied config.
     ///
     /// Example: gantry start --env staging --dir ./build
@@ -113,6 +121,8 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
         Command::Dev(a) => cmd::dev::run(&ctx, a),
+        Command::Build(a) => cmd::releases::build(&ctx, a),
+        Command::Releases(a) => cmd::releases::list(&ctx, a),
         Command::Start(a) => cmd::instances::start(&ctx, a),
         Command::Stop(t) => cmd::instances::stop(&ctx, t),
         Command::Restart(t) => cmd::instances::restart(&ctx, t),

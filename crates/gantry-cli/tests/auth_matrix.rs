@@ -172,6 +172,20 @@ fn endpoints(source: &str) -> Vec<Endpoint_> {
             Viewer,
             Env,
         ),
+        e(
+            Method::GET,
+            leak(format!("{ENV}/releases")),
+            None,
+            Viewer,
+            Env,
+        ),
+        e(
+            Method::POST,
+            leak(format!("{ENV}/releases")),
+            Some(json!({})),
+            Deployer,
+            Env,
+        ),
         e(Method::GET, "/api/v1/audit", None, Admin, Global),
         e(Method::GET, "/api/v1/audit/verify", None, Admin, Global),
     ]
@@ -203,7 +217,8 @@ async fn create(admin: &Client, role: &str, env: Option<&str>, expires: Option<u
 fn role_by_endpoint_matrix() {
     let server = TestServer::start();
     let source =
-        std::fs::read_to_string(support::repo_root().join("examples/hello/gantry.toml")).unwrap();
+        std::fs::read_to_string(support::repo_root().join("examples/hello-app/gantry.toml"))
+            .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let local = Client::new(Endpoint::Unix(server.socket.clone()), None);

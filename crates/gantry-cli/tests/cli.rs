@@ -9,7 +9,7 @@ use support::{BIN, TestServer, repo_root};
 
 fn example() -> String {
     repo_root()
-        .join("examples/hello/gantry.toml")
+        .join("examples/hello-app/gantry.toml")
         .display()
         .to_string()
 }

@@ -30,6 +30,7 @@ pub(crate) fn action_name(method: &Method, route: &str) -> String {
         ("DELETE", "/api/v1/apps/{app}/envs/{env}/secrets/{name}") => "secret.remove",
         ("POST", "/api/v1/secrets/rotate-key") => "secrets.rotate_key",
         ("POST", "/api/v1/apps/{app}/envs/{env}/start") => "instances.start",
+        ("POST", "/api/v1/apps/{app}/envs/{env}/releases") => "release.build",
         ("POST", "/api/v1/apps/{app}/envs/{env}/stop") => "instances.stop",
         ("POST", "/api/v1/apps/{app}/envs/{env}/restart") => "instances.restart",
         ("POST", "/api/v1/tokens") => "token.create",
@@ -86,6 +87,26 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         .unwrap_or(req.uri().path())
         .to_string();
     let query = req.uri().query().map(str::to_string);
+    let is_json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json"));
+    if !is_json {
+        // Uploads (source bundles) stream through; the audit notes their size.
+        let mut params = serde_json::json!({
+            "content_length": req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        });
+        if let (Some(q), Value::Object(map)) = (query, &mut params) {
+            map.insert("query".into(), Value::String(q));
+        }
+        let resp = next.run(req).await;
+        return finish(state, method, route, target, params, resp).await;
+    }
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -110,7 +131,18 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
     let resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    finish(state, method, route, target, params, resp).await
+}
 
+/// Appends the entry for a finished call and passes the response on.
+async fn finish(
+    state: AppState,
+    method: Method,
+    route: String,
+    target: String,
+    params: Value,
+    resp: Response,
+) -> Response {
     let status = resp.status();
     let outcome = if status.is_success() {
         "ok".to_string()

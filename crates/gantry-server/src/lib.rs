@@ -12,6 +12,7 @@
 mod api;
 mod audit;
 mod auth;
+mod build;
 mod error;
 mod fleet;
 mod state;

@@ -184,7 +184,8 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
             message: format!("cannot read the app spec: {e}"),
             help: Some(match e.kind() {
                 std::io::ErrorKind::NotFound => {
-                    "create it (see examples/hello/gantry.toml), or pass the right path".to_string()
+                    "create it (see examples/hello-app/gantry.toml), or pass the right path"
+                        .to_string()
                 }
                 std::io::ErrorKind::InvalidData => "the file must be UTF-8 text".to_string(),
                 _ => "check the path and its permissions".to_string(),

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 #[test]
 fn hello_example_is_valid() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/gantry.toml");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-app/gantry.toml");
     let spec = match gantry_spec::load(&path) {
         Ok(spec) => spec,
-        Err(d) => panic!("examples/hello/gantry.toml is invalid:\n{d}"),
+        Err(d) => panic!("examples/hello-app/gantry.toml is invalid:\n{d}"),
     };
     assert_eq!(spec.app_name(), "hello");
     assert_eq!(spec.environment_names(), ["production", "staging"]);

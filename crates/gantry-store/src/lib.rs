@@ -20,6 +20,7 @@ pub mod audit;
 pub mod config;
 pub mod instances;
 mod migrations;
+pub mod releases;
 pub mod secrets;
 pub mod tokens;
 pub mod vault;
@@ -255,6 +256,7 @@ mod tests {
             "instances",
             "events",
             "usage_samples",
+            "releases",
         ] {
             let n: i64 = conn
                 .query_row(

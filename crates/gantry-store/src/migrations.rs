@@ -92,6 +92,18 @@ const MIGRATIONS: &[&str] = &[
         rss_bytes   INTEGER
     );
     CREATE INDEX usage_instance_at ON usage_samples (instance, at);",
+    // 3: releases (built artifacts, content-addressed) and deploys.
+    "CREATE TABLE releases (
+        app         TEXT NOT NULL,
+        number      INTEGER NOT NULL,
+        digest      TEXT NOT NULL,
+        source_commit TEXT,
+        author      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        build_log   TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (app, number)
+    );
+    CREATE INDEX releases_digest ON releases (app, digest);",
 ];
 
 /// The schema version this binary writes.

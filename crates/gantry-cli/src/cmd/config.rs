@@ -21,7 +21,7 @@ pub(crate) enum Command {
     /// With --env, also checks that environment's merged config and, when a
     /// server is reachable, that every secret it references has a value.
     ///
-    /// Example: gantry config check examples/hello/gantry.toml --env production
+    /// Example: gantry config check examples/hello-app/gantry.toml --env production
     Check {
         /// The file to check.
         #[arg(default_value = DEFAULT_FILE)]

@@ -4,6 +4,7 @@
 mod audit_log;
 mod config;
 mod instances;
+mod releases;
 mod secrets;
 mod tokens;
 
@@ -66,6 +67,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/apps/{app}/envs/{env}/events",
             get(instances::events),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/releases",
+            get(releases::list)
+                .post(releases::build)
+                .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024 * 1024)),
         )
         .route("/api/v1/audit", get(audit_log::list))
         .route("/api/v1/audit/verify", get(audit_log::verify))

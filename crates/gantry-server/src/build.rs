@@ -1,0 +1,252 @@
+//! Builds: a source bundle in, a content-addressed artifact and a numbered
+//! release out.
+//!
+//! The bundle is unpacked into a fresh directory (a clean copy of the
+//! source), `build.command` runs there, and the declared `build.outputs`
+//! (files or directories, relative to the build's workdir) are copied to the
+//! artifact's top level under their own names — so `outputs =
+//! ["target/release/hello-app"]` runs as `./hello-app`. With no outputs the
+//! whole source tree is the artifact. The artifact's digest is SHA-256 over
+//! its sorted file list (path, executable bit, size, content hash), so
+//! identical outputs are stored once under `artifacts/<hex>`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gantry_store::releases::Release;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const LOG_LIMIT: usize = 64 * 1024;
+
+/// Where the artifact with `digest` (`sha256:<hex>`) lives.
+pub(crate) fn artifact_dir(data_dir: &Path, digest: &str) -> PathBuf {
+    data_dir
+        .join("artifacts")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+pub(crate) async fn build_release(
+    state: &AppState,
+    app: &str,
+    env: &str,
+    bundle: axum::body::Bytes,
+    commit: Option<String>,
+    actor: &str,
+) -> Result<Release, ApiError> {
+    let data = state.store.dir().to_path_buf();
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in({
+            let d = data.join("builds");
+            std::fs::create_dir_all(&d).map_err(|e| ApiError::internal(e.to_string()))?;
+            d
+        })
+        .map_err(|e| ApiError::internal(format!("cannot create a build directory: {e}")))?;
+    let src = work.path().join("src");
+    let s2 = src.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&s2)?;
+        gantry_api::bundle::unpack(&bundle[..], &s2)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}")))?;
+
+    let spec_path = src.join("gantry.toml");
+    let spec = gantry_spec::load(&spec_path).map_err(|d| {
+        ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}"))
+    })?;
+    if spec.app_name() != app {
+        return Err(ApiError::unprocessable(format!(
+            "the bundle is app `{}`, not `{app}`",
+            spec.app_name()
+        )));
+    }
+    let resolved = spec
+        .resolve(env)
+        .map_err(|d| ApiError::unprocessable(format!("{d}")))?;
+    let workdir = match &resolved.build.workdir {
+        Some(w) => src.join(w),
+        None => src.clone(),
+    };
+    let mut log = String::new();
+    if let Some(cmd) = &resolved.build.command {
+        log = run_build(cmd, &workdir).await?;
+    }
+    let staging = work.path().join("artifact");
+    let outputs = resolved.build.outputs.clone();
+    let (wd, st) = (workdir.clone(), staging.clone());
+    let digest = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
+        collect_outputs(&wd, &outputs, &st)?;
+        // The spec travels with the artifact, so a release knows its config.
+        std::fs::copy(wd.join("gantry.toml"), st.join("gantry.toml"))
+            .or_else(|_| std::fs::copy(spec_path, st.join("gantry.toml")))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        digest_tree(&st).map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let dest = artifact_dir(&data, &digest);
+    if !dest.exists() {
+        std::fs::create_dir_all(dest.parent().unwrap_or(&data))
+            .and_then(|()| std::fs::rename(&staging, &dest))
+            .map_err(|e| ApiError::internal(format!("cannot store the artifact: {e}")))?;
+    }
+    let (a, d, c, actor, l) = (app.to_string(), digest, commit, actor.to_string(), log);
+    state
+        .db(move |s| s.add_release(&a, &d, c.as_deref(), &actor, &l))
+        .await
+}
+
+async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!("exec 2>&1; {cmd}"))
+        .current_dir(workdir)
+        // Outputs are paths inside the clean copy: keep build tools there.
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(BUILD_TIMEOUT, c.output())
+        .await
+        .map_err(|_| {
+            ApiError::unprocessable(format!(
+                "the build command `{cmd}` ran longer than {} minutes",
+                BUILD_TIMEOUT.as_secs() / 60
+            ))
+        })?
+        .map_err(|e| ApiError::internal(format!("cannot run `{cmd}`: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tail: String = if text.len() > LOG_LIMIT {
+        let cut = text.len() - LOG_LIMIT;
+        let cut = (cut..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        format!("…\n{}", &text[cut..])
+    } else {
+        text.into_owned()
+    };
+    if !out.status.success() {
+        return Err(ApiError::unprocessable(format!(
+            "the build command `{cmd}` failed ({}):\n{tail}",
+            out.status
+        )));
+    }
+    Ok(tail)
+}
+
+fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result<(), ApiError> {
+    std::fs::create_dir_all(staging).map_err(|e| ApiError::internal(e.to_string()))?;
+    if outputs.is_empty() {
+        return copy_tree(workdir, staging).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    for o in outputs {
+        let from = workdir.join(o);
+        let name = from.file_name().ok_or_else(|| {
+            ApiError::unprocessable(format!("build output `{o}` has no file name"))
+        })?;
+        let to = staging.join(name);
+        let meta = std::fs::metadata(&from).map_err(|_| {
+            ApiError::unprocessable(format!(
+                "build output `{o}` does not exist after the build; check `[build] outputs`"
+            ))
+        })?;
+        let r = if meta.is_dir() {
+            std::fs::create_dir_all(&to).and_then(|()| copy_tree(&from, &to))
+        } else {
+            std::fs::copy(&from, &to).map(|_| ())
+        };
+        r.map_err(|e| ApiError::internal(format!("cannot copy `{o}`: {e}")))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// `sha256:<hex>` over the sorted (path, executable, size, content hash)
+/// of every file under `root`.
+pub(crate) fn digest_tree(root: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap_or(&f);
+        let meta = std::fs::symlink_metadata(&f)?;
+        let content = if meta.file_type().is_symlink() {
+            std::fs::read_link(&f)?
+                .to_string_lossy()
+                .into_owned()
+                .into_bytes()
+        } else {
+            std::fs::read(&f)?
+        };
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        h.update(format!(
+            "{}\0{}\0{}\0{}\n",
+            rel.display(),
+            u8::from(exec),
+            content.len(),
+            hex::encode(Sha256::digest(&content))
+        ));
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_content_names_and_modes_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.path().join("bin")).unwrap();
+            std::fs::write(d.path().join("bin/app"), "binary").unwrap();
+            std::fs::write(d.path().join("gantry.toml"), "x").unwrap();
+        }
+        let da = digest_tree(a.path()).unwrap();
+        assert_eq!(da, digest_tree(b.path()).unwrap());
+        assert!(da.starts_with("sha256:") && da.len() == 71);
+        std::fs::set_permissions(
+            b.path().join("bin/app"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_ne!(da, digest_tree(b.path()).unwrap(), "the exec bit counts");
+        std::fs::write(a.path().join("bin/app"), "binary2").unwrap();
+        assert_ne!(da, digest_tree(a.path()).unwrap());
+    }
+}
