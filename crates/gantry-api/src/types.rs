@@ -221,9 +221,12 @@ pub struct Readiness {
 /// `POST /api/v1/apps/{app}/envs/{env}/start`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartEnv {
-    /// Absolute directory the app runs in (until releases exist: the app's
-    /// source or build directory).
-    pub dir: String,
+    /// Run this release's artifact (the usual way).
+    #[serde(default)]
+    pub release: Option<i64>,
+    /// Or: an absolute directory to run the app in (a local build).
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// One instance as `gantry ps` shows it.

@@ -176,3 +176,53 @@ fn the_rust_example_builds_in_a_clean_copy() {
         rel["build_log"]
     );
 }
+
+#[test]
+fn a_release_runs_from_its_artifact_directory() {
+    let server = TestServer::start();
+    let dir = app_dir(
+        &server,
+        "py",
+        &format!(
+            "{PY}\n[health.readiness]\nkind = \"http\"\npath = \"/readiness\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n"
+        ),
+    );
+    let rel = server
+        .run(&[
+            "--json",
+            "build",
+            "--env",
+            "staging",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .json();
+    std::fs::copy(
+        dir.join("gantry.toml"),
+        server.dir.path().join("gantry.toml"),
+    )
+    .unwrap();
+    server.run(&["config", "apply", "--env", "staging"]).ok();
+    let r = server.run(&["start", "--env", "staging", "--release", "1"]);
+    r.ok();
+    assert!(r.stdout.contains("from release 1"), "{}", r.stdout);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pid = loop {
+        let ps = server.run(&["--json", "ps", "--env", "staging"]).json();
+        if ps[0]["ready"] == true {
+            break ps[0]["pid"].as_i64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{ps:#}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    let hex = rel["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert_eq!(cwd, server.data_dir().join("artifacts").join(hex));
+    server.run(&["stop", "--env", "staging"]).ok();
+    let r = server.run(&["start", "--env", "staging", "--release", "7"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no release 7"), "{}", r.stderr);
+}

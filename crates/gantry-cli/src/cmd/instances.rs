@@ -25,9 +25,12 @@ pub(crate) struct Target {
 pub(crate) struct StartArgs {
     #[command(flatten)]
     target: Target,
-    /// Directory the app runs in (default: the current directory).
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
+    /// Run this built release (see `gantry releases`).
+    #[arg(long, conflicts_with = "dir")]
+    release: Option<i64>,
+    /// Or run from this local directory (default: the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,23 +64,37 @@ fn base(t: &Target) -> anyhow::Result<(String, String)> {
 
 pub(crate) fn start(ctx: &Ctx, a: StartArgs) -> anyhow::Result<ExitCode> {
     let (base, app) = base(&a.target)?;
-    let dir = std::fs::canonicalize(&a.dir)
-        .with_context(|| format!("cannot use --dir {}", a.dir.display()))?;
+    let (body, from) = match a.release {
+        Some(n) => (
+            StartEnv {
+                release: Some(n),
+                dir: None,
+            },
+            format!("release {n}"),
+        ),
+        None => {
+            let d = a.dir.unwrap_or_else(|| PathBuf::from("."));
+            let dir = std::fs::canonicalize(&d)
+                .with_context(|| format!("cannot use --dir {}", d.display()))?;
+            let shown = dir.display().to_string();
+            (
+                StartEnv {
+                    release: None,
+                    dir: Some(shown.clone()),
+                },
+                shown,
+            )
+        }
+    };
     let client = ctx.client()?;
-    let list: Vec<InstanceInfo> = block_on(client.post(
-        &format!("{base}/start"),
-        &StartEnv {
-            dir: dir.display().to_string(),
-        },
-    ))?;
+    let list: Vec<InstanceInfo> = block_on(client.post(&format!("{base}/start"), &body))?;
     if ctx.json {
         output::json(&list)?;
     } else {
         println!(
-            "started {} instance(s) of {app}/{} from {}",
+            "started {} instance(s) of {app}/{} from {from}",
             list.len(),
-            a.target.env,
-            dir.display()
+            a.target.env
         );
         print_ps(&list);
     }

@@ -23,10 +23,20 @@ pub(crate) async fn start(
     let spec = gantry_spec::parse_str(&version.file_name, &version.source)
         .and_then(|s| s.resolve(&env))
         .map_err(|d| ApiError::unprocessable(format!("the applied config has errors:\n{d}")))?;
-    let list = state
-        .fleet
-        .start(&app, &env, &spec, body.dir.into(), secrets)
-        .await?;
+    let dir = match (body.release, body.dir) {
+        (Some(n), None) => {
+            let a = app.clone();
+            let rel = state.db(move |s| s.release(&a, n)).await?;
+            crate::build::artifact_dir(state.store.dir(), &rel.digest)
+        }
+        (None, Some(d)) => d.into(),
+        _ => {
+            return Err(ApiError::unprocessable(
+                "give exactly one of `release` (a built release) or `dir` (a local directory)",
+            ));
+        }
+    };
+    let list = state.fleet.start(&app, &env, &spec, dir, secrets).await?;
     Ok(Json(list))
 }
 
