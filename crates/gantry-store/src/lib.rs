@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod deploys;
 pub mod instances;
 mod migrations;
 pub mod releases;
@@ -257,6 +258,9 @@ mod tests {
             "events",
             "usage_samples",
             "releases",
+            "deploys",
+            "deploy_events",
+            "env_leases",
         ] {
             let n: i64 = conn
                 .query_row(

@@ -104,6 +104,38 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (app, number)
     );
     CREATE INDEX releases_digest ON releases (app, digest);",
+    // 4: deploys, their timelines, and the per-environment deploy lease.
+    "CREATE TABLE deploys (
+        id          INTEGER PRIMARY KEY,
+        app         TEXT NOT NULL,
+        env         TEXT NOT NULL,
+        release     INTEGER NOT NULL,
+        previous_release INTEGER,
+        actor       TEXT NOT NULL,
+        plan        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        outcome     TEXT,
+        created_at  INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX deploys_app_env ON deploys (app, env, id);
+    CREATE TABLE deploy_events (
+        deploy_id   INTEGER NOT NULL REFERENCES deploys (id),
+        at          INTEGER NOT NULL,
+        phase       TEXT NOT NULL,
+        message     TEXT NOT NULL
+    );
+    CREATE INDEX deploy_events_deploy ON deploy_events (deploy_id, at);
+    CREATE TABLE env_leases (
+        app         TEXT NOT NULL,
+        env         TEXT NOT NULL,
+        holder      TEXT NOT NULL,
+        deploy_id   INTEGER,
+        acquired_at INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        PRIMARY KEY (app, env)
+    );",
 ];
 
 /// The schema version this binary writes.
