@@ -33,6 +33,29 @@ pub mod supervisor;
 
 pub use supervisor::{Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime};
 
+/// Variables of the control plane's own environment that apps inherit.
+pub const PASSED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+/// The environment every instance starts from: [`PASSED_ENV`] from this
+/// process, then Gantry's own (`GANTRY_APP`, `GANTRY_ENV`, `DATA_DIR`), then
+/// `app_vars` (the app's `[env]` and secrets) on top.
+pub fn instance_env(
+    app: &str,
+    env: &str,
+    data_dir: &std::path::Path,
+    app_vars: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut vars: std::collections::BTreeMap<String, String> = PASSED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    vars.insert("GANTRY_APP".into(), app.into());
+    vars.insert("GANTRY_ENV".into(), env.into());
+    vars.insert("DATA_DIR".into(), data_dir.display().to_string());
+    vars.extend(app_vars);
+    vars
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

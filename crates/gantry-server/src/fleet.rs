@@ -26,8 +26,6 @@ use crate::error::ApiError;
 
 /// The backend set started by `gantry start` (releases bring their own).
 const MAIN_SET: &str = "main";
-/// Environment variables passed from the control plane to apps.
-const PASS_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
 
 pub(crate) struct FleetOptions {
     /// Command that runs a shim (the instance dir is appended).
@@ -390,9 +388,8 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedRece
     }
 }
 
-/// The app's environment: a few variables of the control plane's, the
-/// config's `[env]` with secret references filled in, every declared secret
-/// by name, and Gantry's own.
+/// The app's environment: the runtime's base, the config's `[env]` with
+/// secret references filled in, and every declared secret by name.
 fn app_env(
     app: &str,
     env: &str,
@@ -400,35 +397,19 @@ fn app_env(
     secrets: &[(String, Vec<u8>)],
     data: &Path,
 ) -> Result<BTreeMap<String, String>, ApiError> {
-    let value = |name: &str| -> Result<String, ApiError> {
-        let (_, v) = secrets.iter().find(|(n, _)| n == name).ok_or_else(|| {
+    let vars = spec
+        .render_env(|name| {
+            secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+        })
+        .map_err(|gantry_spec::MissingSecret(name)| {
             ApiError::unprocessable(format!(
-                "secret `{name}` has no value in `{env}`; set it with `gantry secrets set {name} --env {env}`"
+                "secret `{name}` has no (UTF-8) value in `{env}`; set it with `gantry secrets set {name} --env {env}`"
             ))
         })?;
-        String::from_utf8(v.clone())
-            .map_err(|_| ApiError::unprocessable(format!("secret `{name}` is not UTF-8 text")))
-    };
-    let mut vars = BTreeMap::new();
-    for k in PASS_ENV {
-        if let Ok(v) = std::env::var(k) {
-            vars.insert(k.to_string(), v);
-        }
-    }
-    for (k, v) in &spec.env {
-        let mut text = v.as_str().to_string();
-        for name in v.secret_refs() {
-            text = text.replace(&format!("${{secret.{name}}}"), &value(&name)?);
-        }
-        vars.insert(k.clone(), text);
-    }
-    for name in &spec.secrets {
-        vars.insert(name.as_str().to_string(), value(name.as_str())?);
-    }
-    vars.insert("GANTRY_APP".into(), app.into());
-    vars.insert("GANTRY_ENV".into(), env.into());
-    vars.insert("DATA_DIR".into(), data.display().to_string());
-    Ok(vars)
+    Ok(gantry_runtime::instance_env(app, env, data, vars))
 }
 
 fn probe(p: &model::Probe) -> ProbeSpec {

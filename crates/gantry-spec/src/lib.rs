@@ -254,7 +254,33 @@ impl Spec {
     }
 }
 
+/// A secret the config references has no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSecret(pub String);
+
 impl AppSpec {
+    /// The app's own environment variables: `[env]` with every
+    /// `${secret.NAME}` filled in, plus each declared secret under its name.
+    /// `secret` looks a value up; the first one it lacks is the error.
+    pub fn render_env(
+        &self,
+        secret: impl Fn(&str) -> Option<String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, MissingSecret> {
+        let value = |name: &str| secret(name).ok_or_else(|| MissingSecret(name.to_string()));
+        let mut vars = std::collections::BTreeMap::new();
+        for (k, v) in &self.env {
+            let mut text = v.as_str().to_string();
+            for name in v.secret_refs() {
+                text = text.replace(&format!("${{secret.{name}}}"), &value(&name)?);
+            }
+            vars.insert(k.clone(), text);
+        }
+        for name in &self.secrets {
+            vars.insert(name.as_str().to_string(), value(name.as_str())?);
+        }
+        Ok(vars)
+    }
+
     /// The spec as JSON with literal credentials replaced by `"<redacted>"`;
     /// secret references (`"${secret.NAME}"`, `url_secret = "NAME"`) stay.
     pub fn redacted_json(&self) -> serde_json::Value {

@@ -20,3 +20,24 @@ fn hello_example_is_valid() {
     assert_eq!(prod.secret_refs(), ["SESSION_KEY"]);
     assert_eq!(prod.health.readiness.path.as_deref(), Some("/readiness"));
 }
+
+#[test]
+fn render_env_fills_secret_references() {
+    let spec = gantry_spec::parse_str(
+        "gantry.toml",
+        "secrets = [\"KEY\"]\n[app]\nname = \"a\"\n[run]\ncommand = \"x\"\n[env]\nURL = \"pg://u:${secret.KEY}@h/db\"\nPLAIN = \"1\"\n",
+    )
+    .unwrap()
+    .resolve("production")
+    .unwrap();
+    let vars = spec
+        .render_env(|n| (n == "KEY").then(|| "s3".to_string()))
+        .unwrap();
+    assert_eq!(vars["URL"], "pg://u:s3@h/db");
+    assert_eq!(vars["PLAIN"], "1");
+    assert_eq!(vars["KEY"], "s3");
+    assert_eq!(
+        spec.render_env(|_| None).unwrap_err(),
+        gantry_spec::MissingSecret("KEY".into())
+    );
+}

@@ -7,7 +7,6 @@
 //! its state in `.gantry/` next to `gantry.toml`. Secrets come from the
 //! shell's environment variables of the same names.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -212,34 +211,18 @@ async fn start(
             bail!("the build command `{cmd}` failed ({status})");
         }
     }
-    let mut vars = BTreeMap::new();
-    for k in ["PATH", "HOME", "LANG", "TZ"] {
-        if let Ok(v) = std::env::var(k) {
-            vars.insert(k.to_string(), v);
-        }
-    }
-    let secret = |name: &str| {
-        std::env::var(name).map_err(|_| {
+    let app_vars = resolved
+        .render_env(|name| std::env::var(name).ok())
+        .map_err(|gantry_spec::MissingSecret(name)| {
             anyhow::anyhow!(
                 "secret `{name}` is referenced; in development it comes from your shell: `export {name}=...`"
             )
-        })
-    };
-    for (k, v) in &resolved.env {
-        let mut text = v.as_str().to_string();
-        for name in v.secret_refs() {
-            text = text.replace(&format!("${{secret.{name}}}"), &secret(&name)?);
-        }
-        vars.insert(k.clone(), text);
-    }
-    for name in &resolved.secrets {
-        vars.insert(name.as_str().to_string(), secret(name.as_str())?);
-    }
-    vars.insert("GANTRY_APP".into(), spec.app_name().into());
-    vars.insert("GANTRY_ENV".into(), env.into());
-    vars.insert(
-        "DATA_DIR".into(),
-        app_dir.join(".gantry/data").display().to_string(),
+        })?;
+    let vars = gantry_runtime::instance_env(
+        spec.app_name(),
+        env,
+        &app_dir.join(".gantry/data"),
+        app_vars,
     );
     let workdir = resolved
         .run
