@@ -462,6 +462,10 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
 fn every_command_has_help_with_an_example() {
     let groups: &[&[&str]] = &[
         &["server"],
+        &["proxy"],
+        &["dev"],
+        &["build"],
+        &["releases"],
         &["config", "check"],
         &["config", "show"],
         &["config", "schema"],

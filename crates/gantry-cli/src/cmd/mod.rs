@@ -4,6 +4,7 @@ pub(crate) mod audit;
 pub(crate) mod config;
 pub(crate) mod dev;
 pub(crate) mod instances;
+pub(crate) mod proxy;
 pub(crate) mod releases;
 pub(crate) mod secrets;
 pub(crate) mod server;

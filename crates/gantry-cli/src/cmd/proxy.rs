@@ -1,0 +1,68 @@
+//! `gantry proxy`: the edge proxy, its own process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::ctx::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Address to serve HTTP/1.1 and h2c on (repeatable).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: Vec<SocketAddr>,
+    /// Directory of the persisted routing table (default: proxy/ in the data directory).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The admin API's unix socket (default: admin.sock in the state directory).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// Where JSON access-log lines go: `stdout`, `off`, or a file path.
+    #[arg(long, value_name = "WHERE", default_value = "stdout")]
+    access_log: String,
+    /// Keep the client's X-Forwarded-* headers (only behind a trusted proxy).
+    #[arg(long)]
+    trust_forwarded: bool,
+}
+
+pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let state_dir = args.state_dir.unwrap_or_else(|| ctx.data_dir.join("proxy"));
+    let admin = args
+        .admin_socket
+        .unwrap_or_else(|| state_dir.join("admin.sock"));
+    let mut config = gantry_proxy::ProxyConfig::new(args.listen, admin, state_dir);
+    config.trust_forwarded = args.trust_forwarded;
+    match args.access_log.as_str() {
+        "off" => config.access_log = false,
+        "stdout" => config.access_log = true,
+        path => {
+            config.access_log = true;
+            config.access_log_path = Some(PathBuf::from(path));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = crate::cmd::server::shutdown_signal()?;
+        let proxy = gantry_proxy::Proxy::bind(config).await?;
+        println!("gantry proxy ready");
+        for a in proxy.local_addrs() {
+            println!("  listen: http://{a}");
+        }
+        println!("  admin:  unix:{}", proxy.admin_socket().display());
+        proxy.serve(shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,269 @@
+//! Phase 5: bodies, streamed both ways, never buffered.
+//!
+//! - [`UpstreamBody`] carries the client's request body to the backend. The
+//!   client body sits in a shared slot, so when a connection attempt fails
+//!   before any byte was taken, the proxy still holds the body and can retry
+//!   on another instance.
+//! - [`ResponseBody`] carries the backend's (or the proxy's own) answer to
+//!   the client and owns the request's [`Guard`]: when the body ends or is
+//!   dropped (client gone), the guard ends the in-flight count, the
+//!   instance lease, and writes the access log line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, Entry, duration_ms, format_time};
+use crate::balance::Lease;
+use crate::stats::SetStats;
+
+// === impl UpstreamBody ===
+
+/// The request body, held where a failed attempt cannot take it away.
+pub(crate) struct SharedBody {
+    slot: Mutex<Option<Incoming>>,
+    sent: AtomicU64,
+    /// Set once any frame was taken from the client body.
+    touched: std::sync::atomic::AtomicBool,
+}
+
+impl SharedBody {
+    pub(crate) fn new(body: Incoming) -> Arc<SharedBody> {
+        Arc::new(SharedBody {
+            slot: Mutex::new(Some(body)),
+            sent: AtomicU64::new(0),
+            touched: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Bytes taken from the client body so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+
+    /// True while no frame has been taken: another attempt may send it.
+    pub(crate) fn untouched(&self) -> bool {
+        !self.touched.load(Relaxed)
+    }
+}
+
+pub(crate) struct UpstreamBody {
+    shared: Arc<SharedBody>,
+    stats: Arc<SetStats>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(shared: Arc<SharedBody>, stats: Arc<SetStats>) -> Self {
+        UpstreamBody { shared, stats }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut slot = this.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inner) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.shared.touched.store(true, Relaxed);
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                this.shared.sent.fetch_add(n, Relaxed);
+                this.stats.add_bytes_in(n);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+// === impl Guard ===
+
+/// Everything the end of a request needs: counters and the log line.
+pub(crate) struct Guard {
+    pub(crate) start: Instant,
+    pub(crate) time: SystemTime,
+    pub(crate) request_id: String,
+    pub(crate) method: hyper::Method,
+    pub(crate) path: String,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) route: Option<String>,
+    set: Option<Arc<SetStats>>,
+    pub(crate) instance: Option<SocketAddr>,
+    pub(crate) lease: Option<Lease>,
+    pub(crate) request_body: Option<Arc<SharedBody>>,
+    status: u16,
+    bytes_out: u64,
+    log: Arc<AccessLog>,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        log: Arc<AccessLog>,
+        method: hyper::Method,
+        path: String,
+        client_ip: IpAddr,
+    ) -> Guard {
+        Guard {
+            start: Instant::now(),
+            time: SystemTime::now(),
+            request_id: String::new(),
+            method,
+            path,
+            client_ip,
+            route: None,
+            set: None,
+            instance: None,
+            lease: None,
+            request_body: None,
+            status: 0,
+            bytes_out: 0,
+            log,
+        }
+    }
+
+    /// The request now counts as in flight on this set.
+    pub(crate) fn enter_set(&mut self, stats: Arc<SetStats>) {
+        stats.begin();
+        self.set = Some(stats);
+    }
+
+    /// Undoes [`Guard::enter_set`].
+    pub(crate) fn leave_set(&mut self) {
+        if let Some(s) = self.set.take() {
+            s.end();
+        }
+    }
+
+    /// Records the response status and the latency to it.
+    pub(crate) fn respond(&mut self, status: u16) {
+        self.status = status;
+        if let Some(s) = &self.set {
+            s.record_response(status, self.start.elapsed());
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(s) = &self.set {
+            s.add_bytes_out(self.bytes_out);
+            s.end();
+        }
+        self.lease.take();
+        if self.log.enabled() {
+            self.log.log(&Entry {
+                time: format_time(self.time),
+                request_id: &self.request_id,
+                route: self.route.as_deref(),
+                set: self.set.as_deref().map(|s| s.set.as_str()),
+                instance: self.instance,
+                method: self.method.as_str(),
+                path: &self.path,
+                status: self.status,
+                duration_ms: duration_ms(self.start.elapsed()),
+                bytes: self.bytes_out,
+                bytes_in: self.request_body.as_ref().map_or(0, |b| b.sent()),
+                client_ip: self.client_ip,
+            });
+        }
+    }
+}
+
+// === impl ResponseBody ===
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The body sent to the client.
+pub(crate) struct ResponseBody {
+    inner: Inner,
+    guard: Option<Guard>,
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(body: Incoming, guard: Guard) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<Guard>) -> Self {
+        let bytes = bytes.into();
+        ResponseBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            guard,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
+                    g.bytes_out += data.len() as u64;
+                }
+            }
+            // The end (or a broken backend stream): the request is over.
+            Poll::Ready(_) => {
+                this.guard.take();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

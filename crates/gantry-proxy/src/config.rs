@@ -1,0 +1,64 @@
+//! The proxy's one config struct; every field documented.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to run the proxy. Build with [`ProxyConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Addresses for client traffic (HTTP/1.1 and h2c on the same socket).
+    /// Port 0 picks a free port; [`crate::Proxy::local_addrs`] tells which.
+    pub listen: Vec<SocketAddr>,
+    /// The admin API's unix socket (created with mode 0600).
+    pub admin_socket: PathBuf,
+    /// Where the routing table is persisted (`table.json`).
+    pub state_dir: PathBuf,
+    /// Write one JSON line per request.
+    pub access_log: bool,
+    /// Append access log lines to this file instead of stdout.
+    pub access_log_path: Option<PathBuf>,
+    /// Keep the client's `X-Forwarded-For/Proto/Host` (appending to
+    /// `X-Forwarded-For`) instead of replacing them. Only for a proxy that
+    /// sits behind another trusted proxy.
+    pub trust_forwarded: bool,
+    /// Time to open a TCP connection to a backend instance.
+    pub connect_timeout: Duration,
+    /// Default time to wait for a backend's response headers (a route's
+    /// `timeout_ms` overrides it); then 504.
+    pub response_timeout: Duration,
+    /// Extra time the requests of a set removed from the table get for their
+    /// response headers; then 504.
+    pub drain_timeout: Duration,
+    /// On shutdown, how long open requests may still run.
+    pub shutdown_timeout: Duration,
+    /// Consecutive connect failures after which an instance is ejected.
+    pub eject_after_failures: u32,
+    /// How long an ejected instance gets no requests before it is tried again.
+    pub eject_cooloff: Duration,
+    /// Idle keep-alive connections kept per backend instance.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl ProxyConfig {
+    /// A config with the defaults: access log on (stdout), 2 s connect
+    /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
+    /// ejection after 3 connect failures for 10 s.
+    pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            admin_socket,
+            state_dir,
+            access_log: true,
+            access_log_path: None,
+            trust_forwarded: false,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            eject_after_failures: 3,
+            eject_cooloff: Duration::from_secs(10),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}

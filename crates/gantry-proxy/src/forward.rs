@@ -1,0 +1,346 @@
+//! Phase 4, and the driver of all phases: one client request in, one
+//! response out.
+//!
+//! The upstream client is hyper-util's pooled `legacy::Client` over an
+//! `HttpConnector`: keep-alive pooling per instance address, idle reaping,
+//! and a typed "could not connect" error (`is_connect`) that the retry
+//! below needs. A hand-written pool would only add risk at this stage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::balance::pick;
+use crate::body::{Guard, ResponseBody, SharedBody, UpstreamBody};
+use crate::config::ProxyConfig;
+use crate::headers::{
+    X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded, strip_hop_by_hop,
+};
+use crate::pages::page;
+use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
+
+/// What every request shares.
+pub(crate) struct Shared {
+    pub(crate) routing: Routing,
+    pub(crate) client: Client<HttpConnector, UpstreamBody>,
+    pub(crate) log: Arc<AccessLog>,
+    pub(crate) config: ProxyConfig,
+}
+
+/// Methods a connect failure may retry on another instance.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Resolves once the set has been retired for `grace`; never while it is in
+/// the table.
+async fn drain_deadline(mut retired: watch::Receiver<bool>, grace: Duration) {
+    loop {
+        let ok = retired.wait_for(|r| *r).await.is_ok();
+        if !ok {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => return,
+            back = async { retired.wait_for(|r| !*r).await.is_ok() } => {
+                if !back {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    Connect(String),
+    Other(String),
+    Timeout,
+    Drained,
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let mut guard = Guard::new(
+        shared.log.clone(),
+        parts.method.clone(),
+        path.clone(),
+        peer.ip(),
+    );
+    let (request_id, new_id) = ensure_request_id(&mut parts.headers);
+    guard.request_id = request_id.clone();
+
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+
+    // Phase 1: route and set.
+    let first = shared.routing.load();
+    let later;
+    let (mut route, mut set) = match select(&shared, &first, &host, &path) {
+        Ok(chosen) => chosen,
+        Err(refusal) => return refusal.page(&request_id, guard),
+    };
+    guard.route = Some(route.id.clone());
+    guard.enter_set(set.stats.clone());
+    if set.stats.is_retired() {
+        // The table was swapped between the load and the in-flight count:
+        // route again on the new table, so that a set once reported
+        // drained never gets another request.
+        guard.leave_set();
+        later = shared.routing.load();
+        (route, set) = match select(&shared, &later, &host, &path) {
+            Ok(chosen) => chosen,
+            Err(refusal) => return refusal.page(&request_id, guard),
+        };
+        guard.route = Some(route.id.clone());
+        guard.enter_set(set.stats.clone());
+    }
+
+    // Phase 2: headers.
+    strip_hop_by_hop(&mut parts.headers);
+    ensure_traceparent(&mut parts.headers, new_id.then_some(request_id.as_str()));
+    set_forwarded(
+        &mut parts.headers,
+        peer.ip(),
+        &host,
+        "http",
+        shared.config.trust_forwarded,
+    );
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+
+    // Phases 3 and 4: pick an instance, send, retry a connect failure.
+    let body = SharedBody::new(body);
+    guard.request_body = Some(body.clone());
+    let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let retired = set.stats.retired();
+    let mut tried = Vec::new();
+    let mut last_failure = None;
+    while let Some(i) = pick(&set.instances, &tried) {
+        tried.push(i);
+        let instance = &set.instances[i];
+        let lease = instance.lease();
+        let uri: Uri = match format!("http://{}{path_and_query}", instance.addr).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                let detail = format!("The request path `{path_and_query}` cannot be forwarded.");
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    &request_id,
+                    &detail,
+                    None,
+                    Some(guard),
+                );
+            }
+        };
+        let mut upstream = Request::new(UpstreamBody::new(body.clone(), set.stats.clone()));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = parts.headers.clone();
+
+        let result = tokio::select! {
+            r = tokio::time::timeout_at(deadline, shared.client.request(upstream)) => match r {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
+                Ok(Err(e)) => Err(Failure::Other(error_chain(&e))),
+                Err(_) => Err(Failure::Timeout),
+            },
+            _ = drain_deadline(retired.clone(), shared.config.drain_timeout) => Err(Failure::Drained),
+        };
+        match result {
+            Ok(resp) => {
+                instance.succeeded();
+                guard.instance = Some(instance.addr);
+                guard.lease = Some(lease);
+                return respond(resp, guard, &request_id);
+            }
+            Err(Failure::Connect(why)) => {
+                let ejected = instance.connect_failed(
+                    shared.config.eject_after_failures,
+                    shared.config.eject_cooloff,
+                );
+                tracing::warn!(
+                    route = %route.id, set = %set.name, instance = %instance.addr,
+                    request_id = %request_id, ejected, error = %why,
+                    "cannot connect to backend instance"
+                );
+                last_failure = Some(format!(
+                    "Cannot connect to any instance of set `{}` of route `{}`.",
+                    set.name, route.id
+                ));
+                if !(idempotent(&parts.method) && body.untouched()) {
+                    break;
+                }
+            }
+            Err(Failure::Other(why)) => {
+                tracing::warn!(
+                    route = %route.id, set = %set.name, instance = %instance.addr,
+                    request_id = %request_id, error = %why, "backend request failed"
+                );
+                let detail = format!(
+                    "The backend (set `{}` of route `{}`) broke off the request.",
+                    set.name, route.id
+                );
+                guard.instance = Some(instance.addr);
+                return page(
+                    StatusCode::BAD_GATEWAY,
+                    &request_id,
+                    &detail,
+                    None,
+                    Some(guard),
+                );
+            }
+            Err(Failure::Timeout) => {
+                let detail = format!(
+                    "The backend (set `{}` of route `{}`) did not answer within {} ms.",
+                    set.name,
+                    route.id,
+                    timeout.as_millis()
+                );
+                guard.instance = Some(instance.addr);
+                return page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &request_id,
+                    &detail,
+                    None,
+                    Some(guard),
+                );
+            }
+            Err(Failure::Drained) => {
+                let detail = format!(
+                    "Set `{}` of route `{}` was removed and did not answer within the drain \
+                     timeout.",
+                    set.name, route.id
+                );
+                guard.instance = Some(instance.addr);
+                return page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &request_id,
+                    &detail,
+                    None,
+                    Some(guard),
+                );
+            }
+        }
+    }
+    let detail = last_failure.unwrap_or_else(|| {
+        format!(
+            "Set `{}` of route `{}` has no instances.",
+            set.name, route.id
+        )
+    });
+    page(
+        StatusCode::BAD_GATEWAY,
+        &request_id,
+        &detail,
+        None,
+        Some(guard),
+    )
+}
+
+/// Why phase 1 answers the request itself.
+struct Refusal {
+    status: StatusCode,
+    detail: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn page(self, request_id: &str, guard: Guard) -> Response<ResponseBody> {
+        page(
+            self.status,
+            request_id,
+            &self.detail,
+            self.retry_after,
+            Some(guard),
+        )
+    }
+}
+
+/// Phase 1: the route for host and path, and a weighted set of it.
+fn select<'r>(
+    shared: &Shared,
+    router: &'r Router,
+    host: &str,
+    path: &str,
+) -> Result<(&'r CompiledRoute, &'r CompiledSet), Refusal> {
+    let Some(route) = router.find(host, path) else {
+        shared.routing.registry.unrouted.fetch_add(1, Relaxed);
+        return Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            detail: format!("No route matches host `{host}` and path `{path}` on this proxy."),
+            retry_after: None,
+        });
+    };
+    if let Some(m) = &route.maintenance {
+        shared.routing.registry.maintenance.fetch_add(1, Relaxed);
+        return Err(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: m.message.clone(),
+            retry_after: Some(m.retry_after_secs.unwrap_or(300)),
+        });
+    }
+    match route.choose_set() {
+        Some(set) => Ok((route, set)),
+        None => Err(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: format!("Route `{}` has no backend set with traffic.", route.id),
+            retry_after: None,
+        }),
+    }
+}
+
+fn respond(resp: Response<Incoming>, mut guard: Guard, request_id: &str) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(request_id)
+    {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+    parts.version = Version::default();
+    guard.respond(parts.status.as_u16());
+    Response::from_parts(parts, ResponseBody::upstream(body, guard))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

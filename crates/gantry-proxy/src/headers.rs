@@ -1,0 +1,253 @@
+//! Phase 2: request and response header rewriting.
+
+use std::net::IpAddr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+/// `Proxy-*` headers are removed by prefix.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+fn random_hex32() -> String {
+    loop {
+        let v = fastrand::u128(..);
+        if v != 0 {
+            return format!("{v:032x}");
+        }
+    }
+}
+
+fn random_hex16() -> String {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return format!("{v:016x}");
+        }
+    }
+}
+
+/// Keeps a sane client `X-Request-Id` (1..=200 visible ASCII characters)
+/// or sets a new one (32 hex digits). Returns the id.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> (String, bool) {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && let Ok(s) = v.to_str()
+        && !s.is_empty()
+        && s.len() <= 200
+        && s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return (s.to_string(), false);
+    }
+    let id = random_hex32();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+    (id, true)
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A W3C trace context `traceparent` this proxy can pass on.
+fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    if parts.len() < 4 {
+        return false;
+    }
+    let (version, trace, parent, flags) = (parts[0], parts[1], parts[2], parts[3]);
+    is_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.len() == 4)
+        && is_hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && is_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2)
+}
+
+/// Keeps a valid `traceparent`; otherwise starts a new trace (dropping any
+/// `tracestate` that belonged to the invalid one). A new trace reuses the
+/// request id as trace id when the proxy made that id, so logs and traces
+/// join on one value.
+pub(crate) fn ensure_traceparent(headers: &mut HeaderMap, new_request_id: Option<&str>) {
+    if headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(valid_traceparent)
+    {
+        return;
+    }
+    headers.remove(&TRACESTATE);
+    let trace = match new_request_id {
+        Some(id) if is_hex(id, 32) => id.to_string(),
+        _ => random_hex32(),
+    };
+    let value = format!("00-{trace}-{}-01", random_hex16());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, v);
+    }
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`. With `trust`, the client's values
+/// are kept and the peer address is appended to `X-Forwarded-For`.
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    host: &str,
+    proto: &str,
+    trust: bool,
+) {
+    let ip = client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trust && !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(proto_value(proto)),
+        );
+    }
+    if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
+        match HeaderValue::from_str(host) {
+            Ok(v) if !host.is_empty() => {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+            _ => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+fn proto_value(proto: &str) -> &'static str {
+    if proto == "https" { "https" } else { "http" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn request_id_kept_or_made() {
+        let mut h = HeaderMap::new();
+        let (id, new) = ensure_request_id(&mut h);
+        assert!(new && is_hex(&id, 32));
+        assert_eq!(h[&X_REQUEST_ID], id.as_str());
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure_request_id(&mut h), ("abc-123".to_string(), false));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert!(ensure_request_id(&mut h).1);
+    }
+
+    #[test]
+    fn traceparent_kept_when_valid() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(good));
+        h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+        ensure_traceparent(&mut h, None);
+        assert_eq!(h[&TRACEPARENT], good);
+        assert_eq!(h[&TRACESTATE], "a=b");
+
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+            let id = random_hex32();
+            ensure_traceparent(&mut h, Some(&id));
+            let v = h[&TRACEPARENT].to_str().unwrap();
+            assert!(valid_traceparent(v), "{v}");
+            assert!(v.starts_with(&format!("00-{id}-")), "{v}");
+            assert!(!h.contains_key(&TRACESTATE));
+        }
+    }
+
+    #[test]
+    fn forwarded_replaced_or_trusted() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let mut trusted = h.clone();
+        set_forwarded(&mut h, ip, "app.test", "http", false);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.test");
+        set_forwarded(&mut trusted, ip, "app.test", "http", true);
+        assert_eq!(trusted[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.7");
+        assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        assert_eq!(trusted[&X_FORWARDED_HOST], "app.test");
+    }
+}

@@ -1,0 +1,328 @@
+//! Listeners, connections and graceful shutdown: the public entry point.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, Admin};
+use crate::client::AdminClient;
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::forward::{self, Shared};
+use crate::persist;
+use crate::router::Routing;
+
+/// A proxy whose sockets are bound and whose persisted table is loaded;
+/// [`Proxy::serve`] runs it. Binding first lets callers (and tests) learn
+/// the addresses before traffic starts.
+pub struct Proxy {
+    listeners: Vec<TcpListener>,
+    local: Vec<SocketAddr>,
+    admin_listener: UnixListener,
+    admin: Arc<Admin>,
+    log_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listen", &self.local)
+            .field("admin_socket", &self.admin.shared.config.admin_socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds, then serves until `shutdown` resolves; see [`Proxy::serve`].
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    Proxy::bind(config).await?.serve(shutdown).await
+}
+
+impl Proxy {
+    /// Creates the state directory (0700), loads the persisted table, binds
+    /// the listeners and the admin socket (0600), opens the access log.
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        if config.listen.is_empty() {
+            return Err(ProxyError::NoListener);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(|source| ProxyError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let table = persist::load(&config.state_dir)?;
+        tracing::info!(
+            version = table.version,
+            routes = table.routes.len(),
+            "routing table loaded"
+        );
+
+        let mut listeners = Vec::new();
+        let mut local = Vec::new();
+        for addr in &config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            local.push(l.local_addr().map_err(|source| ProxyError::Listen {
+                addr: *addr,
+                source,
+            })?);
+            listeners.push(l);
+        }
+        let admin_listener = bind_admin(&config.admin_socket).await?;
+
+        let (log, log_writer) = if !config.access_log {
+            (AccessLog::off(), None)
+        } else if let Some(path) = &config.access_log_path {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| ProxyError::AccessLog {
+                    path: path.clone(),
+                    source,
+                })?;
+            AccessLog::start(Box::new(f))
+        } else {
+            AccessLog::start(Box::new(std::io::stdout()))
+        };
+
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(http);
+
+        let shared = Arc::new(Shared {
+            routing: Routing::new(table),
+            client,
+            log: Arc::new(log),
+            config: config.clone(),
+        });
+        let admin = Arc::new(Admin {
+            shared,
+            state_dir: config.state_dir.clone(),
+            write: tokio::sync::Mutex::new(()),
+        });
+        Ok(Proxy {
+            listeners,
+            local,
+            admin_listener,
+            admin,
+            log_writer,
+        })
+    }
+
+    /// The bound client-traffic addresses, in `listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin.shared.config.admin_socket
+    }
+
+    /// A client for this proxy's admin socket.
+    pub fn admin_client(&self) -> AdminClient {
+        AdminClient::new(self.admin_socket())
+    }
+
+    /// Serves client traffic and the admin API until `shutdown` resolves;
+    /// then stops accepting, lets open requests finish for up to
+    /// `shutdown_timeout`, and removes the admin socket.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ProxyError> {
+        let Proxy {
+            listeners,
+            local,
+            admin_listener,
+            admin,
+            log_writer,
+        } = self;
+        let config = admin.shared.config.clone();
+        let graceful = Arc::new(GracefulShutdown::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accepters = JoinSet::new();
+        for listener in listeners {
+            accepters.spawn(accept_traffic(
+                listener,
+                admin.shared.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        accepters.spawn(accept_admin(
+            admin_listener,
+            admin.clone(),
+            graceful.clone(),
+            stop_rx,
+        ));
+        tracing::info!(listen = ?local, admin_socket = %config.admin_socket.display(), "proxy serving");
+
+        shutdown.await;
+        tracing::info!("proxy shutting down: no new connections; finishing open requests");
+        let _ = stop_tx.send(true);
+        while accepters.join_next().await.is_some() {}
+        match Arc::try_unwrap(graceful) {
+            Ok(graceful) => {
+                if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        timeout = ?config.shutdown_timeout,
+                        "requests still open after the shutdown timeout; closing them"
+                    );
+                }
+            }
+            Err(_) => tracing::warn!("connections still referenced at shutdown"),
+        }
+        let _ = std::fs::remove_file(&config.admin_socket);
+        // The last handle of the access log goes with `admin` (unless a
+        // connection outlived the shutdown timeout); then the writer thread
+        // drains its queue and ends.
+        drop(admin);
+        if let Some(writer) = log_writer {
+            let joined = tokio::task::spawn_blocking(move || writer.join());
+            if tokio::time::timeout(Duration::from_secs(2), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("access log lines may be lost: requests still open at exit");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds the admin socket with mode 0600, replacing a stale socket file
+/// but never a live proxy's.
+async fn bind_admin(path: &Path) -> Result<UnixListener, ProxyError> {
+    let err = |source| ProxyError::AdminSocket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(err)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ProxyError::AdminSocketInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+fn backoff_on_accept_error(e: &std::io::Error) -> Duration {
+    tracing::warn!(error = %e, "accept failed");
+    Duration::from_millis(50)
+}
+
+async fn accept_traffic(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tokio::time::sleep(backoff_on_accept_error(&e)).await;
+                    continue;
+                }
+            },
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let svc = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(forward::handle(shared, req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn accept_admin(
+    listener: UnixListener,
+    admin: Arc<Admin>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tokio::time::sleep(backoff_on_accept_error(&e)).await;
+                    continue;
+                }
+            },
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
+        };
+        let admin = admin.clone();
+        let svc = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin::handle(admin, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
