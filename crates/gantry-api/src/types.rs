@@ -292,3 +292,48 @@ pub struct ReleaseInfo {
     /// Output of the build command (the end of it, when long).
     pub build_log: String,
 }
+
+/// `POST /api/v1/apps/{app}/envs/{env}/deploys`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartDeploy {
+    /// The release to deploy (see `gantry releases`).
+    pub release: i64,
+}
+
+/// A deploy, with its live state and timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployInfo {
+    pub id: i64,
+    pub app: String,
+    pub env: String,
+    pub release: i64,
+    pub previous_release: Option<i64>,
+    pub actor: String,
+    pub phase: String,
+    /// succeeded, rolled-back, failed, aborted; none while running.
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    /// Share of traffic on the new release now.
+    pub weight: u8,
+    /// The latest gate values against their thresholds.
+    pub gates: Vec<GateInfo>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateInfo {
+    pub name: String,
+    pub value: String,
+    pub threshold: String,
+    /// pass, fail, pending
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: i64,
+    pub phase: String,
+    pub message: String,
+}

@@ -74,6 +74,22 @@ enum Command {
     ///
     /// Example: gantry releases --env production
     Releases(cmd::releases::ListArgs),
+    /// Deploy a release through the rollout engine, following it live.
+    ///
+    /// Example: gantry deploy --env production --release 7
+    Deploy(cmd::deploys::DeployArgs),
+    /// List an environment's deploys, or show one's timeline.
+    ///
+    /// Example: gantry deploys --env production
+    Deploys(cmd::deploys::ListArgs),
+    /// Continue a deploy paused for approval.
+    ///
+    /// Example: gantry approve --env production
+    Approve(cmd::deploys::IdArgs),
+    /// Stop a running deploy and restore the previous release.
+    ///
+    /// Example: gantry abort --env production
+    Abort(cmd::deploys::IdArgs),
     /// Start an environment's instances from its applied config.
     ///
     /// Example: gantry start --env staging --dir ./build
@@ -126,6 +142,10 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
         Command::Dev(a) => cmd::dev::run(&ctx, a),
+        Command::Deploy(a) => cmd::deploys::deploy(&ctx, a),
+        Command::Deploys(a) => cmd::deploys::list(&ctx, a),
+        Command::Approve(a) => cmd::deploys::approve(&ctx, a),
+        Command::Abort(a) => cmd::deploys::abort(&ctx, a),
         Command::Build(a) => cmd::releases::build(&ctx, a),
         Command::Releases(a) => cmd::releases::list(&ctx, a),
         Command::Start(a) => cmd::instances::start(&ctx, a),

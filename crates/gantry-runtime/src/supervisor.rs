@@ -80,6 +80,8 @@ pub struct InstanceStatus {
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub last_probe: Option<String>,
+    /// Set when readiness failed its threshold (cleared when ready again).
+    pub not_ready: Option<String>,
     pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
     /// How limits are enforced ("cgroup v1", "rlimit (memory only)", "none").
@@ -167,6 +169,7 @@ impl Runtime {
             restarts: 0,
             last_exit: None,
             last_probe: None,
+            not_ready: None,
             cpu_percent: None,
             rss_bytes: None,
             limits: None,
@@ -602,11 +605,18 @@ impl Supervisor {
                     self.update(|s| s.last_probe = Some(format!("readiness: {detail}")));
                     match changed {
                         Some(true) => {
-                            self.update(|s| s.ready = true);
+                            self.update(|s| {
+                                s.ready = true;
+                                s.not_ready = None;
+                            });
                             self.event(EventKind::Ready, format!("ready: {}", r.detail));
                         }
                         Some(false) => {
-                            self.update(|s| s.ready = false);
+                            let why = r.detail.clone();
+                            self.update(|s| {
+                                s.ready = false;
+                                s.not_ready = Some(why);
+                            });
                             self.event(EventKind::NotReady, format!("not ready: {}", r.detail));
                         }
                         None => {}

@@ -129,7 +129,8 @@ impl Fleet {
         self.data_dir.join("envs").join(app).join(env).join("data")
     }
 
-    /// Starts the instances of an app environment from its config.
+    /// Starts the instances of an app environment from its config
+    /// (`gantry start`: the environment must have none running).
     pub(crate) async fn start(
         &self,
         app: &str,
@@ -138,10 +139,28 @@ impl Fleet {
         dir: PathBuf,
         secrets: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<InstanceInfo>, ApiError> {
+        self.start_set(app, env, MAIN_SET, spec, dir, secrets, true)
+            .await
+    }
+
+    /// Starts backend set `set` of an app environment. With `exclusive`,
+    /// refuses when any set of the environment runs; otherwise only when
+    /// this set does.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_set(
+        &self,
+        app: &str,
+        env: &str,
+        set: &str,
+        spec: &AppSpec,
+        dir: PathBuf,
+        secrets: Vec<(String, Vec<u8>)>,
+        exclusive: bool,
+    ) -> Result<Vec<InstanceInfo>, ApiError> {
         let _busy = self.busy.lock().await;
         if lock(&self.running)
             .values()
-            .any(|r| r.app == app && r.env == env)
+            .any(|r| r.app == app && r.env == env && (exclusive || r.set == set))
         {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -167,7 +186,7 @@ impl Fleet {
             for index in 0..count {
                 match ports.allocate() {
                     Ok(port) => specs.push(instance_spec(
-                        app, env, MAIN_SET, index, port, spec, &dir, &env_vars,
+                        app, env, set, index, port, spec, &dir, &env_vars,
                     )),
                     Err(e) => {
                         for s in &specs {
@@ -220,7 +239,7 @@ impl Fleet {
                 Running {
                     app: app.into(),
                     env: env.into(),
-                    set: MAIN_SET.into(),
+                    set: set.into(),
                     instance,
                 },
             );
@@ -231,12 +250,22 @@ impl Fleet {
 
     /// Stops every instance of an app environment gracefully and forgets them.
     pub(crate) async fn stop(&self, app: &str, env: &str) -> Result<usize, ApiError> {
+        self.stop_set(app, env, None).await
+    }
+
+    /// Stops one backend set (or all of them) of an app environment.
+    pub(crate) async fn stop_set(
+        &self,
+        app: &str,
+        env: &str,
+        set: Option<&str>,
+    ) -> Result<usize, ApiError> {
         let _busy = self.busy.lock().await;
         let stopping: Vec<(String, Running)> = {
             let mut running = lock(&self.running);
             let ids: Vec<String> = running
                 .iter()
-                .filter(|(_, r)| r.app == app && r.env == env)
+                .filter(|(_, r)| r.app == app && r.env == env && set.is_none_or(|s| r.set == s))
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.into_iter()
@@ -268,12 +297,26 @@ impl Fleet {
                 ports.release(r.instance.spec().port);
             }
         }
-        let (a, e) = (app.to_string(), env.to_string());
+        let ids: Vec<String> = stopping.iter().map(|(id, _)| id.clone()).collect();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.remove_instances(&a, &e))
+        tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
         Ok(n)
+    }
+
+    /// The statuses of one backend set.
+    pub(crate) fn set_status(
+        &self,
+        app: &str,
+        env: &str,
+        set: &str,
+    ) -> Vec<(u16, gantry_runtime::InstanceStatus)> {
+        lock(&self.running)
+            .values()
+            .filter(|r| r.app == app && r.env == env && r.set == set)
+            .map(|r| (r.instance.spec().port, r.instance.status()))
+            .collect()
     }
 
     /// Restarts every instance of an app environment (one after another, so

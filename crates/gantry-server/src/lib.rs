@@ -13,6 +13,7 @@ mod api;
 mod audit;
 mod auth;
 mod build;
+mod deployer;
 mod error;
 mod fleet;
 mod state;
@@ -53,6 +54,8 @@ pub struct ServerOptions {
     pub ports: std::ops::RangeInclusive<u16>,
     /// How often instance CPU and memory are stored.
     pub usage_interval: std::time::Duration,
+    /// The edge proxy's admin socket; default `proxy/admin.sock` in the data dir.
+    pub proxy_admin: Option<PathBuf>,
 }
 
 /// Where a started server listens.
@@ -128,10 +131,20 @@ pub async fn run(
         },
     )
     .context("cannot start the runtime")?;
+    let proxy_admin = opts
+        .proxy_admin
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("proxy").join("admin.sock"));
+    let deployer = deployer::Deployer::new(
+        store.clone(),
+        fleet.clone(),
+        gantry_proxy::AdminClient::new(proxy_admin),
+    );
     let state = AppState {
         store,
         owner_uid,
         fleet,
+        deployer,
     };
     let router = app(state);
 

@@ -14,6 +14,7 @@ pub(crate) struct AppState {
     /// unix socket without a token.
     pub(crate) owner_uid: u32,
     pub(crate) fleet: Arc<crate::fleet::Fleet>,
+    pub(crate) deployer: Arc<crate::deployer::Deployer>,
 }
 
 impl AppState {

@@ -87,6 +87,18 @@ impl Store {
         )?)
     }
 
+    /// Forgets the given instances (after they stopped).
+    pub fn remove_instance_ids(&self, ids: &[String]) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        for id in ids {
+            n += tx.execute("DELETE FROM instances WHERE id=?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Every recorded instance, or those of one app environment.
     pub fn instances(&self, app_env: Option<(&str, &str)>) -> Result<Vec<InstanceRecord>> {
         let conn = self.conn();

@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// How often instance CPU and memory usage are stored.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::output::parse_duration)]
     usage_interval: std::time::Duration,
+    /// The edge proxy's admin socket (default: proxy/admin.sock in the data directory).
+    #[arg(long, value_name = "PATH")]
+    proxy_admin: Option<std::path::PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -73,6 +76,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         ],
         ports: args.port_range,
         usage_interval: args.usage_interval,
+        proxy_admin: args.proxy_admin,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod config;
+mod deploys;
 mod instances;
 mod releases;
 mod secrets;
@@ -73,6 +74,22 @@ pub(crate) fn routes() -> Router<AppState> {
             get(releases::list)
                 .post(releases::build)
                 .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024 * 1024)),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/deploys",
+            get(deploys::list).post(deploys::start),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/deploys/{id}",
+            get(deploys::show),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/deploys/{id}/approve",
+            post(deploys::approve),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/deploys/{id}/abort",
+            post(deploys::abort),
         )
         .route("/api/v1/audit", get(audit_log::list))
         .route("/api/v1/audit/verify", get(audit_log::verify))

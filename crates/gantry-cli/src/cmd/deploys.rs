@@ -1,0 +1,252 @@
+//! `gantry deploy`, `gantry deploys [show ID]`, `gantry approve`, `gantry abort`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gantry_api::client::seg;
+use gantry_api::{DeployInfo, StartDeploy};
+
+use crate::ctx::{Ctx, block_on, resolve_app};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The environment.
+    #[arg(long)]
+    env: String,
+    /// The app (default: read from ./gantry.toml).
+    #[arg(long)]
+    app: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeployArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The release to deploy (see `gantry releases`).
+    #[arg(long)]
+    release: i64,
+    /// Start it and return at once instead of following it.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    show: Option<Show>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Show {
+    /// One deploy's timeline.
+    ///
+    /// Example: gantry deploys show 12 --env production
+    Show { id: i64 },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct IdArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The deploy (default: the environment's running one).
+    id: Option<i64>,
+}
+
+fn base(t: &Target) -> anyhow::Result<String> {
+    let app = resolve_app(t.app.clone(), Path::new("gantry.toml"))?;
+    Ok(format!(
+        "/api/v1/apps/{}/envs/{}/deploys",
+        seg(&app),
+        seg(&t.env)
+    ))
+}
+
+fn gates_line(d: &DeployInfo) -> String {
+    d.gates
+        .iter()
+        .filter(|g| g.name != "requests" || g.status == "pending")
+        .map(|g| format!("{} {} ({} {})", g.name, g.value, g.threshold, g.status))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Follows a deploy until it ends, printing its timeline as it grows.
+fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
+    let client = ctx.client()?;
+    let mut shown = 0;
+    let mut last_status = String::new();
+    loop {
+        let d: DeployInfo = block_on(client.get(&format!("{base}/{id}")))?;
+        for e in d.timeline.iter().skip(shown) {
+            if ctx.json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!("{}  {:<14} {}", output::time(e.at), e.phase, e.message);
+            }
+        }
+        shown = d.timeline.len();
+        let status = format!(
+            "  traffic on release {}: {} %  {}",
+            d.release,
+            d.weight,
+            gates_line(&d)
+        );
+        if !ctx.json && status != last_status && d.outcome.is_none() && !d.gates.is_empty() {
+            println!("{status}");
+            last_status = status;
+        }
+        if d.outcome.is_some() {
+            return Ok(d);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
+    let base = base(&a.target)?;
+    let d: DeployInfo = block_on(
+        ctx.client()?
+            .post(&base, &StartDeploy { release: a.release }),
+    )?;
+    if !ctx.json {
+        println!(
+            "deploy {} of release {} to {}/{} started{}",
+            d.id,
+            d.release,
+            d.app,
+            d.env,
+            d.previous_release
+                .map(|p| format!(" (replacing release {p})"))
+                .unwrap_or_default()
+        );
+    }
+    if a.detach {
+        if ctx.json {
+            output::json(&d)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = follow(ctx, &base, d.id)?;
+    let ok = done.outcome.as_deref() == Some("succeeded");
+    if !ctx.json {
+        println!(
+            "deploy {} {}{}",
+            done.id,
+            done.outcome.as_deref().unwrap_or("?"),
+            done.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(crate) fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let base = base(&a.target)?;
+    let client = ctx.client()?;
+    if let Some(Show::Show { id }) = a.show {
+        let d: DeployInfo = block_on(client.get(&format!("{base}/{id}")))?;
+        if ctx.json {
+            output::json(&d)?;
+        } else {
+            println!(
+                "deploy {} of release {} to {}/{} by {}: {}",
+                d.id,
+                d.release,
+                d.app,
+                d.env,
+                d.actor,
+                d.outcome.as_deref().unwrap_or(&d.phase)
+            );
+            let mut prev: Option<i64> = None;
+            for e in &d.timeline {
+                let took = prev
+                    .map(|p| format!("+{:.1}s", (e.at - p) as f64 / 1000.0))
+                    .unwrap_or_default();
+                println!(
+                    "  {}  {:>7}  {:<14} {}",
+                    output::time(e.at),
+                    took,
+                    e.phase,
+                    e.message
+                );
+                prev = Some(e.at);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<DeployInfo> = block_on(client.get(&base))?;
+    if ctx.json {
+        output::json(&list)?;
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|d| {
+                vec![
+                    d.id.to_string(),
+                    d.release.to_string(),
+                    d.outcome
+                        .clone()
+                        .unwrap_or_else(|| format!("{} …", d.phase)),
+                    d.actor.clone(),
+                    output::time(d.created_at),
+                    d.finished_at.map_or("-".into(), |f| {
+                        format!("{:.1}s", (f - d.created_at) as f64 / 1000.0)
+                    }),
+                ]
+            })
+            .collect();
+        output::table(
+            &["deploy", "release", "outcome", "by", "started", "took"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn running_id(ctx: &Ctx, base: &str, id: Option<i64>) -> anyhow::Result<i64> {
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    let list: Vec<DeployInfo> = block_on(ctx.client()?.get(base))?;
+    list.iter()
+        .find(|d| d.outcome.is_none())
+        .map(|d| d.id)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no deploy is running in this environment; see `gantry deploys`")
+        })
+}
+
+pub(crate) fn approve(ctx: &Ctx, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let base = base(&a.target)?;
+    let id = running_id(ctx, &base, a.id)?;
+    let _: serde_json::Value = block_on(
+        ctx.client()?
+            .post(&format!("{base}/{id}/approve"), &serde_json::json!({})),
+    )?;
+    println!("approved deploy {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn abort(ctx: &Ctx, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let base = base(&a.target)?;
+    let id = running_id(ctx, &base, a.id)?;
+    let _: serde_json::Value = block_on(
+        ctx.client()?
+            .post(&format!("{base}/{id}/abort"), &serde_json::json!({})),
+    )?;
+    println!(
+        "aborting deploy {id}; `gantry deploys show {id} --env {}` follows it",
+        a.target.env
+    );
+    Ok(ExitCode::SUCCESS)
+}

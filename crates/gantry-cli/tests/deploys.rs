@@ -1,0 +1,314 @@
+//! Deploys end to end: the control plane, the edge proxy and the example
+//! app as real processes; steady load through the proxy while releases are
+//! deployed (first deploy, blue-green), and bad releases are rolled back
+//! automatically (readiness never passes; a canary answering 5xx).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::TestServer;
+
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(state: &std::path::Path) -> Proxy {
+    let mut child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "off",
+            "--state-dir",
+        ])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("proxy address").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            break a.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Proxy { child, port }
+}
+
+fn config(strategy: &str, extra_env: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "hello"
+
+[run]
+command = "./hello-app"
+instances = 2
+grace_period = "5s"
+
+[health.readiness]
+kind = "http"
+path = "/readiness"
+interval = "200ms"
+timeout = "100ms"
+failure_threshold = 2
+
+[deploy]
+{strategy}
+
+[analysis]
+interval = "500ms"
+min_requests = 10
+
+[env]
+{extra_env}
+
+[proxy]
+hosts = ["hello.test"]
+"#
+    )
+}
+
+const BLUE_GREEN: &str = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
+const CANARY: &str = "strategy = \"canary\"\nsteps = [{ weight = 50, pause = \"20s\" }]";
+
+/// Builds a release from a directory holding the example app and `toml`,
+/// after applying `toml` as the environment's config. Returns its number.
+fn release(server: &TestServer, toml: &str) -> i64 {
+    let dir = server.dir.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(support::hello_app(), dir.join("hello-app")).unwrap();
+    std::fs::write(dir.join("gantry.toml"), toml).unwrap();
+    std::fs::write(server.dir.path().join("gantry.toml"), toml).unwrap();
+    server.run(&["config", "apply", "--env", "production"]).ok();
+    let r = server.run(&[
+        "--json",
+        "build",
+        "--env",
+        "production",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    r.ok();
+    r.json()["number"].as_i64().unwrap()
+}
+
+fn get_via(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, "connect failed".into());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return (0, "write failed".into());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+/// Steady load through the proxy; counts answers by kind.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) && n < 200_000 {
+                n += 1;
+                let (status, body) = get_via(port);
+                if status == 200 {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    if failures.len() < 20 {
+                        failures.push(format!("{status} {body}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            failures
+        });
+        Self {
+            stop,
+            ok,
+            failed,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.handle.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            failures,
+        )
+    }
+}
+
+#[test]
+fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+
+    // First deploy: straight to 100 %.
+    let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\""));
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r1.to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("deploy 1 succeeded"), "{}", out.stdout);
+    assert!(get_via(proxy.port).1.contains("hello from v1"));
+
+    // Blue-green to v2 under load: zero failed requests.
+    let r2 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v2\""));
+    let load = Load::start(proxy.port);
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r2.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, failures) = load.finish();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("replacing release 1"), "{}", out.stdout);
+    assert_eq!(failed, 0, "failed requests during the switch: {failures:?}");
+    assert!(ok > 50, "the load ran ({ok} requests)");
+    assert!(get_via(proxy.port).1.contains("hello from v2"));
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["set"] == format!("r{r2}")),
+        "old set stopped: {ps:#}"
+    );
+
+    // A release whose readiness never passes: rolled back, v2 keeps serving.
+    let r3 = release(
+        &server,
+        &config(BLUE_GREEN, "APP_VERSION = \"v3\"\nFAIL_READINESS = \"1\""),
+    );
+    let load = Load::start(proxy.port);
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r3.to_string(),
+    ]);
+    let (_, failed, failures) = load.finish();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("rolled-back") && out.stdout.contains("not ready"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(failed, 0, "{failures:?}");
+    assert!(get_via(proxy.port).1.contains("hello from v2"));
+
+    // A canary answering 5xx: the gate fails, weight back to 0 at once.
+    let r4 = release(
+        &server,
+        &config(CANARY, "APP_VERSION = \"v4\"\nERROR_RATE = \"0.5\""),
+    );
+    let load = Load::start(proxy.port);
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r4.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, failures) = load.finish();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("gate failed: error rate"),
+        "{}",
+        out.stdout
+    );
+    assert!(failed > 0, "the bad canary's own errors are seen");
+    assert!(
+        failures.iter().all(|f| f.starts_with("500")),
+        "only the canary's 500s: {failures:?}"
+    );
+    assert!(ok > failed);
+    // After the rollback, no more errors.
+    let after = Load::start(proxy.port);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, failures) = after.finish();
+    assert_eq!(failed, 0, "{failures:?}");
+    assert!(ok > 0);
+
+    // History.
+    let list = server
+        .run(&["--json", "deploys", "--env", "production"])
+        .json();
+    let outcomes: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["rolled-back", "rolled-back", "succeeded", "succeeded"]
+    );
+    let show = server.run(&["deploys", "--env", "production", "show", "4"]);
+    assert!(
+        show.stdout.contains("canary step 1/1: 50 %"),
+        "{}",
+        show.stdout
+    );
+    drop(proxy);
+}

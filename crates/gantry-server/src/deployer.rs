@@ -1,0 +1,693 @@
+//! The rollout executor: drives a `gantry_rollout::Deploy` with real work.
+//!
+//! One task per deploy. It feeds the machine inputs (work results, proxy
+//! metrics every analysis interval, clock ticks, approve/abort) and carries
+//! out the actions it returns, after saving the new state and the timeline
+//! to the store. Traffic moves through the proxy's admin API: the route
+//! `app/env` has the old release's set and the new one's, and `SetWeight`
+//! rewrites their weights in one table swap. Sets are named `r<release>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_proxy::{AdminClient, BackendSet, Route};
+use gantry_rollout::{Action, Deploy, Gates, Input, Pause, Plan, SetMetrics, Step, Strategy};
+use gantry_spec::AppSpec;
+use gantry_spec::model;
+use gantry_store::Store;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::fleet::Fleet;
+
+const TICK: Duration = Duration::from_millis(250);
+const LEASE_MS: i64 = 60_000;
+
+/// Commands for a running deploy.
+pub(crate) enum Command {
+    Approve(String),
+    Abort(String),
+}
+
+pub(crate) struct Deployer {
+    store: Arc<Store>,
+    fleet: Arc<Fleet>,
+    proxy: AdminClient,
+    /// One read-modify-write of the proxy's table at a time.
+    table: tokio::sync::Mutex<()>,
+    running: Mutex<HashMap<i64, mpsc::UnboundedSender<Command>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a deploy task needs to know, fixed at its start.
+struct Job {
+    id: i64,
+    app: String,
+    env: String,
+    holder: String,
+    spec: AppSpec,
+    plan: Plan,
+    new_set: String,
+    old_set: Option<String>,
+    dir: PathBuf,
+    secrets: Vec<(String, Vec<u8>)>,
+    analysis_interval: Duration,
+}
+
+fn db<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> gantry_store::Result<T> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, ApiError>> {
+    let store = store.clone();
+    async move {
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::from)
+    }
+}
+
+pub(crate) fn plan_for(spec: &AppSpec, has_previous: bool) -> Plan {
+    let d = &spec.deploy;
+    let a = &spec.analysis;
+    let strategy = match d.strategy {
+        model::Strategy::BlueGreen => Strategy::BlueGreen {
+            rollback_window: d.rollback_window.as_std(),
+        },
+        model::Strategy::Canary => Strategy::Canary {
+            steps: d
+                .steps
+                .iter()
+                .map(|s| Step {
+                    weight: s.weight,
+                    pause: match s.pause {
+                        gantry_spec::Pause::For(p) => Pause::For(p.as_std()),
+                        gantry_spec::Pause::Approval => Pause::Approval,
+                    },
+                })
+                .collect(),
+        },
+    };
+    let probe = &spec.health.readiness;
+    Plan {
+        strategy,
+        gates: Gates {
+            max_error_rate: a.max_error_rate,
+            min_success_rate: a.min_success_rate,
+            max_p99: a.max_p99.as_std(),
+            min_requests: u64::from(a.min_requests),
+            compare_to_stable: a.compare_to_stable,
+        },
+        pre_hook: d.hooks.pre_deploy.is_some(),
+        post_hook: d.hooks.post_deploy.is_some(),
+        build: false,
+        migrate: spec.migrate.command.is_some(),
+        migrate_rollback: spec.migrate.rollback.is_some(),
+        smoke: !d.smoke.is_empty(),
+        require_approval: d.require_approval,
+        has_previous,
+        ready_timeout: (probe.startup_grace.as_std()
+            + probe.interval.as_std() * (probe.success_threshold + probe.failure_threshold) * 4)
+            .max(Duration::from_secs(30)),
+    }
+}
+
+impl Deployer {
+    pub(crate) fn new(store: Arc<Store>, fleet: Arc<Fleet>, proxy: AdminClient) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            fleet,
+            proxy,
+            table: tokio::sync::Mutex::new(()),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn command(&self, id: i64, cmd: Command) -> Result<(), ApiError> {
+        let running = lock(&self.running);
+        let tx = running.get(&id).ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("deploy {id} is not running; see `gantry deploys show {id}`"),
+            )
+        })?;
+        tx.send(cmd)
+            .map_err(|_| ApiError::internal("the deploy task is gone"))
+    }
+
+    /// Starts deploying `release` to `app`/`env`; returns the deploy id.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        app: &str,
+        env: &str,
+        release: i64,
+        actor: &str,
+    ) -> Result<i64, ApiError> {
+        let (a, e) = (app.to_string(), env.to_string());
+        let (version, secrets, rel, last) = db(&self.store, move |s| {
+            let last = s
+                .deploys(Some((&a, &e)), 50)?
+                .into_iter()
+                .find(|d| d.outcome.as_deref() == Some("succeeded"));
+            Ok((
+                s.current_config(&a, &e)?,
+                s.secret_values(&a, &e)?,
+                s.release(&a, release)?,
+                last,
+            ))
+        })
+        .await?;
+        let spec = gantry_spec::parse_str(&version.file_name, &version.source)
+            .and_then(|s| s.resolve(env))
+            .map_err(|d| ApiError::unprocessable(format!("the applied config has errors:\n{d}")))?;
+        let previous = last.map(|d| d.release).filter(|r| *r != release);
+        let old_set = previous.map(|r| format!("r{r}"));
+        let has_previous = old_set
+            .as_ref()
+            .is_some_and(|s| !self.fleet.set_status(app, env, s).is_empty());
+        let plan = plan_for(&spec, has_previous);
+        let holder = format!("{actor} (deploy of release {release})");
+        let now = gantry_store::now_ms();
+        let (a, e, h) = (app.to_string(), env.to_string(), holder.clone());
+        let lease = db(&self.store, move |s| {
+            s.acquire_lease(&a, &e, &h, None, LEASE_MS, now)
+        })
+        .await?;
+        if let Err(held) = lease {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!(
+                    "{app}/{env} is being deployed by {} (deploy {}, for {} s); wait for it or `gantry abort`",
+                    held.holder,
+                    held.deploy_id.map_or("?".into(), |d| d.to_string()),
+                    (now - held.acquired_at) / 1000
+                ),
+            ));
+        }
+        let state = Deploy::new(now);
+        let (plan_json, state_json) = (
+            serde_json::to_string(&plan).map_err(|e| ApiError::internal(e.to_string()))?,
+            serde_json::to_string(&state).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        let (a, e, act) = (app.to_string(), env.to_string(), actor.to_string());
+        let rec = db(&self.store, move |s| {
+            s.create_deploy(
+                &a,
+                &e,
+                release,
+                previous,
+                &act,
+                &plan_json,
+                &state_json,
+                "pending",
+            )
+        })
+        .await?;
+        let (a, e, h, id) = (app.to_string(), env.to_string(), holder.clone(), rec.id);
+        db(&self.store, move |s| {
+            s.acquire_lease(&a, &e, &h, Some(id), LEASE_MS, gantry_store::now_ms())
+                .map(|_| ())
+        })
+        .await?;
+        let job = Job {
+            id: rec.id,
+            app: app.into(),
+            env: env.into(),
+            holder,
+            analysis_interval: spec.analysis.interval.as_std(),
+            spec,
+            plan,
+            new_set: format!("r{release}"),
+            old_set: old_set.filter(|_| has_previous),
+            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            secrets,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.running).insert(rec.id, tx);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = job.id;
+            me.run(job, state, rx).await;
+            lock(&me.running).remove(&id);
+        });
+        Ok(rec.id)
+    }
+
+    async fn run(&self, job: Job, mut d: Deploy, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut queue: std::collections::VecDeque<Input> = [Input::Begin].into();
+        let mut baseline: Option<SetMetrics> = None;
+        let mut baseline_old: Option<SetMetrics> = None;
+        let mut last_metrics = Instant::now();
+        let mut last_lease = Instant::now();
+        let mut draining = false;
+        while !d.is_done() {
+            let input = match queue.pop_front() {
+                Some(i) => i,
+                None => {
+                    tokio::select! {
+                        Some(cmd) = rx.recv() => match cmd {
+                            Command::Approve(by) => Input::Approve { by },
+                            Command::Abort(by) => Input::Abort { by },
+                        },
+                        _ = tokio::time::sleep(TICK) => {
+                            if last_lease.elapsed() > Duration::from_secs(10) {
+                                last_lease = Instant::now();
+                                let (a, e, h) = (job.app.clone(), job.env.clone(), job.holder.clone());
+                                let _ = db(&self.store, move |s| s.renew_lease(&a, &e, &h, LEASE_MS, gantry_store::now_ms())).await;
+                            }
+                            self.observe(&job, &d, &mut queue, &mut baseline, &mut baseline_old, &mut last_metrics, draining).await;
+                            queue.pop_front().unwrap_or(Input::Tick)
+                        }
+                    }
+                }
+            };
+            let now = gantry_store::now_ms();
+            let actions = d.handle(&job.plan, input, now);
+            // The new state is stored before anything acts on it.
+            let logs: Vec<(i64, String)> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Log(m) => Some((now, m.clone())),
+                    Action::Notify { message, failure } => Some((
+                        now,
+                        format!("{}{message}", if *failure { "FAILED: " } else { "" }),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let state = serde_json::to_string(&d).unwrap_or_default();
+            let phase = serde_json::to_value(d.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let outcome = d
+                .outcome
+                .and_then(|o| serde_json::to_value(o).ok())
+                .and_then(|v| v.as_str().map(str::to_string));
+            let id = job.id;
+            if let Err(e) = db(&self.store, move |s| {
+                s.save_deploy(id, &state, &phase, outcome.as_deref(), &logs)
+            })
+            .await
+            {
+                tracing::error!(deploy = id, error = %e.message, "cannot save the deploy state");
+            }
+            for action in actions {
+                if let Action::SetWeight { .. } = action {
+                    baseline = None;
+                    baseline_old = None;
+                }
+                if let Action::DrainOld = action {
+                    draining = true;
+                }
+                if let Some(next) = self.act(&job, action).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+        let (a, e, h) = (job.app.clone(), job.env.clone(), job.holder.clone());
+        let _ = db(&self.store, move |s| s.release_lease(&a, &e, &h)).await;
+    }
+
+    /// Between inputs: readiness of new instances, drain status, metrics.
+    #[allow(clippy::too_many_arguments)]
+    async fn observe(
+        &self,
+        job: &Job,
+        d: &Deploy,
+        queue: &mut std::collections::VecDeque<Input>,
+        baseline: &mut Option<SetMetrics>,
+        baseline_old: &mut Option<SetMetrics>,
+        last_metrics: &mut Instant,
+        draining: bool,
+    ) {
+        use gantry_rollout::Phase;
+        match d.phase {
+            Phase::Start => {
+                let st = self.fleet.set_status(&job.app, &job.env, &job.new_set);
+                if let Some(bad) = st.iter().find_map(|(_, s)| {
+                    s.not_ready
+                        .clone()
+                        .map(|w| format!("{} not ready: {w}", s.id))
+                        .or_else(|| {
+                            (s.restarts > 0 || s.last_exit.is_some()).then(|| {
+                                format!(
+                                    "{} {}",
+                                    s.id,
+                                    s.last_exit.clone().unwrap_or_else(|| "restarted".into())
+                                )
+                            })
+                        })
+                }) {
+                    queue.push_back(Input::StartFailed { detail: bad });
+                } else if !st.is_empty() && st.iter().all(|(_, s)| s.ready) {
+                    queue.push_back(Input::Ready);
+                }
+            }
+            Phase::Drain if draining => {
+                if let Some(old) = &job.old_set {
+                    let route = format!("{}/{}", job.app, job.env);
+                    if self
+                        .proxy
+                        .drained(&route, old)
+                        .await
+                        .is_ok_and(|s| s.drained)
+                    {
+                        queue.push_back(Input::Drained);
+                    }
+                } else {
+                    queue.push_back(Input::Drained);
+                }
+            }
+            Phase::Analyze | Phase::AwaitApproval | Phase::Warm => {
+                let route = format!("{}/{}", job.app, job.env);
+                let Ok(stats) = self.proxy.stats().await else {
+                    return;
+                };
+                let read = |set: &str| {
+                    stats.set(&route, set).map(|s| SetMetrics {
+                        requests: s.requests.c1xx
+                            + s.requests.c2xx
+                            + s.requests.c3xx
+                            + s.requests.c4xx
+                            + s.requests.c5xx,
+                        status_5xx: s.requests.c5xx,
+                        status_ok: s.requests.c1xx + s.requests.c2xx + s.requests.c3xx,
+                        p99: s
+                            .latency_ms
+                            .p99
+                            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                    })
+                };
+                let now_new = read(&job.new_set).unwrap_or_default();
+                let now_old = job.old_set.as_deref().and_then(read);
+                let base = *baseline.get_or_insert(now_new);
+                let base_old = baseline_old.get_or_insert(now_old.unwrap_or_default());
+                let delta = |now: SetMetrics, base: SetMetrics| SetMetrics {
+                    requests: now.requests.saturating_sub(base.requests),
+                    status_5xx: now.status_5xx.saturating_sub(base.status_5xx),
+                    status_ok: now.status_ok.saturating_sub(base.status_ok),
+                    p99: now.p99,
+                };
+                let new = delta(now_new, base);
+                // Judge early when errors pile up; otherwise every interval.
+                let due = last_metrics.elapsed() >= job.analysis_interval
+                    || (new.requests >= job.plan.gates.min_requests && new.status_5xx > 0);
+                if due {
+                    *last_metrics = Instant::now();
+                    queue.push_back(Input::Metrics {
+                        new,
+                        old: now_old.map(|o| delta(o, *base_old)),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out one action; returns the input it produces, if any.
+    async fn act(&self, job: &Job, action: Action) -> Option<Input> {
+        match action {
+            Action::Log(_) => None,
+            Action::Notify { failure, message } => {
+                if failure {
+                    tracing::warn!(deploy = job.id, "{message}");
+                } else {
+                    tracing::info!(deploy = job.id, "{message}");
+                }
+                None
+            }
+            Action::Build => Some(Input::Built {
+                ok: true,
+                detail: "prebuilt release".into(),
+            }),
+            Action::RunPreHook | Action::RunPostHook => {
+                let cmd = if matches!(action, Action::RunPreHook) {
+                    job.spec.deploy.hooks.pre_deploy.clone()
+                } else {
+                    job.spec.deploy.hooks.post_deploy.clone()
+                };
+                let (ok, detail) = self
+                    .run_command(
+                        job,
+                        cmd.as_deref().unwrap_or("true"),
+                        Duration::from_secs(600),
+                    )
+                    .await;
+                Some(Input::HookDone { ok, detail })
+            }
+            Action::Migrate => {
+                let cmd = job
+                    .spec
+                    .migrate
+                    .command
+                    .clone()
+                    .unwrap_or_else(|| "true".into());
+                let (ok, detail) = self
+                    .run_command(job, &cmd, job.spec.migrate.timeout.as_std())
+                    .await;
+                Some(Input::Migrated { ok, detail })
+            }
+            Action::MigrateRollback => {
+                let cmd = job
+                    .spec
+                    .migrate
+                    .rollback
+                    .clone()
+                    .unwrap_or_else(|| "true".into());
+                let (ok, detail) = self
+                    .run_command(job, &cmd, job.spec.migrate.timeout.as_std())
+                    .await;
+                Some(Input::MigrationRolledBack { ok, detail })
+            }
+            Action::StartNew => {
+                match self
+                    .fleet
+                    .start_set(
+                        &job.app,
+                        &job.env,
+                        &job.new_set,
+                        &job.spec,
+                        job.dir.clone(),
+                        job.secrets.clone(),
+                        false,
+                    )
+                    .await
+                {
+                    Ok(_) => None,
+                    Err(e) => Some(Input::StartFailed { detail: e.message }),
+                }
+            }
+            Action::SmokeDirect | Action::SmokeLive => {
+                let ports: Vec<u16> = self
+                    .fleet
+                    .set_status(&job.app, &job.env, &job.new_set)
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect();
+                let (ok, detail) = smoke(&job.spec.deploy.smoke, &ports).await;
+                Some(Input::Smoke { ok, detail })
+            }
+            Action::SetWeight { new } => {
+                let mut sets = Vec::new();
+                if let Some(old) = &job.old_set {
+                    sets.push((old.clone(), 100 - u32::from(new)));
+                }
+                if new > 0 || job.old_set.is_none() {
+                    sets.push((
+                        job.new_set.clone(),
+                        if job.old_set.is_none() {
+                            100
+                        } else {
+                            u32::from(new)
+                        },
+                    ));
+                }
+                if let Err(e) = self.route(job, &sets).await {
+                    tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                }
+                None
+            }
+            Action::DrainOld => {
+                if let Err(e) = self.route(job, &[(job.new_set.clone(), 100)]).await {
+                    tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                }
+                None
+            }
+            Action::StopOld => {
+                if let Some(old) = &job.old_set {
+                    let _ = self.fleet.stop_set(&job.app, &job.env, Some(old)).await;
+                }
+                None
+            }
+            Action::StopNew => {
+                let _ = self
+                    .fleet
+                    .stop_set(&job.app, &job.env, Some(&job.new_set))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Sets the route of the job's app environment to `sets` (name, weight).
+    async fn route(&self, job: &Job, sets: &[(String, u32)]) -> Result<(), String> {
+        let _one = self.table.lock().await;
+        let mut table = self.proxy.table().await.map_err(|e| e.to_string())?;
+        let id = format!("{}/{}", job.app, job.env);
+        let hosts: Vec<String> = if job.spec.proxy.hosts.is_empty() {
+            vec![format!("{}.{}.localhost", job.env, job.app)]
+        } else {
+            job.spec
+                .proxy
+                .hosts
+                .iter()
+                .map(|h| h.as_str().to_string())
+                .collect()
+        };
+        let backend = |name: &str, weight: u32| BackendSet {
+            name: name.to_string(),
+            weight,
+            instances: self
+                .fleet
+                .set_status(&job.app, &job.env, name)
+                .iter()
+                .map(|(p, _)| format!("127.0.0.1:{p}"))
+                .collect(),
+        };
+        let route = Route {
+            id: id.clone(),
+            hosts,
+            path_prefix: if job.spec.proxy.path_prefix.is_empty() {
+                "/".into()
+            } else {
+                job.spec.proxy.path_prefix.clone()
+            },
+            sets: sets.iter().map(|(n, w)| backend(n, *w)).collect(),
+            maintenance: None,
+            timeout_ms: None,
+            headers: None,
+            rate_limit: None,
+            tls: None,
+        };
+        table.routes.retain(|r| r.id != id);
+        table.routes.push(route);
+        table.version += 1;
+        self.proxy
+            .set_table(&table)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn run_command(&self, job: &Job, cmd: &str, timeout: Duration) -> (bool, String) {
+        let mut vars: BTreeMap<String, String> = job
+            .spec
+            .render_env(|n| {
+                job.secrets
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            })
+            .unwrap_or_default();
+        vars.insert("GANTRY_DEPLOY_ID".into(), job.id.to_string());
+        vars.insert(
+            "GANTRY_RELEASE".into(),
+            job.new_set.trim_start_matches('r').into(),
+        );
+        vars.insert(
+            "GANTRY_PREVIOUS_RELEASE".into(),
+            job.old_set
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches('r')
+                .into(),
+        );
+        let data = self.fleet.env_data_dir(&job.app, &job.env);
+        let _ = std::fs::create_dir_all(&data);
+        let env = gantry_runtime::instance_env(&job.app, &job.env, &data, vars);
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(format!("exec 2>&1; {cmd}"))
+            .current_dir(&job.dir)
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(timeout, c.output()).await {
+            Err(_) => (
+                false,
+                format!("`{cmd}` ran longer than {} s", timeout.as_secs()),
+            ),
+            Ok(Err(e)) => (false, format!("`{cmd}` could not run: {e}")),
+            Ok(Ok(out)) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                (
+                    out.status.success(),
+                    format!("`{cmd}` {}: {}", out.status, tail.trim()),
+                )
+            }
+        }
+    }
+}
+
+/// Runs every smoke check against every port; the first failure wins.
+async fn smoke(checks: &[model::SmokeCheck], ports: &[u16]) -> (bool, String) {
+    let mut passed = 0;
+    for port in ports {
+        for c in checks {
+            let started = Instant::now();
+            let r = gantry_runtime::probe::run_once(
+                &gantry_runtime::probe::ProbeSpec {
+                    check: gantry_runtime::probe::ProbeCheck::Http {
+                        path: c.path.clone(),
+                        status_min: c.expect_status,
+                        status_max: c.expect_status,
+                        body_contains: c.body_contains.clone(),
+                    },
+                    port: None,
+                    interval: Duration::from_secs(1),
+                    timeout: c.max_latency.map_or(Duration::from_secs(5), |d| d.as_std()),
+                    success_threshold: 1,
+                    failure_threshold: 1,
+                    startup_grace: Duration::ZERO,
+                },
+                *port,
+                &gantry_runtime::probe::ExecContext {
+                    workdir: "/".into(),
+                    env: BTreeMap::new(),
+                },
+            )
+            .await;
+            if !r.ok {
+                return (false, format!("port {port}: {}", r.detail));
+            }
+            if let Some(max) = c.max_latency
+                && started.elapsed() > max.as_std()
+            {
+                return (
+                    false,
+                    format!(
+                        "port {port}: {} (slower than {} ms)",
+                        r.detail,
+                        max.as_std().as_millis()
+                    ),
+                );
+            }
+            passed += 1;
+        }
+    }
+    (true, format!("{passed} smoke checks passed"))
+}
