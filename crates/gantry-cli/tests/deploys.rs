@@ -312,3 +312,123 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     );
     drop(proxy);
 }
+
+fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = server
+            .run(&[
+                "--json",
+                "deploys",
+                "--env",
+                "production",
+                "show",
+                &id.to_string(),
+            ])
+            .json();
+        if d["phase"] == want || d["outcome"].is_string() {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached {want}: {d:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deploy_survives_kill_9_of_the_control_plane() {
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let mut server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\""));
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+        ])
+        .ok();
+
+    // Killed while the canary waits for approval: it resumes there, with
+    // traffic as it was, and finishes once approved.
+    let canary = "strategy = \"canary\"\nsteps = [{ weight = 30, pause = \"approval\" }]";
+    let r2 = release(&server, &config(canary, "APP_VERSION = \"v2\""));
+    let out = server.run(&[
+        "--json",
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r2.to_string(),
+        "--detach",
+    ]);
+    let id = out.json()["id"].as_i64().unwrap();
+    let d = wait_phase(&server, id, "await-approval");
+    assert_eq!(d["weight"], 30);
+    let load = Load::start(proxy.port);
+    server.kill9_and_restart_paused(|| std::thread::sleep(Duration::from_millis(200)));
+    let d = wait_phase(&server, id, "await-approval");
+    assert_eq!(
+        (d["phase"].as_str(), d["weight"].as_i64()),
+        (Some("await-approval"), Some(30)),
+        "{d:#}"
+    );
+    server.run(&["approve", "--env", "production"]).ok();
+    let d = wait_phase(&server, id, "done");
+    let (_, failed, failures) = load.finish();
+    assert_eq!(d["outcome"], "succeeded", "{d:#}");
+    assert_eq!(failed, 0, "{failures:?}");
+    assert!(get_via(proxy.port).1.contains("hello from v2"));
+    let show = server.run(&["deploys", "--env", "production", "show", &id.to_string()]);
+    assert!(
+        show.stdout
+            .contains("the control plane restarted; resuming at 30 %"),
+        "{}",
+        show.stdout
+    );
+
+    // Killed while the new instances start: rolled back, v2 untouched.
+    let r3 = release(
+        &server,
+        &config(
+            BLUE_GREEN,
+            "APP_VERSION = \"v3\"\nSTARTUP_DELAY_MS = \"3000\"",
+        ),
+    );
+    let out = server.run(&[
+        "--json",
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r3.to_string(),
+        "--detach",
+    ]);
+    let id = out.json()["id"].as_i64().unwrap();
+    wait_phase(&server, id, "start");
+    server.kill9_and_restart_paused(|| {});
+    let d = wait_phase(&server, id, "done");
+    assert_eq!(d["outcome"], "rolled-back", "{d:#}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restarted before traffic moved"),
+        "{d:#}"
+    );
+    assert!(get_via(proxy.port).1.contains("hello from v2"));
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["set"] == format!("r{r2}")),
+        "{ps:#}"
+    );
+    drop(proxy);
+}

@@ -140,6 +140,76 @@ impl Deployer {
             .map_err(|_| ApiError::internal("the deploy task is gone"))
     }
 
+    /// Picks up every deploy a previous control plane left unfinished: the
+    /// machine decides from the phase it was in (resume where traffic moved,
+    /// roll back where it did not).
+    pub(crate) async fn resume_all(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let unfinished = db(&self.store, |s| s.unfinished_deploys()).await?;
+        let n = unfinished.len();
+        for rec in unfinished {
+            let id = rec.id;
+            if let Err(e) = self.resume(rec).await {
+                tracing::error!(deploy = id, error = %e.message, "cannot resume the deploy");
+            }
+        }
+        Ok(n)
+    }
+
+    async fn resume(
+        self: &Arc<Self>,
+        rec: gantry_store::deploys::DeployRecord,
+    ) -> Result<(), ApiError> {
+        let bad = |e: serde_json::Error| ApiError::internal(format!("deploy {}: {e}", rec.id));
+        let plan: Plan = serde_json::from_str(&rec.plan).map_err(bad)?;
+        let state: Deploy = serde_json::from_str(&rec.state).map_err(bad)?;
+        let (a, e, n) = (rec.app.clone(), rec.env.clone(), rec.release);
+        let (version, secrets, rel) = db(&self.store, move |s| {
+            Ok((
+                s.current_config(&a, &e)?,
+                s.secret_values(&a, &e)?,
+                s.release(&a, n)?,
+            ))
+        })
+        .await?;
+        let spec = gantry_spec::parse_str(&version.file_name, &version.source)
+            .and_then(|s| s.resolve(&rec.env))
+            .map_err(|d| ApiError::unprocessable(format!("{d}")))?;
+        let holder = format!("{} (deploy of release {})", rec.actor, rec.release);
+        let (a, e, h, id) = (rec.app.clone(), rec.env.clone(), holder.clone(), rec.id);
+        // The crashed holder was us: take the lease over.
+        db(&self.store, move |s| {
+            s.release_lease(&a, &e, &h)?;
+            s.acquire_lease(&a, &e, &h, Some(id), LEASE_MS, gantry_store::now_ms())
+                .map(|_| ())
+        })
+        .await?;
+        let job = Job {
+            id: rec.id,
+            app: rec.app.clone(),
+            env: rec.env.clone(),
+            holder,
+            analysis_interval: spec.analysis.interval.as_std(),
+            spec,
+            old_set: rec
+                .previous_release
+                .map(|r| format!("r{r}"))
+                .filter(|_| plan.has_previous),
+            plan,
+            new_set: format!("r{}", rec.release),
+            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            secrets,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.running).insert(rec.id, tx);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = job.id;
+            me.run_from(job, state, rx, Input::Resumed).await;
+            lock(&me.running).remove(&id);
+        });
+        Ok(())
+    }
+
     /// Starts deploying `release` to `app`/`env`; returns the deploy id.
     pub(crate) async fn start(
         self: &Arc<Self>,
@@ -238,13 +308,23 @@ impl Deployer {
         Ok(rec.id)
     }
 
-    async fn run(&self, job: Job, mut d: Deploy, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut queue: std::collections::VecDeque<Input> = [Input::Begin].into();
+    async fn run(&self, job: Job, d: Deploy, rx: mpsc::UnboundedReceiver<Command>) {
+        self.run_from(job, d, rx, Input::Begin).await;
+    }
+
+    async fn run_from(
+        &self,
+        job: Job,
+        mut d: Deploy,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        first: Input,
+    ) {
+        let mut queue: std::collections::VecDeque<Input> = [first].into();
         let mut baseline: Option<SetMetrics> = None;
         let mut baseline_old: Option<SetMetrics> = None;
         let mut last_metrics = Instant::now();
         let mut last_lease = Instant::now();
-        let mut draining = false;
+        let mut draining = d.phase == gantry_rollout::Phase::Drain;
         while !d.is_done() {
             let input = match queue.pop_front() {
                 Some(i) => i,

@@ -140,6 +140,13 @@ pub async fn run(
         fleet.clone(),
         gantry_proxy::AdminClient::new(proxy_admin),
     );
+    let resumed = deployer
+        .resume_all()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if resumed > 0 {
+        tracing::info!(deploys = resumed, "resuming unfinished deploys");
+    }
     let state = AppState {
         store,
         owner_uid,
