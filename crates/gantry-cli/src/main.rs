@@ -49,6 +49,10 @@ enum Command {
     ///
     /// Example: gantry server --listen 127.0.0.1:7400
     Server(cmd::server::Args),
+    /// Build and deploy the bundled example app end to end, then stay up.
+    ///
+    /// Example: gantry demo   (in the Gantry repository)
+    Demo(cmd::demo::Args),
     /// Run the edge proxy (its own process; routes set by the control plane).
     ///
     /// Example: gantry proxy --listen 0.0.0.0:80
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => cmd::server::run(&ctx, args),
         Command::Proxy(args) => cmd::proxy::run(&ctx, args),
+        Command::Demo(args) => cmd::demo::run(&ctx, args),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),

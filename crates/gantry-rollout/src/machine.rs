@@ -403,9 +403,11 @@ impl Deploy {
             }
             (Phase::PostHook, Input::HookDone { ok, detail }) => {
                 if !ok {
+                    let message = format!("post-deploy hook failed (the release stays): {detail}");
+                    out.push(Action::Log(message.clone()));
                     out.push(Action::Notify {
                         failure: true,
-                        message: format!("post-deploy hook failed (the release stays): {detail}"),
+                        message,
                     });
                 }
                 self.finish(Outcome::Succeeded, now, &mut out, "deployed".into());
@@ -556,7 +558,7 @@ impl Deploy {
 
     fn switched(&mut self, plan: &Plan, now: Ms, out: &mut Vec<Action>) {
         if plan.smoke {
-            self.enter(Phase::SmokeLive, now, out, "smoke checks through the proxy");
+            self.enter(Phase::SmokeLive, now, out, "smoke checks after the switch");
             out.push(Action::SmokeLive);
         } else {
             self.after_switch(plan, now, out);

@@ -353,10 +353,6 @@ impl Deployer {
                 .iter()
                 .filter_map(|a| match a {
                     Action::Log(m) => Some((now, m.clone())),
-                    Action::Notify { message, failure } => Some((
-                        now,
-                        format!("{}{message}", if *failure { "FAILED: " } else { "" }),
-                    )),
                     _ => None,
                 })
                 .collect();

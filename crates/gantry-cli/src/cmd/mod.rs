@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod config;
+pub(crate) mod demo;
 pub(crate) mod deploys;
 pub(crate) mod dev;
 pub(crate) mod instances;
