@@ -86,6 +86,14 @@ enum Command {
     ///
     /// Example: gantry deploys --env production
     Deploys(cmd::deploys::ListArgs),
+    /// Deploy an earlier release again (default: the one before the current).
+    ///
+    /// Example: gantry rollback --env production --to 6
+    Rollback(cmd::deploys::RollbackArgs),
+    /// Ship the release running in one environment to another, unchanged.
+    ///
+    /// Example: gantry promote --from staging --to production
+    Promote(cmd::deploys::PromoteArgs),
     /// Continue a deploy paused for approval.
     ///
     /// Example: gantry approve --env production
@@ -150,6 +158,8 @@ fn main() -> ExitCode {
         Command::Deploy(a) => cmd::deploys::deploy(&ctx, a),
         Command::Deploys(a) => cmd::deploys::list(&ctx, a),
         Command::Approve(a) => cmd::deploys::approve(&ctx, a),
+        Command::Rollback(a) => cmd::deploys::rollback(&ctx, a),
+        Command::Promote(a) => cmd::deploys::promote(&ctx, a),
         Command::Abort(a) => cmd::deploys::abort(&ctx, a),
         Command::Build(a) => cmd::releases::build(&ctx, a),
         Command::Releases(a) => cmd::releases::list(&ctx, a),

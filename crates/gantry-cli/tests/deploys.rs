@@ -81,6 +81,11 @@ min_requests = 10
 
 [proxy]
 hosts = ["hello.test"]
+
+[environments.staging]
+proxy = {{ hosts = ["staging.hello.test"] }}
+
+[environments.production]
 "#
     )
 }
@@ -428,6 +433,80 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
             .unwrap()
             .iter()
             .all(|i| i["set"] == format!("r{r2}")),
+        "{ps:#}"
+    );
+    drop(proxy);
+}
+
+#[test]
+fn promote_ships_the_same_release_and_rollback_brings_the_previous_back() {
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let toml = config(BLUE_GREEN, "APP_VERSION = \"v1\"");
+    let r1 = release(&server, &toml);
+    // `release` applied the config to production; staging needs it too.
+    server.run(&["config", "apply", "--env", "staging"]).ok();
+    let r = server.run(&["promote", "--from", "staging", "--to", "production"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("`staging` has no successfully deployed release"),
+        "{}",
+        r.stderr
+    );
+    server
+        .run(&["deploy", "--env", "staging", "--release", &r1.to_string()])
+        .ok();
+    let r = server.run(&["promote", "--from", "staging", "--to", "production"]);
+    r.ok();
+    assert!(
+        r.stdout.contains(&format!(
+            "promoting release {r1} from staging to production"
+        )),
+        "{}",
+        r.stdout
+    );
+    let list = server
+        .run(&["--json", "deploys", "--env", "production"])
+        .json();
+    assert_eq!(list[0]["release"], r1, "the same release, not a rebuild");
+    assert_eq!(
+        server
+            .run(&["--json", "releases", "--env", "production"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let r2 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v2\""));
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r2.to_string(),
+        ])
+        .ok();
+    assert!(get_via(proxy.port).1.contains("hello from v2"));
+    let r = server.run(&["rollback", "--env", "production"]);
+    r.ok();
+    assert!(
+        r.stdout
+            .contains(&format!("rolling production back to release {r1}")),
+        "{}",
+        r.stdout
+    );
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["set"] == format!("r{r1}")),
         "{ps:#}"
     );
     drop(proxy);

@@ -250,3 +250,95 @@ pub(crate) fn abort(ctx: &Ctx, a: IdArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The release to go back to (default: the one before the current one).
+    #[arg(long)]
+    to: Option<i64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PromoteArgs {
+    /// The environment whose running release is promoted.
+    #[arg(long)]
+    from: String,
+    /// The environment it is deployed to.
+    #[arg(long)]
+    to: String,
+    #[arg(long)]
+    app: Option<String>,
+}
+
+fn succeeded(ctx: &Ctx, base: &str) -> anyhow::Result<Vec<DeployInfo>> {
+    let list: Vec<DeployInfo> = block_on(ctx.client()?.get(base))?;
+    Ok(list
+        .into_iter()
+        .filter(|d| d.outcome.as_deref() == Some("succeeded"))
+        .collect())
+}
+
+fn deploy_and_follow(ctx: &Ctx, target: Target, release: i64) -> anyhow::Result<ExitCode> {
+    deploy(
+        ctx,
+        DeployArgs {
+            target,
+            release,
+            detach: false,
+        },
+    )
+}
+
+/// `gantry rollback`: deploys an earlier release through the same gated path.
+pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let base = base(&a.target)?;
+    let release = match a.to {
+        Some(n) => n,
+        None => {
+            let done = succeeded(ctx, &base)?;
+            let current = done.first().map(|d| d.release);
+            done.iter()
+                .map(|d| d.release)
+                .find(|r| Some(*r) != current)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no earlier release ran successfully in `{}`; pass --to RELEASE",
+                        a.target.env
+                    )
+                })?
+        }
+    };
+    if !ctx.json {
+        println!("rolling {} back to release {release}", a.target.env);
+    }
+    deploy_and_follow(ctx, a.target, release)
+}
+
+/// `gantry promote`: ships the release that runs in one environment to
+/// another — the same artifact, never rebuilt.
+pub(crate) fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let from = Target {
+        env: a.from.clone(),
+        app: a.app.clone(),
+    };
+    let done = succeeded(ctx, &base(&from)?)?;
+    let release = done.first().map(|d| d.release).ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{}` has no successfully deployed release to promote; deploy one there first",
+            a.from
+        )
+    })?;
+    if !ctx.json {
+        println!("promoting release {release} from {} to {}", a.from, a.to);
+    }
+    deploy_and_follow(
+        ctx,
+        Target {
+            env: a.to,
+            app: a.app,
+        },
+        release,
+    )
+}
