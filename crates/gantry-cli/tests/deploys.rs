@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use support::TestServer;
 
+/// These tests each run a control plane, a proxy, several app processes and
+/// steady load; run them one at a time so they measure the product, not the
+/// machine's contention.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Proxy {
     child: Child,
     port: u16,
@@ -65,9 +74,9 @@ grace_period = "5s"
 [health.readiness]
 kind = "http"
 path = "/readiness"
-interval = "200ms"
-timeout = "100ms"
-failure_threshold = 2
+interval = "300ms"
+timeout = "250ms"
+failure_threshold = 3
 
 [deploy]
 {strategy}
@@ -194,6 +203,7 @@ impl Load {
 
 #[test]
 fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
+    let _serial = serial();
     let proxy_state = tempfile::tempdir().unwrap();
     let proxy = start_proxy(proxy_state.path());
     let admin = proxy_state.path().join("admin.sock");
@@ -321,16 +331,20 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
 fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let d = server
-            .run(&[
-                "--json",
-                "deploys",
-                "--env",
-                "production",
-                "show",
-                &id.to_string(),
-            ])
-            .json();
+        let r = server.run(&[
+            "--json",
+            "deploys",
+            "--env",
+            "production",
+            "show",
+            &id.to_string(),
+        ]);
+        // The deploy may not exist yet.
+        let d = if r.code == 0 {
+            r.json()
+        } else {
+            serde_json::Value::Null
+        };
         if d["phase"] == want || d["outcome"].is_string() {
             return d;
         }
@@ -344,6 +358,7 @@ fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
 
 #[test]
 fn a_deploy_survives_kill_9_of_the_control_plane() {
+    let _serial = serial();
     let proxy_state = tempfile::tempdir().unwrap();
     let proxy = start_proxy(proxy_state.path());
     let admin = proxy_state.path().join("admin.sock");
@@ -375,6 +390,23 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
     let id = out.json()["id"].as_i64().unwrap();
     let d = wait_phase(&server, id, "await-approval");
     assert_eq!(d["weight"], 30);
+    // The environment is locked meanwhile: a second deploy is refused with
+    // the holder, the deploy id and the age.
+    let r = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r1.to_string(),
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("is being deployed by local:uid=")
+            && r.stderr
+                .contains(&format!("(deploy of release {r2}) (deploy {id}, for ")),
+        "{}",
+        r.stderr
+    );
     let load = Load::start(proxy.port);
     server.kill9_and_restart_paused(|| std::thread::sleep(Duration::from_millis(200)));
     let d = wait_phase(&server, id, "await-approval");
@@ -440,6 +472,7 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
 
 #[test]
 fn promote_ships_the_same_release_and_rollback_brings_the_previous_back() {
+    let _serial = serial();
     let proxy_state = tempfile::tempdir().unwrap();
     let proxy = start_proxy(proxy_state.path());
     let admin = proxy_state.path().join("admin.sock");
@@ -508,6 +541,220 @@ fn promote_ships_the_same_release_and_rollback_brings_the_previous_back() {
             .iter()
             .all(|i| i["set"] == format!("r{r1}")),
         "{ps:#}"
+    );
+    drop(proxy);
+}
+
+fn config_with(extra_env: &str, migrate: &str, pre_hook: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "hello"
+
+[run]
+command = "./hello-app"
+instances = 1
+
+[health.readiness]
+kind = "http"
+path = "/readiness"
+interval = "300ms"
+timeout = "250ms"
+failure_threshold = 3
+
+[deploy]
+strategy = "blue-green"
+rollback_window = "1s"
+
+[deploy.hooks]
+pre_deploy = "{pre_hook}"
+post_deploy = "echo post $GANTRY_RELEASE >> $DATA_DIR/hooks.log"
+
+[migrate]
+command = "{migrate}"
+rollback = "echo rollback $GANTRY_RELEASE >> $DATA_DIR/migrations.log"
+
+[env]
+{extra_env}
+
+[proxy]
+hosts = ["hello.test"]
+"#
+    )
+}
+
+#[test]
+fn migrations_and_hooks_run_and_roll_back() {
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let data = server.data_dir().join("envs/hello/production/data");
+    let migrate = "echo migrate $GANTRY_RELEASE >> $DATA_DIR/migrations.log";
+    let pre = "echo pre $GANTRY_RELEASE prev=$GANTRY_PREVIOUS_RELEASE >> $DATA_DIR/hooks.log";
+    let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap_or_default();
+
+    let r1 = release(&server, &config_with("APP_VERSION = \"v1\"", migrate, pre));
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+        ])
+        .ok();
+    assert_eq!(read("migrations.log"), "migrate 1\n");
+    assert_eq!(read("hooks.log"), "pre 1 prev=\npost 1\n");
+
+    // Migrated, then never ready: the migration's rollback runs.
+    let r2 = release(
+        &server,
+        &config_with("APP_VERSION = \"v2\"\nFAIL_READINESS = \"1\"", migrate, pre),
+    );
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r2.to_string(),
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(read("migrations.log"), "migrate 1\nmigrate 2\nrollback 2\n");
+    assert!(
+        out.stdout.contains("migration rolled back"),
+        "{}",
+        out.stdout
+    );
+    assert!(get_via(proxy.port).1.contains("hello from v1"));
+
+    // A failing migration stops the deploy; nothing new starts.
+    let r3 = release(
+        &server,
+        &config_with("APP_VERSION = \"v3\"", "echo boom; exit 7", pre),
+    );
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r3.to_string(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("migration failed, the old release serves untouched"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("boom"),
+        "the migration's output is in the timeline: {}",
+        out.stdout
+    );
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["set"] == format!("r{r1}")),
+        "{ps:#}"
+    );
+
+    // A failing pre-deploy hook stops it before the migration.
+    let r4 = release(
+        &server,
+        &config_with("APP_VERSION = \"v4\"", migrate, "exit 1"),
+    );
+    let out = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r4.to_string(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("pre-deploy hook failed"),
+        "{}",
+        out.stdout
+    );
+    assert!(!read("migrations.log").contains("migrate 4"));
+    assert!(get_via(proxy.port).1.contains("hello from v1"));
+    drop(proxy);
+}
+
+#[test]
+fn a_second_deploy_waits_for_the_lease_with_wait() {
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\""));
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+        ])
+        .ok();
+    let canary = "strategy = \"canary\"\nsteps = [{ weight = 30, pause = \"approval\" }]";
+    let r2 = release(&server, &config(canary, "APP_VERSION = \"v2\""));
+    let id = server
+        .run(&[
+            "--json",
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r2.to_string(),
+            "--detach",
+        ])
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    wait_phase(&server, id, "await-approval");
+    let waiting = server
+        .cmd()
+        .args([
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+            "--wait",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    server
+        .run(&["approve", "--env", "production", &id.to_string()])
+        .ok();
+    assert_eq!(wait_phase(&server, id, "done")["outcome"], "succeeded");
+    // The waiting deploy got the lease; it pauses for approval too (the
+    // environment's config asks for it).
+    wait_phase(&server, id + 1, "await-approval");
+    server
+        .run(&["approve", "--env", "production", &(id + 1).to_string()])
+        .ok();
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("waiting for it to finish"), "{stderr}");
+    assert_eq!(wait_phase(&server, id, "done")["outcome"], "succeeded");
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["set"] == format!("r{r1}")),
+        "the waiting deploy ran after: {ps:#}"
     );
     drop(proxy);
 }

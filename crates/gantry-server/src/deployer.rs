@@ -365,9 +365,9 @@ impl Deployer {
                 .outcome
                 .and_then(|o| serde_json::to_value(o).ok())
                 .and_then(|v| v.as_str().map(str::to_string));
-            let id = job.id;
+            let (id, holder) = (job.id, job.holder.clone());
             if let Err(e) = db(&self.store, move |s| {
-                s.save_deploy(id, &state, &phase, outcome.as_deref(), &logs)
+                s.save_deploy_as(id, &state, &phase, outcome.as_deref(), &logs, Some(&holder))
             })
             .await
             {

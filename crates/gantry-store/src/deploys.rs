@@ -179,7 +179,10 @@ impl Store {
     }
 
     /// Saves the state machine's new state (before its actions run), and
-    /// the timeline lines of this transition, in one transaction.
+    /// the timeline lines of this transition, in one transaction. A final
+    /// state (with an outcome) also frees the environment's lease held by
+    /// `holder`, in the same transaction, so nobody sees a finished deploy
+    /// that still holds the lease.
     pub fn save_deploy(
         &self,
         id: i64,
@@ -188,8 +191,27 @@ impl Store {
         outcome: Option<&str>,
         events: &[(i64, String)],
     ) -> Result<()> {
+        self.save_deploy_as(id, state, phase, outcome, events, None)
+    }
+
+    /// [`Store::save_deploy`], freeing `holder`'s lease when `outcome` is set.
+    pub fn save_deploy_as(
+        &self,
+        id: i64,
+        state: &str,
+        phase: &str,
+        outcome: Option<&str>,
+        events: &[(i64, String)],
+        holder: Option<&str>,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        if let (Some(_), Some(h)) = (outcome, holder) {
+            tx.execute(
+                "DELETE FROM env_leases WHERE holder=?1 AND (app, env) IN (SELECT app, env FROM deploys WHERE id=?2)",
+                params![h, id],
+            )?;
+        }
         let finished = outcome.map(|_| crate::now_ms());
         let n = tx.execute(
             "UPDATE deploys SET state=?2, phase=?3, outcome=?4, finished_at=coalesce(finished_at, ?5) WHERE id=?1",

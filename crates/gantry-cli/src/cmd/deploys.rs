@@ -30,6 +30,9 @@ pub(crate) struct DeployArgs {
     /// Start it and return at once instead of following it.
     #[arg(long)]
     detach: bool,
+    /// If another deploy holds the environment, wait for it instead of failing.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,10 +111,23 @@ fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
     let base = base(&a.target)?;
-    let d: DeployInfo = block_on(
-        ctx.client()?
-            .post(&base, &StartDeploy { release: a.release }),
-    )?;
+    let client = ctx.client()?;
+    let mut told = false;
+    let d: DeployInfo = loop {
+        match block_on(client.post(&base, &StartDeploy { release: a.release })) {
+            Err(gantry_api::ClientError::Api {
+                status: 409,
+                message,
+            }) if a.wait && message.contains("is being deployed by") => {
+                if !told && !ctx.json {
+                    eprintln!("{message}\nwaiting for it to finish…");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => break r?,
+        }
+    };
     if !ctx.json {
         println!(
             "deploy {} of release {} to {}/{} started{}",
@@ -287,6 +303,7 @@ fn deploy_and_follow(ctx: &Ctx, target: Target, release: i64) -> anyhow::Result<
             target,
             release,
             detach: false,
+            wait: false,
         },
     )
 }

@@ -205,6 +205,33 @@ impl Drop for TestServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Apps outlive the control plane by design; a test's must not
+        // outlive the test.
+        kill_apps(&self.data_dir().join("instances"));
+    }
+}
+
+/// SIGKILLs the process group of every app recorded under `dir`.
+pub fn kill_apps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            kill_apps(&p);
+        } else if p.file_name().is_some_and(|n| n == "shim.json") {
+            if let Some(pid) = std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["app_pid"].as_i64())
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
