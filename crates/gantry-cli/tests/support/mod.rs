@@ -220,17 +220,16 @@ pub fn kill_apps(dir: &Path) {
         let p = e.path();
         if p.is_dir() {
             kill_apps(&p);
-        } else if p.file_name().is_some_and(|n| n == "shim.json") {
-            if let Some(pid) = std::fs::read(&p)
+        } else if p.file_name().is_some_and(|n| n == "shim.json")
+            && let Some(pid) = std::fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v["app_pid"].as_i64())
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
