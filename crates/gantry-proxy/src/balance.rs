@@ -24,6 +24,8 @@ fn now_ms() -> u64 {
 
 pub(crate) struct Instance {
     pub(crate) addr: SocketAddr,
+    /// `addr` as a URI authority, made once (not per request).
+    pub(crate) authority: Option<hyper::http::uri::Authority>,
     outstanding: AtomicU64,
     consecutive_failures: AtomicU32,
     /// `now_ms()` value until which the instance is ejected; 0 = not.
@@ -35,6 +37,7 @@ impl Instance {
     fn new(addr: SocketAddr) -> Self {
         Instance {
             addr,
+            authority: hyper::http::uri::Authority::try_from(addr.to_string()).ok(),
             outstanding: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -132,25 +135,28 @@ impl Instances {
 /// Picks an instance not in `tried`: power of two choices among the ones
 /// not ejected; if all are ejected, among all (better a try than a sure
 /// 503 — the "panic mode" of outlier detection).
+/// Allocates nothing: candidates are counted, then the drawn ones found by
+/// rank.
 pub(crate) fn pick(instances: &[Arc<Instance>], tried: &[usize]) -> Option<usize> {
     let now = now_ms();
     let untried = || (0..instances.len()).filter(|i| !tried.contains(i));
-    let mut candidates: Vec<usize> = untried()
-        .filter(|&i| !instances[i].is_ejected(now))
-        .collect();
-    if candidates.is_empty() {
-        candidates = untried().collect();
-    }
-    match candidates.len() {
+    let healthy = || untried().filter(|&i| !instances[i].is_ejected(now));
+    let n_healthy = healthy().count();
+    let (n, nth): (usize, &dyn Fn(usize) -> Option<usize>) = if n_healthy > 0 {
+        (n_healthy, &|k| healthy().nth(k))
+    } else {
+        (untried().count(), &|k| untried().nth(k))
+    };
+    match n {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => nth(0),
         n => {
             let a = fastrand::usize(..n);
             let mut b = fastrand::usize(..n - 1);
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (candidates[a], candidates[b]);
+            let (a, b) = (nth(a)?, nth(b)?);
             if instances[b].outstanding() < instances[a].outstanding() {
                 Some(b)
             } else {

@@ -36,14 +36,19 @@ pub struct ProxyConfig {
     pub eject_after_failures: u32,
     /// How long an ejected instance gets no requests before it is tried again.
     pub eject_cooloff: Duration,
-    /// Idle keep-alive connections kept per backend instance.
+    /// Idle keep-alive connections kept per backend instance. Should cover
+    /// the peak number of concurrent requests to one instance (h2 clients
+    /// multiplex many streams, each of which needs its own HTTP/1.1
+    /// upstream connection); below that, connections are closed after use
+    /// and reopened on the next burst. Idle ones are closed after 60 s.
     pub pool_max_idle_per_host: usize,
 }
 
 impl ProxyConfig {
     /// A config with the defaults: access log on (stdout), 2 s connect
     /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
-    /// ejection after 3 connect failures for 10 s.
+    /// ejection after 3 connect failures for 10 s, up to 512 idle
+    /// connections per instance.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -58,7 +63,7 @@ impl ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             eject_after_failures: 3,
             eject_cooloff: Duration::from_secs(10),
-            pool_max_idle_per_host: 64,
+            pool_max_idle_per_host: 512,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,7 +24,7 @@ use crate::balance::pick;
 use crate::body::{Guard, ResponseBody, SharedBody, UpstreamBody};
 use crate::config::ProxyConfig;
 use crate::headers::{
-    X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded, strip_hop_by_hop,
+    X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded_values, strip_hop_by_hop,
 };
 use crate::pages::page;
 use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
@@ -74,30 +75,49 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    peer_ip: HeaderValue,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
+    // A cheap clone (shared bytes): the path stays readable while the
+    // headers change, without copying it.
+    let uri = parts.uri.clone();
+    let path = uri.path();
     let mut guard = Guard::new(
         shared.log.clone(),
         parts.method.clone(),
-        path.clone(),
+        // Only the access log reads it.
+        if shared.log.enabled() {
+            path.to_string()
+        } else {
+            String::new()
+        },
         peer.ip(),
     );
     let (request_id, new_id) = ensure_request_id(&mut parts.headers);
     guard.request_id = request_id.clone();
+    let request_id_value = parts.headers.get(X_REQUEST_ID).cloned();
 
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    // The Host header (a cheap clone of its value), else the URI authority
+    // (h2 `:authority`).
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let host_owned;
+    let (host, host_value) = match host_header
+        .as_ref()
+        .and_then(|v| Some((v.to_str().ok()?, v)))
+    {
+        Some((h, v)) => (h, Some(v.clone())),
+        None => {
+            host_owned = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let v = HeaderValue::from_str(&host_owned).ok();
+            (host_owned.as_str(), v)
+        }
+    };
+    let host_value = host_value.filter(|_| !host.is_empty());
 
     // Phase 1: route and set.
     let first = shared.routing.load();
     let later;
-    let (mut route, mut set) = match select(&shared, &first, &host, &path) {
+    let (mut route, mut set) = match select(&shared, &first, host, path) {
         Ok(chosen) => chosen,
         Err(refusal) => return refusal.page(&request_id, guard),
     };
@@ -109,7 +129,7 @@ pub(crate) async fn handle(
         // drained never gets another request.
         guard.leave_set();
         later = shared.routing.load();
-        (route, set) = match select(&shared, &later, &host, &path) {
+        (route, set) = match select(&shared, &later, host, path) {
             Ok(chosen) => chosen,
             Err(refusal) => return refusal.page(&request_id, guard),
         };
@@ -120,23 +140,21 @@ pub(crate) async fn handle(
     // Phase 2: headers.
     strip_hop_by_hop(&mut parts.headers);
     ensure_traceparent(&mut parts.headers, new_id.then_some(request_id.as_str()));
-    set_forwarded(
+    set_forwarded_values(
         &mut parts.headers,
-        peer.ip(),
-        &host,
+        &peer_ip,
+        host_value.clone(),
         "http",
         shared.config.trust_forwarded,
     );
-    if !host.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&host)
-    {
+    // After the hop-by-hop strip, which may have removed it.
+    if let Some(v) = host_value {
         parts.headers.insert(header::HOST, v);
     }
-    let path_and_query = parts
-        .uri
+    let path_and_query = uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // Phases 3 and 4: pick an instance, send, retry a connect failure.
     let body = SharedBody::new(body);
@@ -150,9 +168,18 @@ pub(crate) async fn handle(
         tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
-        let uri: Uri = match format!("http://{}{path_and_query}", instance.addr).parse() {
-            Ok(u) => u,
-            Err(_) => {
+        let mut uri_parts = hyper::http::uri::Parts::default();
+        uri_parts.scheme = Some(Scheme::HTTP);
+        uri_parts.authority = instance.authority.clone();
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        let built = if path_and_query.as_str().starts_with('/') {
+            Uri::from_parts(uri_parts).ok()
+        } else {
+            None // `*` (OPTIONS *) has no origin-form to forward
+        };
+        let uri = match built {
+            Some(u) => u,
+            None => {
                 let detail = format!("The request path `{path_and_query}` cannot be forwarded.");
                 return page(
                     StatusCode::BAD_REQUEST,
@@ -167,7 +194,13 @@ pub(crate) async fn handle(
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = parts.headers.clone();
+        // No other instance is left to retry on: hand the headers over
+        // instead of copying them.
+        *upstream.headers_mut() = if tried.len() >= set.instances.len() {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
 
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline, shared.client.request(upstream)) => match r {
@@ -183,7 +216,7 @@ pub(crate) async fn handle(
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
-                return respond(resp, guard, &request_id);
+                return respond(resp, guard, request_id_value.as_ref());
             }
             Err(Failure::Connect(why)) => {
                 let ejected = instance.connect_failed(
@@ -321,13 +354,17 @@ fn select<'r>(
     }
 }
 
-fn respond(resp: Response<Incoming>, mut guard: Guard, request_id: &str) -> Response<ResponseBody> {
+fn respond(
+    resp: Response<Incoming>,
+    mut guard: Guard,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(request_id)
+        && let Some(v) = request_id
     {
-        parts.headers.insert(X_REQUEST_ID, v);
+        parts.headers.insert(X_REQUEST_ID, v.clone());
     }
     parts.version = Version::default();
     guard.respond(parts.status.as_u16());

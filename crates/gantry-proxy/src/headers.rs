@@ -12,14 +12,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-/// `Proxy-*` headers are removed by prefix.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// `Proxy-*` headers are removed by prefix. Typed names: removing by `&str`
+/// would parse each name again on every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header
@@ -35,16 +36,30 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Lower-case hex of the low `out.len() * 4` bits of `v`, without going
+/// through `format!` (this runs once or twice per request).
+fn hex_into(out: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -52,16 +67,18 @@ fn random_hex32() -> String {
     loop {
         let v = fastrand::u128(..);
         if v != 0 {
-            return format!("{v:032x}");
+            let mut buf = [0u8; 32];
+            hex_into(&mut buf, v);
+            return buf.iter().map(|&b| b as char).collect();
         }
     }
 }
 
-fn random_hex16() -> String {
+fn random_u64_nonzero() -> u64 {
     loop {
         let v = fastrand::u64(..);
         if v != 0 {
-            return format!("{v:016x}");
+            return v;
         }
     }
 }
@@ -118,18 +135,29 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap, new_request_id: Option
         return;
     }
     headers.remove(&TRACESTATE);
-    let trace = match new_request_id {
-        Some(id) if is_hex(id, 32) => id.to_string(),
-        _ => random_hex32(),
-    };
-    let value = format!("00-{trace}-{}-01", random_hex16());
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // "00-" trace (32) "-" parent (16) "-01"
+    let mut value = [0u8; 55];
+    value[..3].copy_from_slice(b"00-");
+    match new_request_id {
+        Some(id) if is_hex(id, 32) => value[3..35].copy_from_slice(id.as_bytes()),
+        _ => value[3..35].copy_from_slice(random_hex32().as_bytes()),
+    }
+    value[35] = b'-';
+    hex_into(&mut value[36..52], u128::from(random_u64_nonzero()));
+    value[52..].copy_from_slice(b"-01");
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT, v);
     }
 }
 
+/// The client address as a header value; computed once per connection.
+pub(crate) fn ip_value(client_ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client_ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// Sets `X-Forwarded-For/Proto/Host`. With `trust`, the client's values
 /// are kept and the peer address is appended to `X-Forwarded-For`.
+#[cfg(test)]
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
@@ -137,12 +165,34 @@ pub(crate) fn set_forwarded(
     proto: &str,
     trust: bool,
 ) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust && !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let host = HeaderValue::from_str(host)
+        .ok()
+        .filter(|_| !host.is_empty());
+    set_forwarded_values(headers, &ip_value(client_ip), host, proto, trust);
+}
+
+/// [`set_forwarded`] with the client address and the host as ready header
+/// values (`host`: None when absent or not a valid header value), so the
+/// request path allocates nothing here.
+pub(crate) fn set_forwarded_values(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    host: Option<HeaderValue>,
+    proto: &str,
+    trust: bool,
+) {
+    let prev = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prev| trust && !prev.trim().is_empty());
+    let xff = match prev {
+        Some(prev) => {
+            let ip = client_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -152,11 +202,11 @@ pub(crate) fn set_forwarded(
         );
     }
     if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
-        match HeaderValue::from_str(host) {
-            Ok(v) if !host.is_empty() => {
+        match host {
+            Some(v) => {
                 headers.insert(X_FORWARDED_HOST, v);
             }
-            _ => {
+            None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }

@@ -136,7 +136,7 @@ impl Router {
                 .map(|&i| &self.routes[i])
                 .find(|r| r.matches_path(path))
         };
-        first(self.exact.get(&host))
+        first(self.exact.get(host.as_ref()))
             .or_else(|| {
                 let (_, suffix) = host.split_once('.')?;
                 first(self.wildcard.get(suffix))
@@ -156,8 +156,9 @@ impl Router {
     }
 }
 
-/// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn normalize_request_host(host: &str) -> String {
+/// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`. Borrows when
+/// the host is already in that form (the common case: no copy per request).
+fn normalize_request_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
         match host.find(']') {
             Some(end) => &host[..=end],
@@ -166,7 +167,12 @@ fn normalize_request_host(host: &str) -> String {
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 // === impl Routing ===

@@ -277,9 +277,11 @@ async fn accept_traffic(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let peer_ip = crate::headers::ip_value(peer.ip());
         let svc = service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, req, peer).await) }
+            let peer_ip = peer_ip.clone();
+            async move { Ok::<_, Infallible>(forward::handle(shared, req, peer, peer_ip).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
