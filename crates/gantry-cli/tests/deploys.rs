@@ -758,3 +758,49 @@ fn a_second_deploy_waits_for_the_lease_with_wait() {
     );
     drop(proxy);
 }
+
+#[test]
+fn a_deploy_is_refused_when_the_proxy_is_down_or_the_host_is_taken() {
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    // No environments declared: staging and production share `hello.test`.
+    let toml = config(BLUE_GREEN, "APP_VERSION = \"v1\"").replace("[environments.staging]\nproxy = { hosts = [\"staging.hello.test\"] }\n\n[environments.production]\n", "");
+    let r1 = release(&server, &toml);
+    let r = server.run(&[
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &r1.to_string(),
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("the edge proxy does not answer"),
+        "{}",
+        r.stderr
+    );
+    let proxy = start_proxy(proxy_state.path());
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+        ])
+        .ok();
+    server.run(&["config", "apply", "--env", "staging"]).ok();
+    let r = server.run(&["deploy", "--env", "staging", "--release", &r1.to_string()]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("does not fit the proxy's table")
+            && r.stderr
+                .contains("already routed by route `hello/production`"),
+        "{}",
+        r.stderr
+    );
+    assert!(get_via(proxy.port).1.contains("hello from v1"));
+    drop(proxy);
+}

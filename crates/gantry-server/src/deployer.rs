@@ -241,6 +241,7 @@ impl Deployer {
             .as_ref()
             .is_some_and(|s| !self.fleet.set_status(app, env, s).is_empty());
         let plan = plan_for(&spec, has_previous);
+        self.check_route(app, env, &spec).await?;
         let holder = format!("{actor} (deploy of release {release})");
         let now = gantry_store::now_ms();
         let (a, e, h) = (app.to_string(), env.to_string(), holder.clone());
@@ -584,10 +585,16 @@ impl Deployer {
                         },
                     ));
                 }
-                if let Err(e) = self.route(job, &sets).await {
-                    tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                match self.route(job, &sets).await {
+                    Ok(()) => None,
+                    // The machine rolls back from any phase with traffic.
+                    Err(e) => {
+                        tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                        Some(Input::StartFailed {
+                            detail: format!("the proxy refused the route change: {e}"),
+                        })
+                    }
                 }
-                None
             }
             Action::DrainOld => {
                 if let Err(e) = self.route(job, &[(job.new_set.clone(), 100)]).await {
@@ -615,49 +622,52 @@ impl Deployer {
     async fn route(&self, job: &Job, sets: &[(String, u32)]) -> Result<(), String> {
         let _one = self.table.lock().await;
         let mut table = self.proxy.table().await.map_err(|e| e.to_string())?;
-        let id = format!("{}/{}", job.app, job.env);
-        let hosts: Vec<String> = if job.spec.proxy.hosts.is_empty() {
-            vec![format!("{}.{}.localhost", job.env, job.app)]
-        } else {
-            job.spec
-                .proxy
-                .hosts
-                .iter()
-                .map(|h| h.as_str().to_string())
-                .collect()
-        };
-        let backend = |name: &str, weight: u32| BackendSet {
-            name: name.to_string(),
-            weight,
-            instances: self
-                .fleet
-                .set_status(&job.app, &job.env, name)
-                .iter()
-                .map(|(p, _)| format!("127.0.0.1:{p}"))
-                .collect(),
-        };
-        let route = Route {
-            id: id.clone(),
-            hosts,
-            path_prefix: if job.spec.proxy.path_prefix.is_empty() {
-                "/".into()
-            } else {
-                job.spec.proxy.path_prefix.clone()
-            },
-            sets: sets.iter().map(|(n, w)| backend(n, *w)).collect(),
-            maintenance: None,
-            timeout_ms: None,
-            headers: None,
-            rate_limit: None,
-            tls: None,
-        };
-        table.routes.retain(|r| r.id != id);
-        table.routes.push(route);
-        table.version += 1;
+        let backends = sets
+            .iter()
+            .map(|(name, weight)| BackendSet {
+                name: name.clone(),
+                weight: *weight,
+                instances: self
+                    .fleet
+                    .set_status(&job.app, &job.env, name)
+                    .iter()
+                    .map(|(p, _)| format!("127.0.0.1:{p}"))
+                    .collect(),
+            })
+            .collect();
+        replace_route(
+            &mut table,
+            route_for(&job.app, &job.env, &job.spec, backends),
+        );
         self.proxy
             .set_table(&table)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Before a deploy starts: the proxy answers, and the environment's
+    /// route fits in its table (no host another route already serves).
+    async fn check_route(&self, app: &str, env: &str, spec: &AppSpec) -> Result<(), ApiError> {
+        let mut table = self.proxy.table().await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the edge proxy does not answer on {} ({e}); start it with `gantry proxy`",
+                    self.proxy.socket().display()
+                ),
+            )
+        })?;
+        let probe = BackendSet {
+            name: "new".into(),
+            weight: 100,
+            instances: vec!["127.0.0.1:1".into()],
+        };
+        replace_route(&mut table, route_for(app, env, spec, vec![probe]));
+        table.validate().map_err(|e| {
+            ApiError::unprocessable(format!(
+                "the route of {app}/{env} does not fit the proxy's table: {e}"
+            ))
+        })
     }
 
     async fn run_command(&self, job: &Job, cmd: &str, timeout: Duration) -> (bool, String) {
@@ -717,6 +727,41 @@ impl Deployer {
             }
         }
     }
+}
+
+/// The proxy route of an app environment: its hosts (or
+/// `<env>.<app>.localhost`) and path prefix, with `sets`.
+fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Route {
+    let hosts: Vec<String> = if spec.proxy.hosts.is_empty() {
+        vec![format!("{env}.{app}.localhost")]
+    } else {
+        spec.proxy
+            .hosts
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .collect()
+    };
+    Route {
+        id: format!("{app}/{env}"),
+        hosts,
+        path_prefix: if spec.proxy.path_prefix.is_empty() {
+            "/".into()
+        } else {
+            spec.proxy.path_prefix.clone()
+        },
+        sets,
+        maintenance: None,
+        timeout_ms: None,
+        headers: None,
+        rate_limit: None,
+        tls: None,
+    }
+}
+
+fn replace_route(table: &mut gantry_proxy::Table, route: Route) {
+    table.routes.retain(|r| r.id != route.id);
+    table.routes.push(route);
+    table.version += 1;
 }
 
 /// Runs every smoke check against every port; the first failure wins.
