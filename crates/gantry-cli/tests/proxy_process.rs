@@ -3,33 +3,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-fn start_proxy(state: &std::path::Path) -> (Child, u16) {
-    let mut child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--access-log",
-            "off",
-            "--state-dir",
-        ])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("proxy printed its address").unwrap();
-        if let Some(a) = line.trim().strip_prefix("listen: http://") {
-            break a.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
+fn start_proxy(state: &std::path::Path) -> (support::ProxyProcess, u16) {
+    let p = support::start_proxy(state);
+    let port = p.port;
+    (p, port)
 }
 
 fn app(port: u16, version: &str) -> Child {
@@ -80,12 +59,12 @@ fn proxy_process_routes_persists_and_stops_cleanly() {
 
     // SIGTERM: exit 0; a new proxy on the same state dir has the table.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.id() as i32),
+        nix::unistd::Pid::from_raw(proxy.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(proxy.wait().unwrap().code(), Some(0));
-    let (mut proxy, port) = start_proxy(state.path());
+    assert_eq!(proxy.child.wait().unwrap().code(), Some(0));
+    let (proxy, port) = start_proxy(state.path());
     let got = support::http_get(port, "/");
     assert_eq!(got.0, 200, "{got:?}");
     let stats = rt.block_on(admin.stats()).unwrap();
@@ -94,8 +73,7 @@ fn proxy_process_routes_persists_and_stops_cleanly() {
             .unwrap()
             .contains("hello/production")
     );
-    proxy.kill().unwrap();
-    let _ = proxy.wait();
+    drop(proxy);
     backend.kill().unwrap();
     let _ = backend.wait();
 }

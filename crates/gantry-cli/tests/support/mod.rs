@@ -315,3 +315,43 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     )
 }
+
+/// A `gantry proxy` process on 127.0.0.1:`port`, killed when dropped.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gantry proxy` on a free port with its state in `state`.
+pub fn start_proxy(state: &Path) -> ProxyProcess {
+    let mut child = Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "off",
+            "--state-dir",
+        ])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("proxy printed its address").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            break a.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    ProxyProcess { child, port }
+}
