@@ -44,6 +44,10 @@ failure_threshold = 3
 [deploy]
 {strategy}
 
+[[deploy.smoke]]
+path = "/health"
+expect_status = 200
+
 [analysis]
 interval = "500ms"
 min_requests = 10
@@ -170,7 +174,13 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     let proxy_state = tempfile::tempdir().unwrap();
     let proxy = start_proxy(proxy_state.path());
     let admin = proxy_state.path().join("admin.sock");
-    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let proxy_addr = format!("127.0.0.1:{}", proxy.port);
+    let server = TestServer::start_with(&[
+        "--proxy-admin",
+        admin.to_str().unwrap(),
+        "--proxy-addr",
+        &proxy_addr,
+    ]);
 
     // First deploy: straight to 100 %.
     let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\""));
@@ -202,6 +212,20 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     assert_eq!(failed, 0, "failed requests during the switch: {failures:?}");
     assert!(ok > 50, "the load ran ({ok} requests)");
     assert!(get_via(proxy.port).1.contains("hello from v2"));
+    // Smoke checks: on the new instances before traffic, through the proxy after.
+    let show = server.run(&["deploys", "--env", "production", "show", "2"]);
+    assert!(
+        show.stdout
+            .contains("smoke: 2 smoke checks passed on the new instances directly"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("smoke: 1 smoke checks passed through the proxy (Host hello.test)"),
+        "{}",
+        show.stdout
+    );
     let ps = server.run(&["--json", "ps", "--env", "production"]).json();
     assert!(
         ps.as_array()

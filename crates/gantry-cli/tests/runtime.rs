@@ -21,6 +21,7 @@ fn http_probe(path: &str) -> ProbeSpec {
             status_min: 200,
             status_max: 299,
             body_contains: None,
+            host: None,
         },
         port: None,
         interval: Duration::from_millis(100),

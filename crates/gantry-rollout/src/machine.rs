@@ -320,6 +320,7 @@ impl Deploy {
             }
             (Phase::SmokeDirect, Input::Smoke { ok, detail }) => {
                 if ok {
+                    out.push(Action::Log(format!("smoke: {detail}")));
                     self.traffic(plan, now, &mut out);
                 } else {
                     self.rollback(
@@ -374,6 +375,7 @@ impl Deploy {
             }
             (Phase::SmokeLive, Input::Smoke { ok, detail }) => {
                 if ok {
+                    out.push(Action::Log(format!("smoke: {detail}")));
                     self.after_switch(plan, now, &mut out);
                 } else {
                     self.rollback(

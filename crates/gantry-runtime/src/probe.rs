@@ -19,6 +19,10 @@ pub enum ProbeCheck {
         status_min: u16,
         status_max: u16,
         body_contains: Option<String>,
+        /// Host header to send (default `127.0.0.1:<port>`), e.g. to reach
+        /// an app's route through the proxy.
+        #[serde(default)]
+        host: Option<String>,
     },
     Tcp,
     Exec {
@@ -79,31 +83,34 @@ pub async fn run_once(spec: &ProbeSpec, port: u16, exec: &ExecContext) -> ProbeR
             status_min,
             status_max,
             body_contains,
-        } => match tokio::time::timeout(spec.timeout, http_get(port, path)).await {
-            Err(_) => fail(format!(
-                "GET {path} → no answer within {} ms",
-                spec.timeout.as_millis()
-            )),
-            Ok(Err(e)) => fail(format!("GET {path} → {e}")),
-            Ok(Ok((status, body))) => {
-                let took = ms(started);
-                if status < *status_min || status > *status_max {
-                    fail(format!("GET {path} → {status} after {took} ms"))
-                } else if let Some(want) = body_contains
-                    .as_ref()
-                    .filter(|w| !String::from_utf8_lossy(&body).contains(w.as_str()))
-                {
-                    fail(format!(
-                        "GET {path} → {status} after {took} ms, body lacks `{want}`"
-                    ))
-                } else {
-                    ProbeResult {
-                        ok: true,
-                        detail: format!("GET {path} → {status} after {took} ms"),
+            host,
+        } => {
+            match tokio::time::timeout(spec.timeout, http_get(port, path, host.as_deref())).await {
+                Err(_) => fail(format!(
+                    "GET {path} → no answer within {} ms",
+                    spec.timeout.as_millis()
+                )),
+                Ok(Err(e)) => fail(format!("GET {path} → {e}")),
+                Ok(Ok((status, body))) => {
+                    let took = ms(started);
+                    if status < *status_min || status > *status_max {
+                        fail(format!("GET {path} → {status} after {took} ms"))
+                    } else if let Some(want) = body_contains
+                        .as_ref()
+                        .filter(|w| !String::from_utf8_lossy(&body).contains(w.as_str()))
+                    {
+                        fail(format!(
+                            "GET {path} → {status} after {took} ms, body lacks `{want}`"
+                        ))
+                    } else {
+                        ProbeResult {
+                            ok: true,
+                            detail: format!("GET {path} → {status} after {took} ms"),
+                        }
                     }
                 }
             }
-        },
+        }
         ProbeCheck::Exec { command } => {
             let mut cmd = tokio::process::Command::new("/bin/sh");
             cmd.arg("-c")
@@ -145,7 +152,7 @@ fn short_io(e: &std::io::Error) -> String {
     }
 }
 
-async fn http_get(port: u16, path: &str) -> Result<(u16, Bytes), String> {
+async fn http_get(port: u16, path: &str, host: Option<&str>) -> Result<(u16, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| short_io(&e))?;
@@ -156,7 +163,10 @@ async fn http_get(port: u16, path: &str) -> Result<(u16, Bytes), String> {
         let _ = conn.await;
     });
     let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+        .header(
+            hyper::header::HOST,
+            host.map_or_else(|| format!("127.0.0.1:{port}"), str::to_string),
+        )
         .header(hyper::header::USER_AGENT, "gantry-probe")
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
@@ -282,6 +292,7 @@ mod tests {
             status_min: 200,
             status_max: 299,
             body_contains: Some("ready".into()),
+            host: None,
         });
         let r = run_once(&http, port, &exec).await;
         assert!(!r.ok);

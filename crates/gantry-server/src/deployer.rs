@@ -35,6 +35,8 @@ pub(crate) struct Deployer {
     store: Arc<Store>,
     fleet: Arc<Fleet>,
     proxy: AdminClient,
+    /// Where the proxy serves users, for smoke checks after the switch.
+    proxy_addr: Option<std::net::SocketAddr>,
     /// One read-modify-write of the proxy's table at a time.
     table: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<i64, mpsc::UnboundedSender<Command>>>,
@@ -118,11 +120,17 @@ pub(crate) fn plan_for(spec: &AppSpec, has_previous: bool) -> Plan {
 }
 
 impl Deployer {
-    pub(crate) fn new(store: Arc<Store>, fleet: Arc<Fleet>, proxy: AdminClient) -> Arc<Self> {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        fleet: Arc<Fleet>,
+        proxy: AdminClient,
+        proxy_addr: Option<std::net::SocketAddr>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             fleet,
             proxy,
+            proxy_addr,
             table: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
         })
@@ -560,6 +568,14 @@ impl Deployer {
                     Err(e) => Some(Input::StartFailed { detail: e.message }),
                 }
             }
+            Action::SmokeLive if self.proxy_addr.is_some() => {
+                // After the switch, through the proxy, as users reach it.
+                let port = self.proxy_addr.map_or(0, |a| a.port());
+                let route = route_for(&job.app, &job.env, &job.spec, Vec::new());
+                let host = route.hosts.first().cloned();
+                let (ok, detail) = smoke(&job.spec.deploy.smoke, &[port], host.as_deref()).await;
+                Some(Input::Smoke { ok, detail })
+            }
             Action::SmokeDirect | Action::SmokeLive => {
                 let ports: Vec<u16> = self
                     .fleet
@@ -567,7 +583,7 @@ impl Deployer {
                     .iter()
                     .map(|(p, _)| *p)
                     .collect();
-                let (ok, detail) = smoke(&job.spec.deploy.smoke, &ports).await;
+                let (ok, detail) = smoke(&job.spec.deploy.smoke, &ports, None).await;
                 Some(Input::Smoke { ok, detail })
             }
             Action::SetWeight { new } => {
@@ -765,7 +781,7 @@ fn replace_route(table: &mut gantry_proxy::Table, route: Route) {
 }
 
 /// Runs every smoke check against every port; the first failure wins.
-async fn smoke(checks: &[model::SmokeCheck], ports: &[u16]) -> (bool, String) {
+async fn smoke(checks: &[model::SmokeCheck], ports: &[u16], host: Option<&str>) -> (bool, String) {
     let mut passed = 0;
     for port in ports {
         for c in checks {
@@ -777,6 +793,7 @@ async fn smoke(checks: &[model::SmokeCheck], ports: &[u16]) -> (bool, String) {
                         status_min: c.expect_status,
                         status_max: c.expect_status,
                         body_contains: c.body_contains.clone(),
+                        host: host.map(str::to_string),
                     },
                     port: None,
                     interval: Duration::from_secs(1),
@@ -810,5 +827,8 @@ async fn smoke(checks: &[model::SmokeCheck], ports: &[u16]) -> (bool, String) {
             passed += 1;
         }
     }
-    (true, format!("{passed} smoke checks passed"))
+    let via = host.map_or("on the new instances directly".to_string(), |h| {
+        format!("through the proxy (Host {h})")
+    });
+    (true, format!("{passed} smoke checks passed {via}"))
 }

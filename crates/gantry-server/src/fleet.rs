@@ -462,6 +462,7 @@ fn probe(p: &model::Probe) -> ProbeSpec {
             status_min: p.expect_status.min,
             status_max: p.expect_status.max,
             body_contains: p.body_contains.clone(),
+            host: None,
         },
         ProbeKind::Tcp => ProbeCheck::Tcp,
         ProbeKind::Exec => ProbeCheck::Exec {

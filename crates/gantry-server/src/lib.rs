@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub usage_interval: std::time::Duration,
     /// The edge proxy's admin socket; default `proxy/admin.sock` in the data dir.
     pub proxy_admin: Option<PathBuf>,
+    /// Where the edge proxy serves users (for smoke checks through it).
+    pub proxy_addr: Option<SocketAddr>,
 }
 
 /// Where a started server listens.
@@ -139,6 +141,7 @@ pub async fn run(
         store.clone(),
         fleet.clone(),
         gantry_proxy::AdminClient::new(proxy_admin),
+        opts.proxy_addr,
     );
     let resumed = deployer
         .resume_all()

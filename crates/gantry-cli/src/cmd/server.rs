@@ -26,6 +26,10 @@ pub(crate) struct Args {
     /// The edge proxy's admin socket (default: proxy/admin.sock in the data directory).
     #[arg(long, value_name = "PATH")]
     proxy_admin: Option<std::path::PathBuf>,
+    /// Where the edge proxy serves users, so smoke checks after a switch go
+    /// through it (without it they go to the new instances directly).
+    #[arg(long, value_name = "ADDR")]
+    proxy_addr: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,6 +81,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         ports: args.port_range,
         usage_interval: args.usage_interval,
         proxy_admin: args.proxy_admin,
+        proxy_addr: args.proxy_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
