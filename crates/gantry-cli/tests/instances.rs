@@ -67,15 +67,7 @@ fn ps(server: &TestServer, env: &str) -> Vec<serde_json::Value> {
 }
 
 fn wait_ready(server: &TestServer, env: &str, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = ps(server, env);
-        if list.len() == n && list.iter().all(|i| i["ready"] == true) {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "not ready: {list:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_ready(env, n)
 }
 
 fn get(port: u64, path: &str) -> (u16, String) {

@@ -206,15 +206,7 @@ fn a_release_runs_from_its_artifact_directory() {
     let r = server.run(&["start", "--env", "staging", "--release", "1"]);
     r.ok();
     assert!(r.stdout.contains("from release 1"), "{}", r.stdout);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let pid = loop {
-        let ps = server.run(&["--json", "ps", "--env", "staging"]).json();
-        if ps[0]["ready"] == true {
-            break ps[0]["pid"].as_i64().unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "{ps:#}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let pid = server.wait_ready("staging", 1)[0]["pid"].as_i64().unwrap();
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     let hex = rel["digest"]
         .as_str()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -717,9 +717,4 @@ fn jitter() -> f64 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     f64::from(nanos % 1000) / 1000.0
-}
-
-/// Reads the last lines of an instance's log.
-pub fn tail_logs(dir: &Path, n: usize) -> Vec<String> {
-    crate::logs::tail(dir, n)
 }

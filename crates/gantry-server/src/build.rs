@@ -103,40 +103,14 @@ pub(crate) async fn build_release(
 }
 
 async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(format!("exec 2>&1; {cmd}"))
-        .current_dir(workdir)
-        // Outputs are paths inside the clean copy: keep build tools there.
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BUILD_TIMEOUT, c.output())
-        .await
-        .map_err(|_| {
-            ApiError::unprocessable(format!(
-                "the build command `{cmd}` ran longer than {} minutes",
-                BUILD_TIMEOUT.as_secs() / 60
-            ))
-        })?
-        .map_err(|e| ApiError::internal(format!("cannot run `{cmd}`: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let tail: String = if text.len() > LOG_LIMIT {
-        let cut = text.len() - LOG_LIMIT;
-        let cut = (cut..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        format!("…\n{}", &text[cut..])
-    } else {
-        text.into_owned()
-    };
-    if !out.status.success() {
+    let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT).await;
+    if !out.ok {
         return Err(ApiError::unprocessable(format!(
-            "the build command `{cmd}` failed ({}):\n{tail}",
-            out.status
+            "the build command `{cmd}` failed ({}):\n{}",
+            out.ended, out.output
         )));
     }
-    Ok(tail)
+    Ok(out.output)
 }
 
 fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result<(), ApiError> {

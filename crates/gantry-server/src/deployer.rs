@@ -686,62 +686,25 @@ impl Deployer {
         })
     }
 
+    /// Runs a migration or hook in the release's directory with the app's
+    /// environment and the deploy's context.
     async fn run_command(&self, job: &Job, cmd: &str, timeout: Duration) -> (bool, String) {
-        let mut vars: BTreeMap<String, String> = job
-            .spec
-            .render_env(|n| {
-                job.secrets
-                    .iter()
-                    .find(|(k, _)| k == n)
-                    .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-            })
-            .unwrap_or_default();
-        vars.insert("GANTRY_DEPLOY_ID".into(), job.id.to_string());
-        vars.insert(
-            "GANTRY_RELEASE".into(),
-            job.new_set.trim_start_matches('r').into(),
-        );
-        vars.insert(
-            "GANTRY_PREVIOUS_RELEASE".into(),
-            job.old_set
-                .as_deref()
-                .unwrap_or("")
-                .trim_start_matches('r')
-                .into(),
-        );
         let data = self.fleet.env_data_dir(&job.app, &job.env);
         let _ = std::fs::create_dir_all(&data);
-        let env = gantry_runtime::instance_env(&job.app, &job.env, &data, vars);
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg("-c")
-            .arg(format!("exec 2>&1; {cmd}"))
-            .current_dir(&job.dir)
-            .env_clear()
-            .envs(env)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        match tokio::time::timeout(timeout, c.output()).await {
-            Err(_) => (
-                false,
-                format!("`{cmd}` ran longer than {} s", timeout.as_secs()),
-            ),
-            Ok(Err(e)) => (false, format!("`{cmd}` could not run: {e}")),
-            Ok(Ok(out)) => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let tail: String = text
-                    .chars()
-                    .rev()
-                    .take(2000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                (
-                    out.status.success(),
-                    format!("`{cmd}` {}: {}", out.status, tail.trim()),
-                )
-            }
-        }
+        let mut env =
+            match crate::fleet::app_env(&job.app, &job.env, &job.spec, &job.secrets, &data) {
+                Ok(env) => env,
+                Err(e) => return (false, e.message),
+            };
+        let release = |set: &str| set.trim_start_matches('r').to_string();
+        env.insert("GANTRY_DEPLOY_ID".into(), job.id.to_string());
+        env.insert("GANTRY_RELEASE".into(), release(&job.new_set));
+        env.insert(
+            "GANTRY_PREVIOUS_RELEASE".into(),
+            job.old_set.as_deref().map(release).unwrap_or_default(),
+        );
+        let out = crate::shell::run(cmd, &job.dir, Some(env), timeout, 2000).await;
+        (out.ok, out.summary(cmd))
     }
 }
 

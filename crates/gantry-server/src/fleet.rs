@@ -433,7 +433,7 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedRece
 
 /// The app's environment: the runtime's base, the config's `[env]` with
 /// secret references filled in, and every declared secret by name.
-fn app_env(
+pub(crate) fn app_env(
     app: &str,
     env: &str,
     spec: &AppSpec,

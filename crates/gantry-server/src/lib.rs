@@ -16,6 +16,7 @@ mod build;
 mod deployer;
 mod error;
 mod fleet;
+mod shell;
 mod state;
 
 use std::net::SocketAddr;

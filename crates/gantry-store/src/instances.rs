@@ -79,14 +79,6 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets the instances of an app environment (after they stopped).
-    pub fn remove_instances(&self, app: &str, env: &str) -> Result<usize> {
-        Ok(self.conn().execute(
-            "DELETE FROM instances WHERE app=?1 AND env=?2",
-            params![app, env],
-        )?)
-    }
-
     /// Forgets the given instances (after they stopped).
     pub fn remove_instance_ids(&self, ids: &[String]) -> Result<usize> {
         let mut conn = self.conn();
@@ -231,7 +223,8 @@ mod tests {
         );
         assert_eq!(store.instances(None).unwrap().len(), 2);
         assert_eq!(store.instances(Some(("hello", "prod"))).unwrap()[0].id, "a");
-        assert_eq!(store.remove_instances("hello", "prod").unwrap(), 1);
+        assert_eq!(store.remove_instance_ids(&["a".to_string()]).unwrap(), 1);
+        assert!(store.instances(Some(("hello", "prod"))).unwrap().is_empty());
 
         for i in 0..5 {
             store

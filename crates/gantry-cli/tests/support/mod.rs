@@ -188,6 +188,28 @@ impl TestServer {
         child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Waits (up to 20 s) until `env` has `n` instances, all ready; returns
+    /// them as `gantry ps --json` shows them.
+    pub fn wait_ready(&self, env: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = self.run(&["--json", "ps", "--env", env]);
+            let list = if r.code == 0 {
+                r.json().as_array().cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if list.len() == n && list.iter().all(|i| i["ready"] == true) {
+                return list;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{env} not ready: {list:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn sqlite(&self, sql: &str) -> Run {
         Run::from(
             Command::new("sqlite3")
