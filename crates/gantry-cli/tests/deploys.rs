@@ -6,22 +6,10 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::TestServer;
-
-/// These tests each run a control plane, a proxy, several app processes and
-/// steady load; run them one at a time so they measure the product, not the
-/// machine's contention.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-use support::start_proxy;
+use support::deploy::{Load, get_via, release, serial, wait_phase};
+use support::{TestServer, start_proxy};
 
 fn config(strategy: &str, extra_env: &str) -> String {
     format!(
@@ -69,105 +57,6 @@ proxy = {{ hosts = ["staging.hello.test"] }}
 const BLUE_GREEN: &str = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
 const CANARY: &str = "strategy = \"canary\"\nsteps = [{ weight = 50, pause = \"20s\" }]";
 
-/// Builds a release from a directory holding the example app and `toml`,
-/// after applying `toml` as the environment's config. Returns its number.
-fn release(server: &TestServer, toml: &str) -> i64 {
-    let dir = server.dir.path().join("src");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(support::hello_app(), dir.join("hello-app")).unwrap();
-    std::fs::write(dir.join("gantry.toml"), toml).unwrap();
-    std::fs::write(server.dir.path().join("gantry.toml"), toml).unwrap();
-    server.run(&["config", "apply", "--env", "production"]).ok();
-    let r = server.run(&[
-        "--json",
-        "build",
-        "--env",
-        "production",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    r.ok();
-    r.json()["number"].as_i64().unwrap()
-}
-
-fn get_via(port: u16) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, "connect failed".into());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return (0, "write failed".into());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    )
-}
-
-/// Steady load through the proxy; counts answers by kind.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let handle = std::thread::spawn(move || {
-            let mut failures = Vec::new();
-            let mut n = 0;
-            while !s.load(Ordering::Relaxed) && n < 200_000 {
-                n += 1;
-                let (status, body) = get_via(port);
-                if status == 200 {
-                    o.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.fetch_add(1, Ordering::Relaxed);
-                    if failures.len() < 20 {
-                        failures.push(format!("{status} {body}"));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            failures
-        });
-        Self {
-            stop,
-            ok,
-            failed,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.handle.take().unwrap().join().unwrap();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            failures,
-        )
-    }
-}
-
 #[test]
 fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     let _serial = serial();
@@ -206,7 +95,8 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         &r2.to_string(),
     ]);
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed, failures) = load.finish();
+    let seen = load.finish();
+    let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("replacing release 1"), "{}", out.stdout);
     assert_eq!(failed, 0, "failed requests during the switch: {failures:?}");
@@ -248,7 +138,8 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "--release",
         &r3.to_string(),
     ]);
-    let (_, failed, failures) = load.finish();
+    let seen = load.finish();
+    let (failed, failures) = (seen.failed + seen.injected, seen.samples);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout.contains("rolled-back") && out.stdout.contains("not ready"),
@@ -272,7 +163,8 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         &r4.to_string(),
     ]);
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed, failures) = load.finish();
+    let seen = load.finish();
+    let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout.contains("gate failed: error rate"),
@@ -288,7 +180,8 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     // After the rollback, no more errors.
     let after = Load::start(proxy.port);
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed, failures) = after.finish();
+    let seen = after.finish();
+    let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
     assert_eq!(failed, 0, "{failures:?}");
     assert!(ok > 0);
 
@@ -313,34 +206,6 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         show.stdout
     );
     drop(proxy);
-}
-
-fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = server.run(&[
-            "--json",
-            "deploys",
-            "--env",
-            "production",
-            "show",
-            &id.to_string(),
-        ]);
-        // The deploy may not exist yet.
-        let d = if r.code == 0 {
-            r.json()
-        } else {
-            serde_json::Value::Null
-        };
-        if d["phase"] == want || d["outcome"].is_string() {
-            return d;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reached {want}: {d:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -404,7 +269,8 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
     );
     server.run(&["approve", "--env", "production"]).ok();
     let d = wait_phase(&server, id, "done");
-    let (_, failed, failures) = load.finish();
+    let seen = load.finish();
+    let (failed, failures) = (seen.failed + seen.injected, seen.samples);
     assert_eq!(d["outcome"], "succeeded", "{d:#}");
     assert_eq!(failed, 0, "{failures:?}");
     assert!(get_via(proxy.port).1.contains("hello from v2"));

@@ -75,6 +75,8 @@ pub enum Phase {
     /// Blue-green: all traffic on the new set, old set kept warm.
     Warm,
     Drain,
+    /// The old set is drained; its instances are being stopped.
+    StopOld,
     PostHook,
     RollingBack,
     Done,
@@ -131,6 +133,8 @@ pub enum Input {
     },
     /// The old set has no requests left in flight.
     Drained,
+    /// The set a `StopOld` or `StopNew` named has no instance left.
+    Stopped,
     /// The control plane restarted while this deploy was in `phase`.
     Resumed,
 }
@@ -395,7 +399,10 @@ impl Deploy {
                 }
             }
             (Phase::Drain, Input::Drained) => {
+                self.enter(Phase::StopOld, now, &mut out, "stop the old set");
                 out.push(Action::StopOld);
+            }
+            (Phase::StopOld, Input::Stopped) => {
                 if plan.post_hook {
                     self.enter(Phase::PostHook, now, &mut out, "post-deploy hook");
                     out.push(Action::RunPostHook);
@@ -413,6 +420,16 @@ impl Deploy {
                     });
                 }
                 self.finish(Outcome::Succeeded, now, &mut out, "deployed".into());
+            }
+            (Phase::RollingBack, Input::Stopped) => {
+                if self.migrated && plan.migrate_rollback {
+                    out.push(Action::Log("rolling back the migration".into()));
+                    out.push(Action::MigrateRollback);
+                } else {
+                    let outcome = self.rollback_outcome.unwrap_or(Outcome::RolledBack);
+                    let reason = self.reason.clone().unwrap_or_default();
+                    self.finish(outcome, now, &mut out, format!("rolled back: {reason}"));
+                }
             }
             (Phase::RollingBack, Input::MigrationRolledBack { ok, detail }) => {
                 let outcome = self.rollback_outcome.unwrap_or(Outcome::RolledBack);
@@ -613,19 +630,16 @@ impl Deploy {
         if plan.has_previous && self.weight > 0 {
             self.set_weight(0, out);
         }
+        // Then the new set stops, then the migration's rollback (if it
+        // ran); the deploy ends only once both are done, so a crash in
+        // between resumes them.
+        self.enter(
+            Phase::RollingBack,
+            now,
+            out,
+            format!("rolling back: {reason}"),
+        );
         out.push(Action::StopNew);
-        if self.migrated && plan.migrate_rollback {
-            self.enter(
-                Phase::RollingBack,
-                now,
-                out,
-                format!("rolling back: {reason}"),
-            );
-            out.push(Action::MigrateRollback);
-        } else {
-            out.push(Action::Log(format!("rolling back: {reason}")));
-            self.finish(outcome, now, out, format!("rolled back: {reason}"));
-        }
     }
 
     fn abort(&mut self, plan: &Plan, now: Ms, by: String, out: &mut Vec<Action>) {
@@ -643,7 +657,7 @@ impl Deploy {
                 )));
             }
             Phase::RollingBack => {}
-            Phase::Drain | Phase::PostHook => {
+            Phase::Drain | Phase::StopOld | Phase::PostHook => {
                 out.push(Action::Log(format!("{reason} ignored: the new release already took all traffic and the old set is draining")));
             }
             _ => self.rollback(plan, now, Outcome::Aborted, reason, out),
@@ -714,12 +728,13 @@ impl Deploy {
                     ),
                 );
             }
+            Phase::StopOld => out.push(Action::StopOld),
             Phase::RollingBack => {
                 if plan.has_previous {
                     out.push(Action::SetWeight { new: 0 });
                 }
+                out.push(Action::Log(format!("{restarted}; rolling back again")));
                 out.push(Action::StopNew);
-                out.push(Action::MigrateRollback);
             }
             Phase::Done => {}
         }

@@ -163,15 +163,19 @@ fn canary_walks_its_steps_and_promotes() {
     });
     assert_eq!(Sim::work(&a), vec![Action::DrainOld]);
     let a = s.at(125).feed(Input::Drained);
+    assert_eq!(Sim::work(&a), vec![Action::StopOld]);
+    assert_eq!(
+        s.d.phase,
+        Phase::StopOld,
+        "done only once the old set stopped"
+    );
+    let a = s.feed(Input::Stopped);
     assert_eq!(
         Sim::work(&a),
-        vec![
-            Action::StopOld,
-            Action::Notify {
-                failure: false,
-                message: "deployed".into()
-            }
-        ]
+        vec![Action::Notify {
+            failure: false,
+            message: "deployed".into()
+        }]
     );
     assert_eq!(s.d.outcome, Some(Outcome::Succeeded));
     assert!(s.d.is_done());
@@ -191,13 +195,11 @@ fn failing_gate_sets_weight_zero_at_once_and_rolls_the_migration_back() {
     let a = s.at(70).feed(bad());
     assert_eq!(
         Sim::work(&a),
-        vec![
-            Action::SetWeight { new: 0 },
-            Action::StopNew,
-            Action::MigrateRollback
-        ]
+        vec![Action::SetWeight { new: 0 }, Action::StopNew]
     );
     assert_eq!(s.d.phase, Phase::RollingBack);
+    let a = s.feed(Input::Stopped);
+    assert_eq!(Sim::work(&a), vec![Action::MigrateRollback]);
     assert!(
         s.d.reason
             .as_deref()
@@ -285,10 +287,9 @@ fn failures_before_traffic() {
     });
     assert!(Sim::work(&s.at(119).feed(Input::Tick)).is_empty());
     let a = s.at(120).feed(Input::Tick);
-    assert_eq!(
-        Sim::work(&a),
-        vec![Action::StopNew, Action::MigrateRollback]
-    );
+    assert_eq!(Sim::work(&a), vec![Action::StopNew]);
+    let a = s.feed(Input::Stopped);
+    assert_eq!(Sim::work(&a), vec![Action::MigrateRollback]);
     assert!(
         s.d.reason
             .as_deref()
@@ -311,7 +312,9 @@ fn failures_before_traffic() {
         ok: false,
         detail: "GET /health → 500".into(),
     });
-    assert_eq!(Sim::work(&a)[0], Action::StopNew);
+    assert_eq!(Sim::work(&a), vec![Action::StopNew]);
+    assert_eq!(s.d.outcome, None, "not done before the new set stopped");
+    s.feed(Input::Stopped);
     assert_eq!(s.d.outcome, Some(Outcome::RolledBack));
 }
 
@@ -429,10 +432,9 @@ fn abort_restores_the_previous_state_in_every_phase() {
         ok: true,
         detail: String::new(),
     });
-    assert_eq!(
-        Sim::work(&a),
-        vec![Action::StopNew, Action::MigrateRollback]
-    );
+    assert_eq!(Sim::work(&a), vec![Action::StopNew]);
+    let a = s.feed(Input::Stopped);
+    assert_eq!(Sim::work(&a), vec![Action::MigrateRollback]);
     s.feed(Input::MigrationRolledBack {
         ok: true,
         detail: String::new(),
@@ -449,12 +451,10 @@ fn abort_restores_the_previous_state_in_every_phase() {
     let a = s.feed(Input::Abort { by: "alice".into() });
     assert_eq!(
         Sim::work(&a),
-        vec![
-            Action::SetWeight { new: 0 },
-            Action::StopNew,
-            Action::MigrateRollback
-        ]
+        vec![Action::SetWeight { new: 0 }, Action::StopNew]
     );
+    let a = s.feed(Input::Stopped);
+    assert_eq!(Sim::work(&a), vec![Action::MigrateRollback]);
     s.feed(Input::MigrationRolledBack {
         ok: true,
         detail: String::new(),
@@ -521,7 +521,9 @@ fn hooks_run_around_the_deploy() {
     s.feed(Input::Ready);
     s.feed(Input::Approve { by: "ops".into() }); // end the warm window now
     let a = s.feed(Input::Drained);
-    assert_eq!(Sim::work(&a), vec![Action::StopOld, Action::RunPostHook]);
+    assert_eq!(Sim::work(&a), vec![Action::StopOld]);
+    let a = s.feed(Input::Stopped);
+    assert_eq!(Sim::work(&a), vec![Action::RunPostHook]);
     s.feed(Input::HookDone {
         ok: true,
         detail: String::new(),
@@ -567,6 +569,7 @@ fn resume_after_a_crash_in_every_phase_is_consistent() {
             detail: String::new(),
         },
         Input::Drained,
+        Input::Stopped,
     ];
     for (i, input) in script.into_iter().enumerate() {
         s.at(60 * i as i64);
@@ -583,6 +586,7 @@ fn resume_after_a_crash_in_every_phase_is_consistent() {
         Phase::Analyze,
         Phase::SmokeLive,
         Phase::Drain,
+        Phase::StopOld,
         Phase::PostHook,
     ] {
         assert!(phases.contains(&p), "{p:?} not reached: {phases:?}");
@@ -603,10 +607,10 @@ fn resume_after_a_crash_in_every_phase_is_consistent() {
             }
             Phase::Migrate | Phase::Start | Phase::SmokeDirect => {
                 assert!(work.contains(&Action::StopNew), "{phase:?}: {work:?}");
-                assert!(
-                    work.contains(&Action::MigrateRollback),
-                    "{phase:?}: {work:?}"
-                );
+                assert_eq!(d.phase, Phase::RollingBack, "{phase:?}");
+                // The migration's rollback runs once the new set stopped.
+                let a = d.handle(&plan, Input::Stopped, 10_001 * S);
+                assert_eq!(Sim::work(&a), vec![Action::MigrateRollback], "{phase:?}");
                 assert!(
                     !work
                         .iter()
@@ -625,6 +629,7 @@ fn resume_after_a_crash_in_every_phase_is_consistent() {
             Phase::Drain => {
                 assert_eq!(work, vec![Action::SetWeight { new: 100 }, Action::DrainOld])
             }
+            Phase::StopOld => assert_eq!(work, vec![Action::StopOld]),
             Phase::PostHook => assert_eq!(d.outcome, Some(Outcome::Succeeded)),
             Phase::Done => assert!(work.is_empty()),
             other => panic!("unexpected {other:?}"),

@@ -183,6 +183,16 @@ impl Deployer {
             .and_then(|s| s.resolve(&rec.env))
             .map_err(|d| ApiError::unprocessable(format!("{d}")))?;
         let holder = format!("{} (deploy of release {})", rec.actor, rec.release);
+        // A migration or hook the dead control plane was running must not
+        // run on beside what the deploy does next.
+        if let Some(line) = crate::shell::stop_orphan(&command_marker(self.store.dir(), rec.id)) {
+            let (id, st, ph, h) = (rec.id, rec.state.clone(), rec.phase.clone(), holder.clone());
+            let now = gantry_store::now_ms();
+            db(&self.store, move |s| {
+                s.save_deploy_as(id, &st, &ph, None, &[(now, line)], Some(&h))
+            })
+            .await?;
+        }
         let (a, e, h, id) = (rec.app.clone(), rec.env.clone(), holder.clone(), rec.id);
         // The crashed holder was us: take the lease over.
         db(&self.store, move |s| {
@@ -618,18 +628,20 @@ impl Deployer {
                 }
                 None
             }
+            // Stopping a set with no instance left (a repeat after a
+            // crash) is done already.
             Action::StopOld => {
                 if let Some(old) = &job.old_set {
                     let _ = self.fleet.stop_set(&job.app, &job.env, Some(old)).await;
                 }
-                None
+                Some(Input::Stopped)
             }
             Action::StopNew => {
                 let _ = self
                     .fleet
                     .stop_set(&job.app, &job.env, Some(&job.new_set))
                     .await;
-                None
+                Some(Input::Stopped)
             }
         }
     }
@@ -703,9 +715,19 @@ impl Deployer {
             "GANTRY_PREVIOUS_RELEASE".into(),
             job.old_set.as_deref().map(release).unwrap_or_default(),
         );
-        let out = crate::shell::run(cmd, &job.dir, Some(env), timeout, 2000).await;
+        let marker = command_marker(self.store.dir(), job.id);
+        if let Some(parent) = marker.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let out =
+            crate::shell::run_marked(cmd, &job.dir, Some(env), timeout, 2000, Some(&marker)).await;
         (out.ok, out.summary(cmd))
     }
+}
+
+/// Where a deploy's running migration or hook is recorded (see `shell`).
+fn command_marker(data_dir: &std::path::Path, deploy: i64) -> PathBuf {
+    data_dir.join("deploys").join(format!("{deploy}.command"))
 }
 
 /// The proxy route of an app environment: its hosts (or

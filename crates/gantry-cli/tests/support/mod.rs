@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+pub mod deploy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_gantry");
 
 /// The repository root (for examples and fixtures).

@@ -1,0 +1,221 @@
+//! Deploy-test support: releases built from the example app, requests
+//! through the proxy, steady load that classifies every answer, and waiting
+//! for a deploy's phase.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::TestServer;
+
+/// Deploy tests each run a control plane, a proxy, several app processes and
+/// steady load; they run one at a time so they measure the product, not the
+/// machine's contention.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds a release from a directory holding the example app and `toml`,
+/// after applying `toml` as production's config. Returns its number.
+pub fn release(server: &TestServer, toml: &str) -> i64 {
+    let dir = server.dir.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(super::hello_app(), dir.join("hello-app")).unwrap();
+    std::fs::write(dir.join("gantry.toml"), toml).unwrap();
+    std::fs::write(server.dir.path().join("gantry.toml"), toml).unwrap();
+    server.run(&["config", "apply", "--env", "production"]).ok();
+    let r = server.run(&[
+        "--json",
+        "build",
+        "--env",
+        "production",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    r.ok();
+    r.json()["number"].as_i64().unwrap()
+}
+
+/// `GET path` with `Host: hello.test` through the proxy on `port`, on a new
+/// connection; the status (0 when there was no HTTP answer) and the body.
+pub fn get_path(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, "connect failed".into());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return (0, "write failed".into());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+pub fn get_via(port: u16) -> (u16, String) {
+    get_path(port, "/")
+}
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub ok: u64,
+    /// Answers other than 200 that the app did not make on purpose: what
+    /// a switch must never cause.
+    pub failed: u64,
+    /// 500s a release made on purpose (`ERROR_RATE`): a bad canary's own.
+    pub injected: u64,
+    /// The first few failures and injected errors, for messages.
+    pub samples: Vec<String>,
+}
+
+/// Steady load through the proxy on `port`: one request at a time on new
+/// connections, with a short pause between.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    injected: Arc<AtomicU64>,
+    samples: Arc<Mutex<Vec<String>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let injected = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f, i, m) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            injected.clone(),
+            samples.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) && n < 2_000_000 {
+                n += 1;
+                let (status, body) = get_via(port);
+                if status == 200 {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                if status == 500 && body.starts_with("injected error") {
+                    i.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut m = m.lock().unwrap();
+                if m.len() < 20 {
+                    m.push(format!("{status} {}", body.trim()));
+                }
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failed,
+            injected,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    /// The counts so far, the load going on.
+    pub fn seen(&self) -> Seen {
+        Seen {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            injected: self.injected.load(Ordering::Relaxed),
+            samples: self.samples.lock().unwrap().clone(),
+        }
+    }
+
+    pub fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        self.seen()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `deploys show ID --json` once the deploy is in phase `want` or finished.
+pub fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = server.run(&[
+            "--json",
+            "deploys",
+            "--env",
+            "production",
+            "show",
+            &id.to_string(),
+        ]);
+        // The deploy may not exist yet.
+        let d = if r.code == 0 {
+            r.json()
+        } else {
+            serde_json::Value::Null
+        };
+        if d["phase"] == want || d["outcome"].is_string() {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "never reached {want}: {d:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a deploy of `release` to production in the background; its id.
+pub fn deploy_detached(server: &TestServer, release: i64) -> i64 {
+    let out = server.run(&[
+        "--json",
+        "deploy",
+        "--env",
+        "production",
+        "--release",
+        &release.to_string(),
+        "--detach",
+    ]);
+    out.ok();
+    out.json()["id"].as_i64().unwrap()
+}
+
+/// The sets of production's instances.
+pub fn sets(server: &TestServer) -> Vec<String> {
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    let mut sets: Vec<String> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["set"].as_str().unwrap_or("").to_string())
+        .collect();
+    sets.sort();
+    sets.dedup();
+    sets
+}
