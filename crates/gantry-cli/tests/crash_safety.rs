@@ -10,45 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::TestServer;
-use support::deploy::{Load, deploy_detached, get_via, release, serial, sets, wait_phase};
-
-/// Production's config: two instances, `deploy` as the `[deploy]` table,
-/// `env` added to `[env]`, `extra` appended (more tables).
-fn config(deploy: &str, env: &str, extra: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "hello"
-
-[run]
-command = "./hello-app"
-instances = 2
-grace_period = "5s"
-
-[health.readiness]
-kind = "http"
-path = "/readiness"
-interval = "300ms"
-timeout = "250ms"
-failure_threshold = 3
-
-[deploy]
-{deploy}
-
-[analysis]
-interval = "500ms"
-min_requests = 10
-
-[env]
-{env}
-
-[proxy]
-hosts = ["hello.test"]
-
-{extra}
-"#
-    )
-}
+use support::deploy::{Load, config, deploy_detached, get_via, release, serial, sets, wait_phase};
 
 const BLUE_GREEN: &str = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
 

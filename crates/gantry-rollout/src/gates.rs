@@ -92,6 +92,14 @@ impl GateReport {
         }
     }
 
+    /// The request count the gates saw, as shown.
+    pub fn requests(&self) -> &str {
+        self.results
+            .iter()
+            .find(|r| r.name == "requests")
+            .map_or("?", |r| r.value.as_str())
+    }
+
     /// The failing gates in words, e.g. "error rate 4.2 % > 1.0 %".
     pub fn failures(&self) -> String {
         self.results

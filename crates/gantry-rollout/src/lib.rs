@@ -16,4 +16,6 @@ pub mod gates;
 pub mod machine;
 
 pub use gates::{GateReport, GateResult, Gates, SetMetrics, Status};
-pub use machine::{Action, Deploy, Input, Outcome, Pause, Phase, Plan, Step, Strategy};
+pub use machine::{
+    Action, Deploy, Inconclusive, Input, Outcome, Pause, Phase, Plan, Step, Strategy,
+};

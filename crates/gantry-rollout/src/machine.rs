@@ -57,6 +57,20 @@ pub struct Plan {
     pub has_previous: bool,
     /// How long the new instances may take to become ready.
     pub ready_timeout: Duration,
+    /// What a canary step does when it ends before the gates could judge.
+    #[serde(default)]
+    pub inconclusive: Inconclusive,
+}
+
+/// What a canary step does when it ends with too few requests to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inconclusive {
+    /// Go on with the step until the gates decide, or `Approve`.
+    #[default]
+    Wait,
+    Continue,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +198,9 @@ pub struct Deploy {
     /// Outcome to report once rolling back has finished.
     rollback_outcome: Option<Outcome>,
     pub last_gates: Option<GateReport>,
+    /// The current step's time is up but its gates have not decided yet.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl Deploy {
@@ -200,6 +217,7 @@ impl Deploy {
             reason: None,
             rollback_outcome: None,
             last_gates: None,
+            held: false,
         }
     }
 
@@ -349,24 +367,56 @@ impl Deploy {
                         format!("gate failed: {failures}"),
                         &mut out,
                     );
+                } else if self.held && verdict == Status::Pass {
+                    out.push(Action::Log("the gates passed".into()));
+                    self.held = false;
+                    self.next_step(plan, now, &mut out);
                 }
             }
-            (Phase::Analyze, Input::Tick) => {
+            (Phase::Analyze, Input::Tick) if !self.held => {
                 if let Some(Pause::For(d)) = self.current_pause(plan)
                     && now - self.phase_since >= d.as_millis() as Ms
                 {
-                    if self
-                        .last_gates
-                        .as_ref()
-                        .is_some_and(|g| g.verdict() == Status::Pending)
-                        || self.last_gates.is_none()
-                    {
-                        out.push(Action::Log(
-                            "gates inconclusive at the end of the step (too few requests); continuing".into(),
-                        ));
+                    let requests = match &self.last_gates {
+                        Some(g) if g.verdict() != Status::Pending => None,
+                        Some(g) => Some(g.requests().to_string()),
+                        None => Some("no".to_string()),
+                    };
+                    match (requests, plan.inconclusive) {
+                        (None, _) => self.next_step(plan, now, &mut out),
+                        (Some(n), Inconclusive::Wait) => {
+                            self.held = true;
+                            out.push(Action::Log(format!(
+                                "the step is over but the gates cannot judge yet ({n} requests, {} needed); it goes on until they do — `gantry approve` moves on anyway, `gantry abort` rolls back",
+                                plan.gates.min_requests
+                            )));
+                        }
+                        (Some(n), Inconclusive::Continue) => {
+                            out.push(Action::Log(format!(
+                                "gates inconclusive at the end of the step ({n} requests, {} needed); continuing as configured",
+                                plan.gates.min_requests
+                            )));
+                            self.next_step(plan, now, &mut out);
+                        }
+                        (Some(n), Inconclusive::Rollback) => self.rollback(
+                            plan,
+                            now,
+                            Outcome::RolledBack,
+                            format!(
+                                "too few requests to judge the canary ({n}, {} needed)",
+                                plan.gates.min_requests
+                            ),
+                            &mut out,
+                        ),
                     }
-                    self.next_step(plan, now, &mut out);
                 }
+            }
+            (Phase::Analyze, Input::Approve { by }) if self.held => {
+                out.push(Action::Log(format!(
+                    "approved by {by} with the gates undecided; next step"
+                )));
+                self.held = false;
+                self.next_step(plan, now, &mut out);
             }
             (Phase::AwaitApproval, Input::Approve { by }) => {
                 self.approved = true;

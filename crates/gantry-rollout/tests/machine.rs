@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use gantry_rollout::machine::Ms;
 use gantry_rollout::{
-    Action, Deploy, Gates, Input, Outcome, Pause, Phase, Plan, SetMetrics, Step, Strategy,
+    Action, Deploy, Gates, Inconclusive, Input, Outcome, Pause, Phase, Plan, SetMetrics, Step,
+    Strategy,
 };
 
 const S: Ms = 1000;
@@ -35,6 +36,8 @@ fn canary() -> Plan {
         require_approval: false,
         has_previous: true,
         ready_timeout: Duration::from_secs(120),
+        // The walk-throughs feed no metrics; `pending_gates_*` covers `Wait`.
+        inconclusive: Inconclusive::Continue,
     }
 }
 
@@ -216,15 +219,8 @@ fn failing_gate_sets_weight_zero_at_once_and_rolls_the_migration_back() {
     assert_eq!(s.d.outcome, Some(Outcome::RolledBack));
 }
 
-#[test]
-fn pending_gates_never_roll_back() {
-    let mut s = Sim::new(canary());
-    s.run_until_traffic();
-    s.feed(Input::Smoke {
-        ok: true,
-        detail: String::new(),
-    });
-    let few = Input::Metrics {
+fn few_requests() -> Input {
+    Input::Metrics {
         new: SetMetrics {
             requests: 3,
             status_5xx: 3,
@@ -232,14 +228,103 @@ fn pending_gates_never_roll_back() {
             p99: None,
         },
         old: None,
-    };
-    assert!(Sim::work(&s.at(10).feed(few)).is_empty());
+    }
+}
+
+#[test]
+fn pending_gates_never_roll_back_and_hold_the_step_until_they_decide() {
+    let mut s = Sim::new(Plan {
+        inconclusive: Inconclusive::Wait,
+        ..canary()
+    });
+    s.run_until_traffic();
+    s.feed(Input::Smoke {
+        ok: true,
+        detail: String::new(),
+    });
+    assert!(Sim::work(&s.at(10).feed(few_requests())).is_empty());
     assert_eq!(s.d.phase, Phase::Analyze);
+    // The step's time is up, the gates undecided: the step goes on.
     let a = s.at(60).feed(Input::Tick);
     assert!(
         a.iter()
-            .any(|x| matches!(x, Action::Log(l) if l.contains("inconclusive")))
+            .any(|x| matches!(x, Action::Log(l) if l.contains("cannot judge yet (3 requests"))),
+        "{a:?}"
     );
+    assert!(Sim::work(&a).is_empty(), "no weight change: {a:?}");
+    assert!(Sim::work(&s.at(500).feed(Input::Tick)).is_empty());
+    assert_eq!((s.d.weight, s.d.held), (10, true));
+    // Enough requests, all good: the next step.
+    let a = s.at(501).feed(Input::Metrics {
+        new: SetMetrics {
+            requests: 60,
+            status_5xx: 0,
+            status_ok: 60,
+            p99: Some(Duration::from_millis(20)),
+        },
+        old: None,
+    });
+    assert_eq!(Sim::work(&a), vec![Action::SetWeight { new: 50 }]);
+    assert!(!s.d.held);
+
+    // Held again at 50 %; `gantry approve` moves on with the gates undecided.
+    s.at(520).feed(few_requests());
+    s.at(561).feed(Input::Tick);
+    assert!(s.d.held);
+    let a = s.feed(Input::Approve { by: "ops".into() });
+    assert!(
+        Sim::work(&a).contains(&Action::SetWeight { new: 100 }),
+        "{a:?}"
+    );
+
+    // Held, then a failing verdict: rolled back.
+    let mut s = Sim::new(Plan {
+        inconclusive: Inconclusive::Wait,
+        ..canary()
+    });
+    s.run_until_traffic();
+    s.feed(Input::Smoke {
+        ok: true,
+        detail: String::new(),
+    });
+    s.at(60).feed(Input::Tick);
+    assert!(s.d.held);
+    let a = s.at(70).feed(bad());
+    assert_eq!(Sim::work(&a)[0], Action::SetWeight { new: 0 });
+}
+
+#[test]
+fn inconclusive_steps_continue_or_roll_back_as_configured() {
+    for (policy, next) in [
+        (Inconclusive::Continue, Some(50)),
+        (Inconclusive::Rollback, Some(0)),
+    ] {
+        let mut s = Sim::new(Plan {
+            inconclusive: policy,
+            ..canary()
+        });
+        s.run_until_traffic();
+        s.feed(Input::Smoke {
+            ok: true,
+            detail: String::new(),
+        });
+        s.at(10).feed(few_requests());
+        let a = s.at(60).feed(Input::Tick);
+        assert_eq!(
+            Sim::work(&a).first(),
+            next.map(|new| Action::SetWeight { new }).as_ref(),
+            "{policy:?}: {a:?}"
+        );
+        if policy == Inconclusive::Rollback {
+            assert!(
+                s.d.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("too few requests to judge the canary (3, ")),
+                "{:?}",
+                s.d.reason
+            );
+        }
+    }
 }
 
 #[test]

@@ -113,6 +113,11 @@ pub(crate) fn plan_for(spec: &AppSpec, has_previous: bool) -> Plan {
         smoke: !d.smoke.is_empty(),
         require_approval: d.require_approval,
         has_previous,
+        inconclusive: match a.inconclusive {
+            model::Inconclusive::Wait => gantry_rollout::Inconclusive::Wait,
+            model::Inconclusive::Continue => gantry_rollout::Inconclusive::Continue,
+            model::Inconclusive::Rollback => gantry_rollout::Inconclusive::Rollback,
+        },
         ready_timeout: (probe.startup_grace.as_std()
             + probe.interval.as_std() * (probe.success_threshold + probe.failure_threshold) * 4)
             .max(Duration::from_secs(30)),

@@ -357,7 +357,7 @@ pub struct Deploy {
     /// Number of releases kept for `gantry rollback`.
     #[schemars(range(min = 1, max = 100))]
     pub keep_releases: u32,
-    /// Pause before taking traffic until `gantry promote` approves.
+    /// Pause before taking traffic until `gantry approve`.
     pub require_approval: bool,
     /// Canary steps, in order: the canary's share of traffic and how long to
     /// hold it. Required for the `canary` strategy.
@@ -408,7 +408,7 @@ pub struct CanaryStep {
     #[schemars(range(min = 0, max = 100))]
     pub weight: u8,
     /// How long to hold this step, e.g. "10m", or "approval" to wait for
-    /// `gantry promote`.
+    /// `gantry approve`.
     #[serde(default)]
     pub pause: Pause,
 }
@@ -495,6 +495,23 @@ pub struct Analysis {
     /// Also fail when the new release is clearly worse than the stable one,
     /// even within the absolute thresholds.
     pub compare_to_stable: bool,
+    /// What a canary step does when it ends before the gates could judge
+    /// (fewer than `min_requests`).
+    pub inconclusive: Inconclusive,
+}
+
+/// What a canary step does when it ends with too few requests to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inconclusive {
+    /// The step goes on until the gates decide (`gantry approve` moves on
+    /// anyway, `gantry abort` rolls back).
+    #[default]
+    Wait,
+    /// Move on to the next step: for apps with too little traffic to judge.
+    Continue,
+    /// Roll back.
+    Rollback,
 }
 
 impl Default for Analysis {
@@ -506,6 +523,7 @@ impl Default for Analysis {
             max_p99: Duration::from_millis(500),
             min_requests: 50,
             compare_to_stable: false,
+            inconclusive: Inconclusive::Wait,
         }
     }
 }

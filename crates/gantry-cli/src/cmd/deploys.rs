@@ -309,8 +309,74 @@ fn deploy_and_follow(ctx: &Ctx, target: Target, release: i64) -> anyhow::Result<
 }
 
 /// `gantry rollback`: deploys an earlier release through the same gated path.
+///
+/// While a deploy is still running (its canary steps, or blue-green's warm
+/// window), rolling back to the release it replaces is that deploy's abort:
+/// the previous set still runs, so it takes all traffic back at once.
 pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
     let base = base(&a.target)?;
+    let list: Vec<DeployInfo> = block_on(ctx.client()?.get(&base))?;
+    if let Some(running) = list.iter().find(|d| d.outcome.is_none()) {
+        let Some(previous) = running.previous_release else {
+            anyhow::bail!(
+                "deploy {} (release {}) is the first in `{}`: there is no earlier release to go back to; `gantry abort --env {}` stops it",
+                running.id,
+                running.release,
+                a.target.env,
+                a.target.env
+            );
+        };
+        if a.to.is_some_and(|to| to != previous) {
+            anyhow::bail!(
+                "deploy {} (release {} replacing {previous}) is running in `{}`; wait for it, or roll back to release {previous} with `gantry rollback --env {}`",
+                running.id,
+                running.release,
+                a.target.env,
+                a.target.env
+            );
+        }
+        if !ctx.json {
+            println!(
+                "rolling {} back to release {previous}: aborting deploy {} of release {}",
+                a.target.env, running.id, running.release
+            );
+        }
+        let started = std::time::Instant::now();
+        let _: serde_json::Value = block_on(ctx.client()?.post(
+            &format!("{base}/{}/abort", running.id),
+            &serde_json::json!({}),
+        ))?;
+        let done = follow(ctx, &base, running.id)?;
+        if done.outcome.as_deref() == Some("succeeded") {
+            // Too late to abort: it had moved all traffic and was draining.
+            if !ctx.json {
+                println!(
+                    "deploy {} had already finished its switch; deploying release {previous} again",
+                    done.id
+                );
+            }
+            return deploy_and_follow(ctx, a.target, previous);
+        }
+        let back = matches!(done.outcome.as_deref(), Some("aborted" | "rolled-back"));
+        if !ctx.json {
+            println!(
+                "deploy {} {} after {} ms{}",
+                done.id,
+                done.outcome.as_deref().unwrap_or("?"),
+                started.elapsed().as_millis(),
+                if back {
+                    format!("; release {previous} serves")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        return Ok(if back {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let release = match a.to {
         Some(n) => n,
         None => {

@@ -38,6 +38,44 @@ pub fn release(server: &TestServer, toml: &str) -> i64 {
     r.json()["number"].as_i64().unwrap()
 }
 
+/// Production's config: two instances, `deploy` as the `[deploy]` table,
+/// `env` added to `[env]`, `extra` appended (more tables).
+pub fn config(deploy: &str, env: &str, extra: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "hello"
+
+[run]
+command = "./hello-app"
+instances = 2
+grace_period = "5s"
+
+[health.readiness]
+kind = "http"
+path = "/readiness"
+interval = "300ms"
+timeout = "250ms"
+failure_threshold = 3
+
+[deploy]
+{deploy}
+
+[analysis]
+interval = "500ms"
+min_requests = 10
+
+[env]
+{env}
+
+[proxy]
+hosts = ["hello.test"]
+
+{extra}
+"#
+    )
+}
+
 /// `GET path` with `Host: hello.test` through the proxy on `port`, on a new
 /// connection; the status (0 when there was no HTTP answer) and the body.
 pub fn get_path(port: u16, path: &str) -> (u16, String) {
@@ -92,51 +130,70 @@ pub struct Load {
     failed: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
     samples: Arc<Mutex<Vec<String>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// One load client: requests until `stop`, counting each answer.
+fn client(
+    port: u16,
+    stop: &AtomicBool,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    injected: &AtomicU64,
+    samples: &Mutex<Vec<String>>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+        n += 1;
+        let (status, body) = get_via(port);
+        if status == 200 {
+            ok.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        if status == 500 && body.starts_with("injected error") {
+            injected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut m = samples.lock().unwrap();
+        if m.len() < 20 {
+            m.push(format!("{status} {}", body.trim()));
+        }
+    }
 }
 
 impl Load {
     pub fn start(port: u16) -> Self {
+        Self::start_n(port, 1)
+    }
+
+    /// `clients` threads, each one request at a time.
+    pub fn start_n(port: u16, clients: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let injected = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f, i, m) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            injected.clone(),
-            samples.clone(),
-        );
-        let handle = std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) && n < 2_000_000 {
-                n += 1;
-                let (status, body) = get_via(port);
-                if status == 200 {
-                    o.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                if status == 500 && body.starts_with("injected error") {
-                    i.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.fetch_add(1, Ordering::Relaxed);
-                }
-                let mut m = m.lock().unwrap();
-                if m.len() < 20 {
-                    m.push(format!("{status} {}", body.trim()));
-                }
-            }
-        });
+        let handles: Vec<_> = (0..clients.max(1))
+            .map(|_| {
+                let (s, o, f, i, m) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    injected.clone(),
+                    samples.clone(),
+                );
+                std::thread::spawn(move || client(port, &s, &o, &f, &i, &m))
+            })
+            .collect();
         Self {
             stop,
             ok,
             failed,
             injected,
             samples,
-            handle: Some(handle),
+            handles,
         }
     }
 
@@ -152,7 +209,7 @@ impl Load {
 
     pub fn finish(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             h.join().unwrap();
         }
         self.seen()
