@@ -315,6 +315,12 @@ pub struct DeployInfo {
     pub reason: Option<String>,
     /// Share of traffic on the new release now.
     pub weight: u8,
+    /// While the deploy runs: the new release's instances, and how many of
+    /// them are ready.
+    #[serde(default)]
+    pub instances: u32,
+    #[serde(default)]
+    pub ready: u32,
     /// The latest gate values against their thresholds.
     pub gates: Vec<GateInfo>,
     pub created_at: i64,

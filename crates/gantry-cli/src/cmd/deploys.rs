@@ -77,32 +77,83 @@ fn gates_line(d: &DeployInfo) -> String {
         .join(", ")
 }
 
-/// Follows a deploy until it ends, printing its timeline as it grows.
+/// One line on where a running deploy stands: phase, instances ready,
+/// traffic, gates.
+fn status_line(d: &DeployInfo) -> String {
+    let mut parts = vec![d.phase.clone()];
+    if d.instances > 0 {
+        parts.push(format!("{}/{} ready", d.ready, d.instances));
+    }
+    let gates = gates_line(d);
+    if !gates.is_empty() {
+        parts.push(gates);
+    }
+    parts.join(" · ")
+}
+
+/// A progress bar of the new release's traffic share, on a terminal only.
+fn traffic_bar(ctx: &Ctx, release: i64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if ctx.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(100);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} release {prefix} [{bar:24}] {pos:>3} % of traffic · {msg}",
+    )
+    .ok()?
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(release.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
+}
+
+/// Follows a deploy until it ends, printing its timeline as it grows, with
+/// a live progress bar on a terminal (a status line when it changes
+/// otherwise; JSON events with `--json`).
 fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
     let client = ctx.client()?;
     let mut shown = 0;
     let mut last_status = String::new();
+    let mut bar = None;
     loop {
         let d: DeployInfo = block_on(client.get(&format!("{base}/{id}")))?;
+        if bar.is_none() && d.outcome.is_none() {
+            bar = traffic_bar(ctx, d.release);
+        }
         for e in d.timeline.iter().skip(shown) {
-            if ctx.json {
-                println!("{}", serde_json::to_string(e)?);
+            let line = if ctx.json {
+                serde_json::to_string(e)?
             } else {
-                println!("{}  {:<14} {}", output::time(e.at), e.phase, e.message);
+                format!("{}  {:<14} {}", output::time(e.at), e.phase, e.message)
+            };
+            match &bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
             }
         }
         shown = d.timeline.len();
-        let status = format!(
-            "  traffic on release {}: {} %  {}",
-            d.release,
-            d.weight,
-            gates_line(&d)
-        );
-        if !ctx.json && status != last_status && d.outcome.is_none() && !d.gates.is_empty() {
-            println!("{status}");
-            last_status = status;
+        let status = status_line(&d);
+        match &bar {
+            Some(b) => {
+                b.set_position(u64::from(d.weight));
+                b.set_message(status);
+            }
+            None => {
+                if !ctx.json && status != last_status && d.outcome.is_none() {
+                    println!(
+                        "  traffic on release {}: {} % · {status}",
+                        d.release, d.weight
+                    );
+                    last_status = status;
+                }
+            }
         }
         if d.outcome.is_some() {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
             return Ok(d);
         }
         std::thread::sleep(Duration::from_millis(300));

@@ -23,6 +23,8 @@ fn info(d: DeployRecord, timeline: Vec<TimelineEntry>) -> DeployInfo {
         outcome: d.outcome,
         reason: state.as_ref().and_then(|s| s.reason.clone()),
         weight: state.as_ref().map_or(0, |s| s.weight),
+        instances: 0,
+        ready: 0,
         gates: state
             .and_then(|s| s.last_gates)
             .map(|g| {
@@ -95,7 +97,15 @@ pub(crate) async fn show(
             message: e.message,
         })
         .collect();
-    Ok(Json(info(d, timeline)))
+    let mut info = info(d, timeline);
+    if info.outcome.is_none() {
+        let set = state
+            .fleet
+            .set_status(&info.app, &info.env, &format!("r{}", info.release));
+        info.instances = u32::try_from(set.len()).unwrap_or(u32::MAX);
+        info.ready = u32::try_from(set.iter().filter(|(_, s)| s.ready).count()).unwrap_or(0);
+    }
+    Ok(Json(info))
 }
 
 async fn command(
