@@ -67,11 +67,15 @@ mod balance;
 mod body;
 mod client;
 mod config;
+mod csp_report;
 mod error;
 mod forward;
 mod headers;
+mod limits;
 mod pages;
 mod persist;
+mod policy;
+mod rate_limit;
 mod router;
 mod server;
 mod stats;
@@ -80,6 +84,8 @@ mod table;
 pub use client::{AdminClient, AdminClientError};
 pub use config::ProxyConfig;
 pub use error::{ProxyError, TableError};
+pub use policy::{DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders};
+pub use rate_limit::RateLimit;
 pub use server::{Proxy, run};
 pub use stats::{
     ClassCounts, DrainStatus, InstanceSnapshot, LatencySummary, SetStatsSnapshot, StatsSnapshot,
