@@ -50,7 +50,9 @@ pub struct ProxyConfig {
     /// its response is closed after this (HTTP/1.1 keep-alive and HTTP/2).
     pub idle_timeout: Duration,
     /// Largest request head in bytes: HTTP/1.1 request line + headers
-    /// (431 above it; at least 8192), HTTP/2 header list (431).
+    /// (431 above it, then the connection closes; at least 8192), HTTP/2
+    /// header list (431 for the stream; beyond 4× this, h2 ends the whole
+    /// connection with GOAWAY ENHANCE_YOUR_CALM).
     pub max_header_size: usize,
 }
 

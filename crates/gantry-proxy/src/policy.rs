@@ -283,9 +283,6 @@ impl RoutePolicy {
         client_ip: IpAddr,
         route_id: &str,
     ) -> Check {
-        if path == CSP_REPORT_PATH {
-            return Check::CspReport;
-        }
         if let Some(rate) = &self.rate_limit
             && let Err(wait) = self.state.limiter.check(client_ip, rate, Instant::now())
         {
@@ -299,6 +296,10 @@ impl RoutePolicy {
                 ),
                 retry_after: Some(wait),
             };
+        }
+        // After the rate limit: a client cannot flood the reports either.
+        if path == CSP_REPORT_PATH {
+            return Check::CspReport;
         }
         if let Some(max) = self.max_body
             && let Some(len) = declared_length(headers)

@@ -579,3 +579,121 @@ async fn idle_client_connections_are_closed_but_waiting_requests_are_not() {
     assert!(!answer.contains("connection: close"), "{answer:?}");
     p.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn hsts_is_sent_on_https_requests_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    let p = TestProxy::start(dir.path()).await;
+    let mut r = route(
+        "app/web",
+        &["app.test"],
+        "/",
+        vec![set("s", 100, &[backend.addr])],
+    );
+    r.headers = Some(SecurityHeaders::default());
+    p.admin.set_table(&table(vec![r])).await.unwrap();
+    // An HTTP/2 request whose `:scheme` is https (what a TLS listener
+    // hands over): HSTS is added.
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = "https://app.test/".parse().unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        gantry_proxy::DEFAULT_HSTS
+    );
+    // The same over plain http: none.
+    let plain = get(&client(), &p, "app.test", "/").await;
+    assert!(!plain.headers.contains_key("strict-transport-security"));
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_h2_header_list_gets_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    let mut cfg = config(dir.path());
+    cfg.max_header_size = 16 << 10;
+    let p = TestProxy::start_with(cfg).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "app/web",
+            &["app.test"],
+            "/",
+            vec![set("s", 100, &[backend.addr])],
+        )]))
+        .await
+        .unwrap();
+    let c = h2_client();
+    // Over the limit (but under 4× it, past which h2 ends the whole
+    // connection with GOAWAY ENHANCE_YOUR_CALM): 431 for this stream.
+    let big = "a".repeat(20 << 10);
+    let r = send(
+        &c,
+        &p,
+        Method::GET,
+        "app.test",
+        "/",
+        &[("x-big", &big)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The connection stays usable for a request of normal size.
+    let ok = get(&c, &p, "app.test", "/").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_route_connect_timeout_uses_its_own_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    let p = TestProxy::start(dir.path()).await;
+    let mut r = route(
+        "app/web",
+        &["app.test"],
+        "/",
+        vec![set("s", 100, &[backend.addr])],
+    );
+    r.connect_timeout_ms = Some(1234);
+    let mut dead = route(
+        "app/dead",
+        &["dead.test"],
+        "/",
+        vec![set("s", 100, &[dead_addr()])],
+    );
+    dead.connect_timeout_ms = Some(1234);
+    p.admin.set_table(&table(vec![r, dead])).await.unwrap();
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &p, "app.test", "/").await.backend(), "web");
+    }
+    let r = get(&c, &p, "dead.test", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.text().contains("Cannot connect"), "{}", r.text());
+
+    let mut zero = route(
+        "app/web",
+        &["app.test"],
+        "/",
+        vec![set("s", 100, &[backend.addr])],
+    );
+    zero.connect_timeout_ms = Some(0);
+    let err = p.admin.set_table(&table(vec![zero])).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("connect_timeout_ms must be more than 0"),
+        "{err}"
+    );
+    p.stop().await.unwrap();
+}

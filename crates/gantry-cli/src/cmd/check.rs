@@ -326,6 +326,22 @@ mod tests {
     }
 
     #[test]
+    fn spec_defaults_are_the_proxy_defaults() {
+        let spec = gantry_spec::model::SecurityHeaders::default();
+        assert_eq!(spec.csp, gantry_proxy::DEFAULT_CSP);
+        assert_eq!(spec.hsts, gantry_proxy::DEFAULT_HSTS);
+        assert_eq!(
+            spec.reporting_endpoints,
+            gantry_proxy::DEFAULT_REPORTING_ENDPOINTS
+        );
+        let proxy = gantry_proxy::SecurityHeaders::default();
+        assert_eq!(spec.frame_options, proxy.frame_options);
+        assert_eq!(spec.referrer_policy, proxy.referrer_policy);
+        assert_eq!(spec.permissions_policy, proxy.permissions_policy);
+        assert_eq!(spec.content_type_options, proxy.content_type_options);
+    }
+
+    #[test]
     fn weak_headers_fail_and_strict_ones_pass() {
         let policy = gantry_spec::model::SecurityHeaders::default();
         let weak = map(&[
