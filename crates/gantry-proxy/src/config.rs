@@ -20,7 +20,8 @@ pub struct ProxyConfig {
     pub access_log_path: Option<PathBuf>,
     /// Keep the client's `X-Forwarded-For/Proto/Host` (appending to
     /// `X-Forwarded-For`) instead of replacing them. Only for a proxy that
-    /// sits behind another trusted proxy.
+    /// sits behind another trusted proxy. Rate limits then count the last
+    /// `X-Forwarded-For` address as the client.
     pub trust_forwarded: bool,
     /// Time to open a TCP connection to a backend instance.
     pub connect_timeout: Duration,
@@ -48,6 +49,9 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// A client connection with no byte moving and no request waiting for
     /// its response is closed after this (HTTP/1.1 keep-alive and HTTP/2).
+    /// For HTTP/1.1, hyper's header read timeout also runs while a
+    /// keep-alive connection waits for its next request: the shorter of
+    /// the two applies there.
     pub idle_timeout: Duration,
     /// Largest request head in bytes: HTTP/1.1 request line + headers
     /// (431 above it, then the connection closes; at least 8192), HTTP/2

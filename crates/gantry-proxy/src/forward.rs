@@ -30,7 +30,7 @@ use crate::headers::{
     X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded_values, strip_hop_by_hop,
 };
 use crate::pages::page;
-use crate::policy::Check;
+use crate::policy::{Check, client_ip};
 use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
 
 /// What every request shares.
@@ -148,10 +148,13 @@ async fn handle_routed(
     guard.route = Some(route.id.clone());
     *security_headers = route.policy.headers.clone();
     // Request policy: CSP reports, rate limit, declared body size.
-    match route
-        .policy
-        .check(&parts.method, path, &parts.headers, peer.ip(), &route.id)
-    {
+    match route.policy.check(
+        &parts.method,
+        path,
+        &parts.headers,
+        client_ip(&parts.headers, peer.ip(), shared.config.trust_forwarded),
+        &route.id,
+    ) {
         Check::Pass => {}
         Check::Refuse {
             status,

@@ -319,6 +319,23 @@ impl RoutePolicy {
     }
 }
 
+/// The client a rate limit counts: the peer, or, behind a trusted proxy
+/// (`trust_forwarded`), the last `X-Forwarded-For` address (the one that
+/// proxy added) when it is a valid IP.
+pub(crate) fn client_ip(headers: &HeaderMap, peer: IpAddr, trust_forwarded: bool) -> IpAddr {
+    if !trust_forwarded {
+        return peer;
+    }
+    headers
+        .get_all(header::HeaderName::from_static("x-forwarded-for"))
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
 /// The request's `Content-Length`, when it is one valid number.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -353,6 +370,25 @@ mod tests {
         assert!(!resp.contains_key(header::STRICT_TRANSPORT_SECURITY));
         c.apply(&mut resp, true);
         assert_eq!(resp[header::STRICT_TRANSPORT_SECURITY], DEFAULT_HSTS);
+    }
+
+    #[test]
+    fn client_ip_behind_a_trusted_proxy() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(client_ip(&h, peer, true), peer);
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 2.2.2.2"),
+        );
+        assert_eq!(client_ip(&h, peer, false), peer);
+        assert_eq!(
+            client_ip(&h, peer, true),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(&h, peer, true), peer);
     }
 
     #[test]
