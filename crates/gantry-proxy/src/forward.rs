@@ -8,11 +8,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{self, Relaxed};
-
-use bytes::Bytes;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
@@ -147,7 +146,7 @@ async fn handle_routed(
     };
     guard.route = Some(route.id.clone());
     *security_headers = route.policy.headers.clone();
-    // Request policy: CSP reports, rate limit, declared body size.
+    // Request policy: rate limit, CSP reports, declared body size.
     match route.policy.check(
         &parts.method,
         path,
@@ -294,11 +293,7 @@ async fn handle_routed(
                 }
             }
             Err(Failure::Other(_)) if body.exceeded() => {
-                route
-                    .policy
-                    .state
-                    .body_too_large
-                    .fetch_add(1, Ordering::Relaxed);
+                route.policy.state.body_too_large.fetch_add(1, Relaxed);
                 let detail = format!(
                     "The request body is larger than route `{}` accepts ({} bytes).",
                     route.id,
