@@ -296,8 +296,10 @@ async fn rate_limit_per_client_ip_with_retry_after_and_refill() {
         "/",
         vec![set("s", 100, &[backend.addr])],
     );
+    // One token every 2 s: even on a slow machine a burst of 10
+    // requests outruns the refill.
     r.rate_limit = Some(RateLimit {
-        requests_per_second: 2.0,
+        requests_per_second: 0.5,
         burst: 3,
     });
     p.admin.set_table(&table(vec![r])).await.unwrap();
@@ -306,8 +308,8 @@ async fn rate_limit_per_client_ip_with_retry_after_and_refill() {
     let two: IpAddr = "127.0.0.2".parse().unwrap();
     let mut statuses = Vec::new();
     let mut limited = None;
-    // A burst well over the limit: the first 3 pass (a refill during the
-    // burst may let one more through), the rest get 429.
+    // A burst well over the limit: the first 3 pass (a refill during a
+    // slow burst may let another through), the rest get 429.
     for _ in 0..10 {
         let r = send_from(one, p.addr, Method::GET, "/", &[], b"").await;
         statuses.push(r.status);
