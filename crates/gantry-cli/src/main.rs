@@ -18,7 +18,7 @@ Exit codes:
   0  success
   1  the command failed (invalid config, failed check, error answer)
   2  wrong usage (unknown flag, missing argument)
-  3  the server cannot be reached
+  3  the server (or, for `check`, the URL) cannot be reached
   4  not allowed: missing or invalid token (401) or role too low (403)";
 
 /// Gantry runs your web service in production: environments, secrets,
@@ -136,6 +136,11 @@ enum Command {
         /// The instance directory holding spec.json.
         dir: PathBuf,
     },
+    /// Check a live deployment from the outside (security headers).
+    ///
+    /// Example: gantry check headers http://app.example.com/
+    #[command(subcommand)]
+    Check(cmd::check::Command),
     /// Show who the server thinks you are, with your role.
     ///
     /// Example: gantry whoami --server http://127.0.0.1:7400 --token gantry_...
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Whoami => cmd::whoami(&ctx),
+        Command::Check(c) => cmd::check::run(&ctx, c),
         Command::Dev(a) => cmd::dev::run(&ctx, a),
         Command::Deploy(a) => cmd::deploys::deploy(&ctx, a),
         Command::Deploys(a) => cmd::deploys::list(&ctx, a),

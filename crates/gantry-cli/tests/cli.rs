@@ -490,6 +490,7 @@ fn every_command_has_help_with_an_example() {
         &["audit"],
         &["audit", "verify"],
         &["whoami"],
+        &["check", "headers"],
         &["start"],
         &["stop"],
         &["restart"],

@@ -8,6 +8,7 @@
 //! | `GET /stats` | [`crate::StatsSnapshot`] |
 //! | `GET /drained?route=R&set=S` | [`crate::DrainStatus`] |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /csp-reports?route=R` | the route's CSP report count and last reports |
 //! | `GET /healthz` | `ok` |
 //!
 //! Errors are `{"error": "..."}`, like the control plane's API.
@@ -101,14 +102,41 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
                 },
             )
         }
-        (_, "/table" | "/stats" | "/metrics" | "/drained" | "/healthz") => error(
+        (Method::GET, "/csp-reports") => {
+            let route = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "route")
+                .and_then(|(_, v)| percent_decode(v));
+            let Some(route) = route else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "give `route`, as in /csp-reports?route=hello%2Fproduction",
+                );
+            };
+            match routing.policies.get(&route) {
+                Some(state) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "route": route,
+                        "total": state.reports.total(),
+                        "reports": state.reports.recent(),
+                    }),
+                ),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no route `{route}` in this proxy's table"),
+                ),
+            }
+        }
+        (_, "/table" | "/stats" | "/metrics" | "/drained" | "/healthz" | "/csp-reports") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not allowed on {path}", req.method()),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin call `{path}`; the calls are /table, /stats, /drained, /metrics, /healthz"
+                "no admin call `{path}`; the calls are /table, /stats, /drained, /metrics, /csp-reports, /healthz"
             ),
         ),
     }

@@ -32,15 +32,25 @@ pub(crate) struct SharedBody {
     sent: AtomicU64,
     /// Set once any frame was taken from the client body.
     touched: std::sync::atomic::AtomicBool,
+    /// The route's `max_body`: past it the stream is cut (`limits`).
+    limit: u64,
+    exceeded: std::sync::atomic::AtomicBool,
 }
 
 impl SharedBody {
-    pub(crate) fn new(body: Incoming) -> Arc<SharedBody> {
+    pub(crate) fn new(body: Incoming, limit: Option<u64>) -> Arc<SharedBody> {
         Arc::new(SharedBody {
             slot: Mutex::new(Some(body)),
             sent: AtomicU64::new(0),
             touched: std::sync::atomic::AtomicBool::new(false),
+            limit: limit.unwrap_or(u64::MAX),
+            exceeded: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// True once the body grew past the route's `max_body` and was cut.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.exceeded.load(Relaxed)
     }
 
     /// Bytes taken from the client body so far.
@@ -65,14 +75,19 @@ impl UpstreamBody {
     }
 }
 
+/// The body is larger than the route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds the route's max_body of {0} bytes")]
+pub(crate) struct BodyTooLarge(pub(crate) u64);
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let mut slot = this.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         let Some(inner) = slot.as_mut() else {
@@ -83,11 +98,17 @@ impl Body for UpstreamBody {
             this.shared.touched.store(true, Relaxed);
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
-                this.shared.sent.fetch_add(n, Relaxed);
+                let sent = this.shared.sent.fetch_add(n, Relaxed) + n;
                 this.stats.add_bytes_in(n);
+                if sent > this.shared.limit {
+                    this.shared.exceeded.store(true, Relaxed);
+                    // Dropping the client body stops reading it.
+                    *slot = None;
+                    return Poll::Ready(Some(Err(BodyTooLarge(this.shared.limit).into())));
+                }
             }
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -20,7 +20,8 @@ pub struct ProxyConfig {
     pub access_log_path: Option<PathBuf>,
     /// Keep the client's `X-Forwarded-For/Proto/Host` (appending to
     /// `X-Forwarded-For`) instead of replacing them. Only for a proxy that
-    /// sits behind another trusted proxy.
+    /// sits behind another trusted proxy. Rate limits then count the last
+    /// `X-Forwarded-For` address as the client.
     pub trust_forwarded: bool,
     /// Time to open a TCP connection to a backend instance.
     pub connect_timeout: Duration,
@@ -42,13 +43,32 @@ pub struct ProxyConfig {
     /// upstream connection); below that, connections are closed after use
     /// and reopened on the next burst. Idle ones are closed after 60 s.
     pub pool_max_idle_per_host: usize,
+    /// A client must send its whole request head (HTTP/1.1) within this
+    /// after it starts, or between keep-alive requests; then the
+    /// connection is closed (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// A client connection with no byte moving and no request waiting for
+    /// its response is closed after this (HTTP/1.1 keep-alive and HTTP/2).
+    /// For HTTP/1.1, hyper's header read timeout also runs while a
+    /// keep-alive connection waits for its next request: the shorter of
+    /// the two applies there.
+    pub idle_timeout: Duration,
+    /// Largest request head in bytes: HTTP/1.1 request line + headers
+    /// (431 above it, then the connection closes; at least 8192), HTTP/2
+    /// header list (431 for the stream; beyond 4× this, h2 ends the whole
+    /// connection with GOAWAY ENHANCE_YOUR_CALM).
+    pub max_header_size: usize,
 }
+
+/// hyper refuses a smaller HTTP/1.1 read buffer.
+pub(crate) const MIN_HEADER_SIZE: usize = 8192;
 
 impl ProxyConfig {
     /// A config with the defaults: access log on (stdout), 2 s connect
     /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
     /// ejection after 3 connect failures for 10 s, up to 512 idle
-    /// connections per instance.
+    /// connections per instance, 10 s to send request headers, 90 s idle
+    /// timeout for client connections, 64 KiB request heads.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -64,6 +84,9 @@ impl ProxyConfig {
             eject_after_failures: 3,
             eject_cooloff: Duration::from_secs(10),
             pool_max_idle_per_host: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_header_size: 64 << 10,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
@@ -23,16 +24,20 @@ use crate::access_log::AccessLog;
 use crate::balance::pick;
 use crate::body::{Guard, ResponseBody, SharedBody, UpstreamBody};
 use crate::config::ProxyConfig;
+use crate::csp_report::receive;
 use crate::headers::{
     X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded_values, strip_hop_by_hop,
 };
 use crate::pages::page;
+use crate::policy::{Check, client_ip};
 use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
 
 /// What every request shares.
 pub(crate) struct Shared {
     pub(crate) routing: Routing,
     pub(crate) client: Client<HttpConnector, UpstreamBody>,
+    /// Clients for routes with their own `connect_timeout_ms`.
+    pub(crate) route_clients: crate::limits::Clients,
     pub(crate) log: Arc<AccessLog>,
     pub(crate) config: ProxyConfig,
 }
@@ -76,6 +81,24 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
+) -> Response<ResponseBody> {
+    // Phase 1 records the route's security headers here; every answer of
+    // the route, the backend's or the proxy's own, gets them.
+    let https = req.uri().scheme() == Some(&Scheme::HTTPS);
+    let mut security_headers = None;
+    let mut resp = handle_routed(shared, req, peer, peer_ip, &mut security_headers).await;
+    if let Some(h) = security_headers {
+        h.apply(resp.headers_mut(), https);
+    }
+    resp
+}
+
+async fn handle_routed(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    peer_ip: HeaderValue,
+    security_headers: &mut Option<Arc<crate::policy::CompiledHeaders>>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     // A cheap clone (shared bytes): the path stays readable while the
@@ -122,6 +145,34 @@ pub(crate) async fn handle(
         Err(refusal) => return refusal.page(&request_id, guard),
     };
     guard.route = Some(route.id.clone());
+    *security_headers = route.policy.headers.clone();
+    // Request policy: rate limit, CSP reports, declared body size.
+    match route.policy.check(
+        &parts.method,
+        path,
+        &parts.headers,
+        client_ip(&parts.headers, peer.ip(), shared.config.trust_forwarded),
+        &route.id,
+    ) {
+        Check::Pass => {}
+        Check::Refuse {
+            status,
+            detail,
+            retry_after,
+        } => return page(status, &request_id, &detail, retry_after, Some(guard)),
+        Check::CspReport => {
+            let reports = &route.policy.state.reports;
+            return match receive(reports, &parts.method, &parts.headers, body, peer.ip()).await {
+                Ok(_) => {
+                    guard.respond(204);
+                    let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    resp
+                }
+                Err((status, detail)) => page(status, &request_id, &detail, None, Some(guard)),
+            };
+        }
+    }
     guard.enter_set(set.stats.clone());
     if set.stats.is_retired() {
         // The table was swapped between the load and the in-flight count:
@@ -157,7 +208,12 @@ pub(crate) async fn handle(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // Phases 3 and 4: pick an instance, send, retry a connect failure.
-    let body = SharedBody::new(body);
+    let body = SharedBody::new(body, route.policy.max_body);
+    let route_client = route
+        .connect_timeout
+        .filter(|t| *t != shared.config.connect_timeout)
+        .map(|t| shared.route_clients.get(&shared.config, t));
+    let client = route_client.as_ref().unwrap_or(&shared.client);
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -203,7 +259,7 @@ pub(crate) async fn handle(
         };
 
         let result = tokio::select! {
-            r = tokio::time::timeout_at(deadline, shared.client.request(upstream)) => match r {
+            r = tokio::time::timeout_at(deadline, client.request(upstream)) => match r {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
                 Ok(Err(e)) => Err(Failure::Other(error_chain(&e))),
@@ -235,6 +291,22 @@ pub(crate) async fn handle(
                 if !(idempotent(&parts.method) && body.untouched()) {
                     break;
                 }
+            }
+            Err(Failure::Other(_)) if body.exceeded() => {
+                route.policy.state.body_too_large.fetch_add(1, Relaxed);
+                let detail = format!(
+                    "The request body is larger than route `{}` accepts ({} bytes).",
+                    route.id,
+                    route.policy.max_body.unwrap_or_default()
+                );
+                guard.instance = Some(instance.addr);
+                return page(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &request_id,
+                    &detail,
+                    None,
+                    Some(guard),
+                );
             }
             Err(Failure::Other(why)) => {
                 tracing::warn!(

@@ -10,6 +10,11 @@
 //! 1. `router`   — read one table snapshot, match host (exact, then
 //!    `*.suffix`, then `*`) and the longest path prefix → route; maintenance
 //!    mode answers 503 here; a weighted draw picks the backend set.
+//!    `policy` then runs the route's checks before a set is chosen: the
+//!    rate limit (`rate_limit`, 429), the proxy's own
+//!    `POST /_gantry/csp-report` (`csp_report`), a declared body over
+//!    `max_body` (413). Every answer of a route gets its security headers
+//!    (`policy`) when it lacks them.
 //! 2. `headers`  — strip hop-by-hop headers, add `X-Forwarded-*`,
 //!    `X-Request-Id` and W3C `traceparent` when absent.
 //! 3. `balance`  — pick an instance of the set by power-of-two-choices over
@@ -52,12 +57,17 @@
 //!
 //! # Not here yet
 //!
-//! Hitless upgrade (listener fd hand-off), TLS and ACME, the security-header
-//! policy and CSP report endpoint, rate limits, slow-client and header/body
-//! size limits beyond hyper's defaults, WebSocket/Upgrade pass-through,
-//! compression, PROXY protocol, sticky sessions. The table reserves
-//! `headers`, `rate_limit` and `tls` per route and refuses them until they
-//! are enforced. Counters of sets that left the table are kept (Prometheus
+//! Hitless upgrade (listener fd hand-off), TLS and ACME, WebSocket/Upgrade
+//! pass-through, compression, PROXY protocol, sticky sessions. The table
+//! reserves `tls` per route and refuses it until it is enforced.
+//!
+//! # Slow clients and sizes
+//!
+//! `ProxyConfig` sets the request head size (431), the time to send it
+//! (hyper's `header_read_timeout`; in hyper 1.12 it also runs between
+//! keep-alive requests) and the idle timeout of client connections
+//! (`limits::IdleIo`). Per route: `max_body` (413; a streamed body is cut
+//! when it grows past it) and `connect_timeout_ms`. Counters of sets that left the table are kept (Prometheus
 //! counters must not go back), never pruned.
 #![forbid(unsafe_code)]
 
@@ -67,11 +77,15 @@ mod balance;
 mod body;
 mod client;
 mod config;
+mod csp_report;
 mod error;
 mod forward;
 mod headers;
+mod limits;
 mod pages;
 mod persist;
+mod policy;
+mod rate_limit;
 mod router;
 mod server;
 mod stats;
@@ -80,6 +94,8 @@ mod table;
 pub use client::{AdminClient, AdminClientError};
 pub use config::ProxyConfig;
 pub use error::{ProxyError, TableError};
+pub use policy::{DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders};
+pub use rate_limit::RateLimit;
 pub use server::{Proxy, run};
 pub use stats::{
     ClassCounts, DrainStatus, InstanceSnapshot, LatencySummary, SetStatsSnapshot, StatsSnapshot,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::balance::{Instance, Instances};
+use crate::policy::{CompiledHeaders, PolicyRegistry, RoutePolicy};
 use crate::stats::{Registry, SetStats, StatsSnapshot};
 use crate::table::{Maintenance, Table, normalize_host_pattern, normalize_prefix};
 
@@ -31,6 +32,8 @@ pub(crate) struct CompiledRoute {
     total_weight: u32,
     pub(crate) maintenance: Option<Maintenance>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) policy: RoutePolicy,
 }
 
 impl CompiledRoute {
@@ -70,7 +73,12 @@ pub(crate) struct Router {
 
 impl Router {
     /// Compiles a validated table.
-    fn compile(table: Table, registry: &Registry, instances: &Instances) -> Router {
+    fn compile(
+        table: Table,
+        registry: &Registry,
+        instances: &Instances,
+        policies: &PolicyRegistry,
+    ) -> Router {
         let mut routes = Vec::with_capacity(table.routes.len());
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
@@ -98,6 +106,16 @@ impl Router {
                 sets,
                 maintenance: r.maintenance.clone(),
                 timeout: r.timeout_ms.map(Duration::from_millis),
+                connect_timeout: r.connect_timeout_ms.map(Duration::from_millis),
+                policy: RoutePolicy {
+                    headers: r
+                        .headers
+                        .as_ref()
+                        .map(|h| Arc::new(CompiledHeaders::compile(h))),
+                    rate_limit: r.rate_limit,
+                    max_body: r.max_body,
+                    state: policies.route(&r.id),
+                },
             });
             for h in &r.hosts {
                 let Ok(h) = normalize_host_pattern(h) else {
@@ -182,17 +200,20 @@ pub(crate) struct Routing {
     current: ArcSwap<Router>,
     pub(crate) registry: Registry,
     instances: Instances,
+    pub(crate) policies: PolicyRegistry,
 }
 
 impl Routing {
     pub(crate) fn new(table: Table) -> Routing {
         let registry = Registry::default();
         let instances = Instances::default();
-        let router = Router::compile(table, &registry, &instances);
+        let policies = PolicyRegistry::default();
+        let router = Router::compile(table, &registry, &instances, &policies);
         Routing {
             current: ArcSwap::from_pointee(router),
             registry,
             instances,
+            policies,
         }
     }
 
@@ -211,15 +232,23 @@ impl Routing {
     /// `GET /metrics`, against the current table.
     pub(crate) fn prometheus(&self) -> String {
         let router = self.load();
-        self.registry
-            .render_prometheus(|r, s| router.weight(r, s), &self.instances.snapshot())
+        let mut out = self
+            .registry
+            .render_prometheus(|r, s| router.weight(r, s), &self.instances.snapshot());
+        self.policies.render_prometheus(&mut out);
+        out
     }
 
     /// Swaps in a validated table at once, then marks the sets that left
     /// the table as retired (and the ones that came back as not).
     /// Callers serialize swaps.
     pub(crate) fn swap(&self, table: Table) {
-        let router = Arc::new(Router::compile(table, &self.registry, &self.instances));
+        let router = Arc::new(Router::compile(
+            table,
+            &self.registry,
+            &self.instances,
+            &self.policies,
+        ));
         self.current.store(router.clone());
         for s in self.registry.all() {
             s.set_retired(router.weight(&s.route, &s.set).is_none());
@@ -246,6 +275,8 @@ mod tests {
             timeout_ms: None,
             headers: None,
             rate_limit: None,
+            max_body: None,
+            connect_timeout_ms: None,
             tls: None,
         }
     }

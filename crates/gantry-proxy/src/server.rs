@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -110,19 +108,12 @@ impl Proxy {
             AccessLog::start(Box::new(std::io::stdout()))
         };
 
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(http);
+        let client = crate::limits::upstream_client(&config, config.connect_timeout);
 
         let shared = Arc::new(Shared {
             routing: Routing::new(table),
             client,
+            route_clients: Default::default(),
             log: Arc::new(log),
             config: config.clone(),
         });
@@ -261,9 +252,19 @@ async fn accept_traffic(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let config = &shared.config;
+    let max_header_size = config.max_header_size.max(crate::config::MIN_HEADER_SIZE);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
+    let idle_timeout = config.idle_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -278,10 +279,16 @@ async fn accept_traffic(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let peer_ip = crate::headers::ip_value(peer.ip());
+        let (stream, activity) = crate::limits::IdleIo::new(stream, idle_timeout);
         let svc = service_fn(move |req| {
             let shared = shared.clone();
             let peer_ip = peer_ip.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, req, peer, peer_ip).await) }
+            let busy = activity.begin();
+            async move {
+                let resp = forward::handle(shared, req, peer, peer_ip).await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

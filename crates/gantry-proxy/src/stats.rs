@@ -469,7 +469,7 @@ fn s_bytes_out(s: &SetStats) -> u64 {
     s.bytes_out.load(Relaxed)
 }
 
-fn escape_label(v: &str) -> String {
+pub(crate) fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TableError;
+use crate::policy::SecurityHeaders;
+use crate::rate_limit::RateLimit;
 
 /// The whole routing table. Submitted with `PUT /table`, persisted, and
 /// swapped in at once.
@@ -47,12 +49,21 @@ pub struct Route {
     /// `response_timeout` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// Reserved: security-header policy (not enforced yet; must be absent).
+    /// Security headers added to the route's responses that lack them;
+    /// none when absent (the control plane sends the spec's, strict by
+    /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<serde_json::Value>,
-    /// Reserved: per-client rate limit (not enforced yet; must be absent).
+    pub headers: Option<SecurityHeaders>,
+    /// Per-client-IP rate limit; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<serde_json::Value>,
+    pub rate_limit: Option<RateLimit>,
+    /// Largest request body in bytes (413 above it); unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    /// Time to open a connection to an instance; the proxy's
+    /// `connect_timeout` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
     /// Reserved: TLS settings (not supported yet; must be absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
@@ -196,11 +207,16 @@ impl Table {
             if route.timeout_ms == Some(0) {
                 problems.push(format!("{at}: timeout_ms must be more than 0"));
             }
-            for (name, v) in [
-                ("headers", &route.headers),
-                ("rate_limit", &route.rate_limit),
-                ("tls", &route.tls),
-            ] {
+            if route.connect_timeout_ms == Some(0) {
+                problems.push(format!("{at}: connect_timeout_ms must be more than 0"));
+            }
+            if let Some(h) = &route.headers {
+                h.validate(&at, &mut problems);
+            }
+            if let Some(r) = &route.rate_limit {
+                r.validate(&at, &mut problems);
+            }
+            for (name, v) in [("tls", &route.tls)] {
                 if v.as_ref().is_some_and(|v| !v.is_null()) {
                     problems.push(format!(
                         "{at}: `{name}` is not supported by this proxy yet; remove it"
@@ -265,6 +281,8 @@ mod tests {
             timeout_ms: None,
             headers: None,
             rate_limit: None,
+            max_body: None,
+            connect_timeout_ms: None,
             tls: None,
         }
     }
@@ -336,13 +354,23 @@ mod tests {
         let err = Table::from_json(br#"{"routes":[],"rotues":[]}"#).unwrap_err();
         assert!(err.to_string().contains("rotues"), "{err}");
         let mut r = route("a", &["*"], "/", vec![set("s", 100, &["127.0.0.1:1"])]);
-        r.rate_limit = Some(serde_json::json!({"rps": 10}));
+        r.tls = Some(serde_json::json!({"cert": "x"}));
+        r.rate_limit = Some(RateLimit {
+            requests_per_second: 0.0,
+            burst: 0,
+        });
         let err = Table {
             version: 0,
             routes: vec![r],
         }
         .validate()
-        .unwrap_err();
-        assert!(err.to_string().contains("`rate_limit` is not supported"));
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`tls` is not supported"), "{err}");
+        assert!(
+            err.contains("route `a`: rate_limit.requests_per_second"),
+            "{err}"
+        );
+        assert!(err.contains("route `a`: rate_limit.burst"), "{err}");
     }
 }

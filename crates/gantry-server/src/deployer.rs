@@ -738,6 +738,9 @@ fn command_marker(data_dir: &std::path::Path, deploy: i64) -> PathBuf {
 /// The proxy route of an app environment: its hosts (or
 /// `<env>.<app>.localhost`) and path prefix, with `sets`.
 fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Route {
+    // A zero duration means "no timeout" nowhere in the proxy: at least 1 ms.
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    let h = &spec.proxy.headers;
     let hosts: Vec<String> = if spec.proxy.hosts.is_empty() {
         vec![format!("{env}.{app}.localhost")]
     } else {
@@ -757,9 +760,22 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
         },
         sets,
         maintenance: None,
-        timeout_ms: None,
-        headers: None,
-        rate_limit: None,
+        timeout_ms: Some(millis(spec.proxy.timeouts.response.as_std())),
+        connect_timeout_ms: Some(millis(spec.proxy.timeouts.connect.as_std())),
+        headers: Some(gantry_proxy::SecurityHeaders {
+            csp: h.csp.clone(),
+            reporting_endpoints: h.reporting_endpoints.clone(),
+            hsts: h.hsts.clone(),
+            frame_options: h.frame_options.clone(),
+            content_type_options: h.content_type_options.clone(),
+            referrer_policy: h.referrer_policy.clone(),
+            permissions_policy: h.permissions_policy.clone(),
+        }),
+        rate_limit: spec.proxy.rate_limit.map(|r| gantry_proxy::RateLimit {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+        }),
+        max_body: (!spec.proxy.max_body.is_zero()).then(|| spec.proxy.max_body.as_u64()),
         tls: None,
     }
 }

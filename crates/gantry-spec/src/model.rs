@@ -578,7 +578,7 @@ pub struct Proxy {
     pub rate_limit: Option<RateLimit>,
     /// Timeouts that protect the app and the proxy from slow peers.
     pub timeouts: Timeouts,
-    /// Largest request body accepted.
+    /// Largest request body accepted (413 above it); `0B` for no limit.
     pub max_body: ByteSize,
     /// Maintenance mode: answer 503 with a message instead of proxying.
     pub maintenance: Maintenance,
@@ -634,8 +634,14 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityHeaders {
-    /// `Content-Security-Policy`.
+    /// `Content-Security-Policy`. The default allows same-origin content
+    /// only, requires Trusted Types for scripts, and sends violation
+    /// reports to the proxy (`/_gantry/csp-report`, see `gantry proxy`'s
+    /// admin `GET /csp-reports`).
     pub csp: String,
+    /// `Reporting-Endpoints`: the report groups the CSP's `report-to`
+    /// names; the default names `gantry-csp`, the proxy's own endpoint.
+    pub reporting_endpoints: String,
     /// `Strict-Transport-Security` (sent over HTTPS only).
     pub hsts: String,
     /// `X-Frame-Options`.
@@ -651,8 +657,11 @@ pub struct SecurityHeaders {
 impl Default for SecurityHeaders {
     fn default() -> Self {
         SecurityHeaders {
-            csp: "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+            csp: "default-src 'self'; object-src 'none'; base-uri 'self'; \
+                  frame-ancestors 'none'; require-trusted-types-for 'script'; \
+                  report-uri /_gantry/csp-report; report-to gantry-csp"
                 .to_string(),
+            reporting_endpoints: "gantry-csp=\"/_gantry/csp-report\"".to_string(),
             hsts: "max-age=31536000; includeSubDomains".to_string(),
             frame_options: "DENY".to_string(),
             referrer_policy: "strict-origin-when-cross-origin".to_string(),

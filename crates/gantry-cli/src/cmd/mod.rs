@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub(crate) mod audit;
+pub(crate) mod check;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod deploys;

@@ -25,6 +25,16 @@ pub(crate) struct Args {
     /// Keep the client's X-Forwarded-* headers (only behind a trusted proxy).
     #[arg(long)]
     trust_forwarded: bool,
+    /// A client must send its request headers within this (slowloris
+    /// protection), e.g. `10s`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// Close a client connection idle for this long, e.g. `90s`.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// Largest request head (request line and headers) in bytes; 431 above it.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_size: u32,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +51,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| state_dir.join("admin.sock"));
     let mut config = gantry_proxy::ProxyConfig::new(args.listen, admin, state_dir);
     config.trust_forwarded = args.trust_forwarded;
+    config.header_read_timeout = args.header_read_timeout;
+    config.idle_timeout = args.idle_timeout;
+    config.max_header_size = args.max_header_size as usize;
     match args.access_log.as_str() {
         "off" => config.access_log = false,
         "stdout" => config.access_log = true,

@@ -192,6 +192,8 @@ pub fn route(id: &str, hosts: &[&str], prefix: &str, sets: Vec<BackendSet>) -> R
         timeout_ms: None,
         headers: None,
         rate_limit: None,
+        max_body: None,
+        connect_timeout_ms: None,
         tls: None,
     }
 }
