@@ -365,6 +365,10 @@ impl Deployer {
                                 let _ = db(&self.store, move |s| s.renew_lease(&a, &e, &h, LEASE_MS, gantry_store::now_ms())).await;
                             }
                             self.observe(&job, &d, &mut queue, &mut baseline, &mut baseline_old, &mut last_metrics, draining).await;
+                            // The clock advances every tick, whatever else
+                            // came in (metrics every tick must not starve a
+                            // step's or a warm window's end).
+                            queue.push_back(Input::Tick);
                             queue.pop_front().unwrap_or(Input::Tick)
                         }
                     }
