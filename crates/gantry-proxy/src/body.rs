@@ -199,8 +199,14 @@ impl Drop for Guard {
 
 enum Inner {
     Upstream(Incoming),
+    /// The upstream body, compressed as it streams (`compress`).
+    Compressed(Box<crate::compress::Compressed>),
     Full(Option<Bytes>),
 }
+
+/// What a broken response stream reports (hyper then aborts the
+/// connection or stream, so the client sees a truncated answer).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body sent to the client.
 pub(crate) struct ResponseBody {
@@ -216,6 +222,21 @@ impl ResponseBody {
         }
     }
 
+    /// Compresses an upstream body with `coding` (other bodies are left
+    /// as they are).
+    pub(crate) fn compress(self, coding: crate::compress::Coding) -> Self {
+        match self.inner {
+            Inner::Upstream(body) => ResponseBody {
+                inner: Inner::Compressed(Box::new(crate::compress::Compressed::new(body, coding))),
+                guard: self.guard,
+            },
+            inner => ResponseBody {
+                inner,
+                guard: self.guard,
+            },
+        }
+    }
+
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<Guard>) -> Self {
         let bytes = bytes.into();
         ResponseBody {
@@ -227,15 +248,20 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+            Inner::Compressed(c) => c
+                .poll_data(cx)
+                .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
@@ -256,6 +282,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Compressed(_) => false,
             Inner::Full(b) => b.is_none(),
         }
     }
@@ -263,6 +290,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Compressed(_) => SizeHint::default(),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

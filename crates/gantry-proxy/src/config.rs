@@ -42,13 +42,22 @@ pub struct ProxyConfig {
     /// upstream connection); below that, connections are closed after use
     /// and reopened on the next burst. Idle ones are closed after 60 s.
     pub pool_max_idle_per_host: usize,
+    /// How long a WebSocket (or other HTTP/1.1 `Upgrade`) tunnel of a set
+    /// removed from the table may stay open; then the proxy closes both
+    /// connections, and the set can report drained.
+    pub websocket_drain_grace: Duration,
+    /// An extra TCP listener that serves only `GET /metrics` (Prometheus
+    /// text) and `GET /healthz`, for a Prometheus server to scrape. The
+    /// admin socket serves `/metrics` too. None (the default): no listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ProxyConfig {
     /// A config with the defaults: access log on (stdout), 2 s connect
     /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
     /// ejection after 3 connect failures for 10 s, up to 512 idle
-    /// connections per instance.
+    /// connections per instance, 30 s WebSocket drain grace, no metrics
+    /// listener.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -64,6 +73,8 @@ impl ProxyConfig {
             eject_after_failures: 3,
             eject_cooloff: Duration::from_secs(10),
             pool_max_idle_per_host: 512,
+            websocket_drain_grace: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }

@@ -47,7 +47,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// Resolves once the set has been retired for `grace`; never while it is in
 /// the table.
-async fn drain_deadline(mut retired: watch::Receiver<bool>, grace: Duration) {
+pub(crate) async fn drain_deadline(mut retired: watch::Receiver<bool>, grace: Duration) {
     loop {
         let ok = retired.wait_for(|r| *r).await.is_ok();
         if !ok {
@@ -136,9 +136,29 @@ pub(crate) async fn handle(
         guard.route = Some(route.id.clone());
         guard.enter_set(set.stats.clone());
     }
+    // Sticky sessions: the cookie may pin the set and the first instance.
+    let pinned = crate::sticky::pinned(route, &parts.headers);
+    if let Some((s, _)) = pinned
+        && !std::ptr::eq(s, set)
+    {
+        guard.leave_set();
+        set = s;
+        guard.enter_set(set.stats.clone());
+    }
+    let pinned = pinned.map(|(_, i)| i);
+    let mut first = pinned;
 
-    // Phase 2: headers.
+    // Phase 2: headers. A WebSocket upgrade keeps its two hop-by-hop
+    // headers; compression looks at Accept-Encoding before it goes.
+    let mut upgrade = crate::upgrade::take(&mut parts);
+    let negotiated = route
+        .compress
+        .then(|| crate::compress::negotiate(&parts.method, &parts.headers));
+    let https = uri.scheme() == Some(&Scheme::HTTPS);
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.restore(&mut parts.headers);
+    }
     ensure_traceparent(&mut parts.headers, new_id.then_some(request_id.as_str()));
     set_forwarded_values(
         &mut parts.headers,
@@ -164,7 +184,7 @@ pub(crate) async fn handle(
     let retired = set.stats.retired();
     let mut tried = Vec::new();
     let mut last_failure = None;
-    while let Some(i) = pick(&set.instances, &tried) {
+    while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
         tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
@@ -216,7 +236,26 @@ pub(crate) async fn handle(
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
-                return respond(resp, guard, request_id_value.as_ref());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(up) = upgrade.take()
+                {
+                    let drain = crate::upgrade::Drain {
+                        retired,
+                        grace: shared.config.websocket_drain_grace,
+                    };
+                    let stats = set.stats.clone();
+                    return up.tunnel(resp, guard, stats, request_id_value.as_ref(), drain);
+                }
+                let mut response = respond(resp, guard, request_id_value.as_ref());
+                if let Some(n) = negotiated
+                    && let Some(coding) = crate::compress::prepare(&mut response, n)
+                {
+                    response = response.map(|b| b.compress(coding));
+                }
+                if route.sticky.is_some() && pinned != Some(i) {
+                    crate::sticky::remember(response.headers_mut(), set, i, https);
+                }
+                return response;
             }
             Err(Failure::Connect(why)) => {
                 let ejected = instance.connect_failed(

@@ -38,11 +38,25 @@
 //! `true` once its in-flight count reaches 0. Requests of a retired set still
 //! waiting for response headers get `drain_timeout` more, then end with 504.
 //!
+//! # Streaming features (route options and their modules)
+//!
+//! - `upgrade` — WebSocket (HTTP/1.1 `Upgrade`) tunnels: the 101 is passed
+//!   on, then bytes are copied both ways; a tunnel counts in flight on its
+//!   set and is closed `websocket_drain_grace` after its set leaves the
+//!   table. HTTP/1.1 only (no h2 extended CONNECT).
+//! - `compress` — `compress: true`: brotli/gzip as the client accepts,
+//!   streamed, for compressible types only.
+//! - `sticky` — `sticky: true`: a `gantry_sticky` cookie naming a table
+//!   entry (a hash, never an address) pins the client to an instance.
+//!
 //! # Metrics
 //!
 //! Per (route, set): atomics only on the hot path — status class counters,
-//! bytes, in-flight, an all-time latency histogram for Prometheus, and a
-//! windowed histogram for p50/p90/p99 (see `stats`).
+//! bytes in and out (WebSocket bytes as they pass), in-flight, an all-time
+//! latency histogram for Prometheus, and a windowed histogram for
+//! p50/p90/p99 (see `stats`). The admin socket serves `/metrics`; the
+//! optional `metrics_listen` TCP listener (`metrics`) serves only
+//! `/metrics` and `/healthz`, for a Prometheus server to scrape.
 //!
 //! # Entry points
 //!
@@ -54,8 +68,7 @@
 //!
 //! Hitless upgrade (listener fd hand-off), TLS and ACME, the security-header
 //! policy and CSP report endpoint, rate limits, slow-client and header/body
-//! size limits beyond hyper's defaults, WebSocket/Upgrade pass-through,
-//! compression, PROXY protocol, sticky sessions. The table reserves
+//! size limits beyond hyper's defaults, PROXY protocol. The table reserves
 //! `headers`, `rate_limit` and `tls` per route and refuses them until they
 //! are enforced. Counters of sets that left the table are kept (Prometheus
 //! counters must not go back), never pruned.
@@ -66,16 +79,20 @@ mod admin;
 mod balance;
 mod body;
 mod client;
+mod compress;
 mod config;
 mod error;
 mod forward;
 mod headers;
+mod metrics;
 mod pages;
 mod persist;
 mod router;
 mod server;
 mod stats;
+mod sticky;
 mod table;
+mod upgrade;
 
 pub use client::{AdminClient, AdminClientError};
 pub use config::ProxyConfig;

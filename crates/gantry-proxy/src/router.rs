@@ -22,6 +22,9 @@ pub(crate) struct CompiledSet {
     pub(crate) weight: u32,
     pub(crate) stats: Arc<SetStats>,
     pub(crate) instances: Vec<Arc<Instance>>,
+    /// Sticky-session token of each instance (empty unless the route is
+    /// sticky).
+    pub(crate) tokens: Vec<u64>,
 }
 
 pub(crate) struct CompiledRoute {
@@ -31,6 +34,9 @@ pub(crate) struct CompiledRoute {
     total_weight: u32,
     pub(crate) maintenance: Option<Maintenance>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) compress: bool,
+    /// Sticky-session token → (set, instance) indexes; None unless sticky.
+    pub(crate) sticky: Option<HashMap<u64, (usize, usize)>>,
 }
 
 impl CompiledRoute {
@@ -79,18 +85,30 @@ impl Router {
             let sets: Vec<CompiledSet> = r
                 .sets
                 .iter()
-                .map(|s| CompiledSet {
-                    name: s.name.clone(),
-                    weight: s.weight,
-                    stats: registry.set_stats(&r.id, &s.name),
-                    instances: s
+                .map(|s| {
+                    let instances: Vec<Arc<Instance>> = s
                         .instances
                         .iter()
                         .filter_map(|a| a.parse::<SocketAddr>().ok())
                         .map(|a| instances.get(a))
-                        .collect(),
+                        .collect();
+                    CompiledSet {
+                        name: s.name.clone(),
+                        weight: s.weight,
+                        stats: registry.set_stats(&r.id, &s.name),
+                        tokens: if r.sticky {
+                            instances
+                                .iter()
+                                .map(|i| crate::sticky::token(&r.id, &s.name, i.addr))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                        instances,
+                    }
                 })
                 .collect();
+            let sticky = r.sticky.then(|| crate::sticky::index(&sets));
             routes.push(CompiledRoute {
                 id: r.id.clone(),
                 prefix: normalize_prefix(&r.path_prefix),
@@ -98,6 +116,8 @@ impl Router {
                 sets,
                 maintenance: r.maintenance.clone(),
                 timeout: r.timeout_ms.map(Duration::from_millis),
+                compress: r.compress,
+                sticky,
             });
             for h in &r.hosts {
                 let Ok(h) = normalize_host_pattern(h) else {
@@ -244,6 +264,8 @@ mod tests {
             }],
             maintenance: None,
             timeout_ms: None,
+            compress: false,
+            sticky: false,
             headers: None,
             rate_limit: None,
             tls: None,

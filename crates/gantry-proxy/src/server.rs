@@ -36,6 +36,8 @@ pub struct Proxy {
     admin_listener: UnixListener,
     admin: Arc<Admin>,
     log_writer: Option<std::thread::JoinHandle<()>>,
+    /// The `metrics_listen` listener and its bound address.
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -93,6 +95,7 @@ impl Proxy {
             listeners.push(l);
         }
         let admin_listener = bind_admin(&config.admin_socket).await?;
+        let metrics = crate::metrics::bind(config.metrics_listen).await?;
 
         let (log, log_writer) = if !config.access_log {
             (AccessLog::off(), None)
@@ -137,7 +140,13 @@ impl Proxy {
             admin_listener,
             admin,
             log_writer,
+            metrics,
         })
+    }
+
+    /// The bound metrics listener address, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
     }
 
     /// The bound client-traffic addresses, in `listen` order.
@@ -164,6 +173,7 @@ impl Proxy {
             admin_listener,
             admin,
             log_writer,
+            metrics,
         } = self;
         let config = admin.shared.config.clone();
         let graceful = Arc::new(GracefulShutdown::new());
@@ -171,6 +181,14 @@ impl Proxy {
         let mut accepters = JoinSet::new();
         for listener in listeners {
             accepters.spawn(accept_traffic(
+                listener,
+                admin.shared.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some((listener, _)) = metrics {
+            accepters.spawn(crate::metrics::accept(
                 listener,
                 admin.shared.clone(),
                 graceful.clone(),
@@ -284,7 +302,8 @@ async fn accept_traffic(
             async move { Ok::<_, Infallible>(forward::handle(shared, req, peer, peer_ip).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            // With upgrades: WebSocket pass-through (`upgrade`).
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -731,6 +731,8 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
         sets,
         maintenance: None,
         timeout_ms: None,
+        compress: spec.proxy.compress,
+        sticky: spec.proxy.sticky_sessions,
         headers: None,
         rate_limit: None,
         tls: None,

@@ -25,6 +25,12 @@ pub(crate) struct Args {
     /// Keep the client's X-Forwarded-* headers (only behind a trusted proxy).
     #[arg(long)]
     trust_forwarded: bool,
+    /// How long a WebSocket of a backend set removed from the table stays open.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::output::parse_duration)]
+    websocket_drain_grace: std::time::Duration,
+    /// Also serve GET /metrics (Prometheus) and /healthz on this TCP address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +47,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| state_dir.join("admin.sock"));
     let mut config = gantry_proxy::ProxyConfig::new(args.listen, admin, state_dir);
     config.trust_forwarded = args.trust_forwarded;
+    config.websocket_drain_grace = args.websocket_drain_grace;
+    config.metrics_listen = args.metrics_listen;
     match args.access_log.as_str() {
         "off" => config.access_log = false,
         "stdout" => config.access_log = true,
@@ -61,6 +69,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             println!("  listen: http://{a}");
         }
         println!("  admin:  unix:{}", proxy.admin_socket().display());
+        if let Some(a) = proxy.metrics_addr() {
+            println!("  metrics: http://{a}/metrics");
+        }
         proxy.serve(shutdown).await?;
         anyhow::Ok(())
     })?;

@@ -1,0 +1,220 @@
+//! WebSocket (any HTTP/1.1 `Upgrade`) pass-through.
+//!
+//! An HTTP/1.1 request with `Connection: upgrade` and an `Upgrade` header
+//! keeps those two headers (every other hop-by-hop header is stripped as
+//! usual) and goes to the chosen instance like any request. When the
+//! instance answers `101 Switching Protocols`, the proxy answers the client
+//! with that 101, takes both upgraded connections and copies bytes both
+//! ways until either side closes. Any other answer is passed on as a normal
+//! response.
+//!
+//! The tunnel keeps the request's [`Guard`], so it counts in its set's
+//! in-flight requests (and its instance's outstanding count) until it ends,
+//! and `GET /drained` reports the set drained only once its tunnels are
+//! closed. Bytes are counted as they pass (client → backend as `bytes_in`,
+//! backend → client as `bytes_out`). When the set leaves the table, its
+//! tunnels get `websocket_drain_grace` more, then the proxy closes both
+//! connections (a plain TCP close: the proxy copies bytes and does not
+//! parse WebSocket frames, so it cannot send a close frame).
+//!
+//! HTTP/1.1 only: h2 extended CONNECT (RFC 8441) is not offered; h2
+//! clients fall back to HTTP/1.1 for WebSockets.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use crate::body::{Guard, ResponseBody};
+use crate::headers::{X_REQUEST_ID, strip_hop_by_hop};
+use crate::stats::SetStats;
+
+/// An upgrade the client asked for, held until the backend answers.
+pub(crate) struct Upgrade {
+    protocol: HeaderValue,
+    client: OnUpgrade,
+}
+
+/// Takes the upgrade out of an HTTP/1.1 request that asks for one; call
+/// before the hop-by-hop strip (it removes `Upgrade`), then
+/// [`Upgrade::restore`] after it.
+pub(crate) fn take(parts: &mut request::Parts) -> Option<Upgrade> {
+    if parts.version != Version::HTTP_11 || !connection_has_upgrade(&parts.headers) {
+        return None;
+    }
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    let client = parts.extensions.remove::<OnUpgrade>()?;
+    Some(Upgrade { protocol, client })
+}
+
+fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn set_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Where the tunnel's drain deadline comes from.
+pub(crate) struct Drain {
+    pub(crate) retired: watch::Receiver<bool>,
+    pub(crate) grace: Duration,
+}
+
+impl Upgrade {
+    /// Puts `Connection: upgrade` and the client's `Upgrade` back on the
+    /// request to the backend.
+    pub(crate) fn restore(&self, headers: &mut HeaderMap) {
+        set_upgrade_headers(headers, self.protocol.clone());
+    }
+
+    /// The backend switched protocols: answers the client with its 101 and
+    /// starts the tunnel, which owns `guard` until it ends.
+    pub(crate) fn tunnel(
+        self,
+        mut resp: Response<Incoming>,
+        mut guard: Guard,
+        stats: Arc<SetStats>,
+        request_id: Option<&HeaderValue>,
+        drain: Drain,
+    ) -> Response<ResponseBody> {
+        let backend = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts
+            .headers
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(self.protocol);
+        strip_hop_by_hop(&mut parts.headers);
+        set_upgrade_headers(&mut parts.headers, protocol);
+        if !parts.headers.contains_key(X_REQUEST_ID)
+            && let Some(v) = request_id
+        {
+            parts.headers.insert(X_REQUEST_ID, v.clone());
+        }
+        parts.version = Version::HTTP_11;
+        parts.status = StatusCode::SWITCHING_PROTOCOLS;
+        guard.respond(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+        let client = self.client;
+        tokio::spawn(async move {
+            // Ends the in-flight count, the lease and logs, when the tunnel
+            // is over.
+            let _guard = guard;
+            let (client, backend) = match tokio::try_join!(client, backend) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = Counted {
+                io: TokioIo::new(client),
+                stats,
+            };
+            let mut backend = TokioIo::new(backend);
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                _ = crate::forward::drain_deadline(drain.retired, drain.grace) => {
+                    tracing::info!(
+                        grace = ?drain.grace,
+                        "closing an upgraded connection (WebSocket) of a set removed from the table"
+                    );
+                }
+            }
+            // Dropping both ends closes both connections.
+        });
+        Response::from_parts(parts, ResponseBody::full(bytes::Bytes::new(), None))
+    }
+}
+
+/// The client side of a tunnel, counting bytes into the set's stats as
+/// they pass: reads are the client's bytes (in), writes the backend's
+/// (out).
+struct Counted<T> {
+    io: T,
+    stats: Arc<SetStats>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.stats
+                .add_bytes_in((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.stats.add_bytes_out(n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_h1_requests_with_connection_upgrade_qualify() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!connection_has_upgrade(&h));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(connection_has_upgrade(&h));
+        let (mut parts, ()) = hyper::Request::builder()
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts.headers = h;
+        assert!(take(&mut parts).is_none());
+    }
+}
