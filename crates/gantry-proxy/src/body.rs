@@ -117,6 +117,9 @@ pub(crate) struct Guard {
     pub(crate) instance: Option<SocketAddr>,
     pub(crate) lease: Option<Lease>,
     pub(crate) request_body: Option<Arc<SharedBody>>,
+    /// Bytes (in, out) of an upgraded connection, for the log line only
+    /// (`upgrade` counts them into the set's stats as they pass).
+    pub(crate) tunnel_bytes: Option<(u64, u64)>,
     status: u16,
     bytes_out: u64,
     log: Arc<AccessLog>,
@@ -141,6 +144,7 @@ impl Guard {
             instance: None,
             lease: None,
             request_body: None,
+            tunnel_bytes: None,
             status: 0,
             bytes_out: 0,
             log,
@@ -187,8 +191,11 @@ impl Drop for Guard {
                 path: &self.path,
                 status: self.status,
                 duration_ms: duration_ms(self.start.elapsed()),
-                bytes: self.bytes_out,
-                bytes_in: self.request_body.as_ref().map_or(0, |b| b.sent()),
+                bytes: self.tunnel_bytes.map_or(self.bytes_out, |(_, out)| out),
+                bytes_in: match self.tunnel_bytes {
+                    Some((bytes_in, _)) => bytes_in,
+                    None => self.request_body.as_ref().map_or(0, |b| b.sent()),
+                },
                 client_ip: self.client_ip,
             });
         }

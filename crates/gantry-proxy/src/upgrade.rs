@@ -115,7 +115,7 @@ impl Upgrade {
         tokio::spawn(async move {
             // Ends the in-flight count, the lease and logs, when the tunnel
             // is over.
-            let _guard = guard;
+            let mut guard = guard;
             let (client, backend) = match tokio::try_join!(client, backend) {
                 Ok(both) => both,
                 Err(e) => {
@@ -126,6 +126,8 @@ impl Upgrade {
             let mut client = Counted {
                 io: TokioIo::new(client),
                 stats,
+                bytes_in: 0,
+                bytes_out: 0,
             };
             let mut backend = TokioIo::new(backend);
             tokio::select! {
@@ -141,7 +143,11 @@ impl Upgrade {
                     );
                 }
             }
-            // Dropping both ends closes both connections.
+            guard.tunnel_bytes = Some((client.bytes_in, client.bytes_out));
+            // Dropping both ends closes both connections; then the guard
+            // ends the request.
+            drop((client, backend));
+            drop(guard);
         });
         Response::from_parts(parts, ResponseBody::full(bytes::Bytes::new(), None))
     }
@@ -153,6 +159,8 @@ impl Upgrade {
 struct Counted<T> {
     io: T,
     stats: Arc<SetStats>,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -165,8 +173,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            this.stats
-                .add_bytes_in((buf.filled().len() - before) as u64);
+            let n = (buf.filled().len() - before) as u64;
+            this.bytes_in += n;
+            this.stats.add_bytes_in(n);
         }
         polled
     }
@@ -181,6 +190,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
+            this.bytes_out += n as u64;
             this.stats.add_bytes_out(n as u64);
         }
         polled

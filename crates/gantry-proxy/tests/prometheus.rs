@@ -232,8 +232,8 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
     })
     .await;
 
-    const N: u64 = 25;
-    for i in 0..N {
+    const N_GET: u64 = 25;
+    for i in 0..N_GET {
         let mut req = Request::new(Full::new(Bytes::new()));
         *req.uri_mut() = format!("http://{}/item/{i}", p.addr).parse().unwrap();
         req.headers_mut()
@@ -242,6 +242,18 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
         assert_eq!(resp.status(), StatusCode::OK);
         resp.into_body().collect().await.unwrap();
     }
+    // Request bodies: 3 uploads of 1000 bytes.
+    for _ in 0..3 {
+        let mut req = Request::new(Full::new(Bytes::from(vec![b'x'; 1000])));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = format!("http://{}/upload", p.addr).parse().unwrap();
+        req.headers_mut()
+            .insert("host", "app.test".parse().unwrap());
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+    }
+    const N: u64 = N_GET + 3;
     let q = "sum(gantry_proxy_requests_total{route=\"app/web\"})";
     let c3 = c.clone();
     let b = base.clone();
@@ -251,7 +263,9 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
     })
     .await;
     let q2 = "gantry_proxy_requests_total{route=\"app/web\",set=\"blue\",class=\"2xx\"}";
-    assert_eq!(query_one(&c, &base, q2).await.as_deref(), Some("25"));
+    assert_eq!(query_one(&c, &base, q2).await.as_deref(), Some("28"));
+    let qi = "gantry_proxy_request_bytes_total{route=\"app/web\",set=\"blue\"}";
+    assert_eq!(query_one(&c, &base, qi).await.as_deref(), Some("3000"));
 
     // The latency histogram works with histogram_quantile.
     let hq = "histogram_quantile(0.9, sum by (le) \

@@ -96,7 +96,11 @@ async fn next_message(ws: &mut Ws) -> Message {
 async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("blue").await;
-    let p = TestProxy::start(dir.path()).await;
+    let log = dir.path().join("access.log");
+    let mut cfg = config(dir.path());
+    cfg.access_log = true;
+    cfg.access_log_path = Some(log.clone());
+    let p = TestProxy::start_with(cfg).await;
     p.admin
         .set_table(&table(vec![route(
             "chat/production",
@@ -152,7 +156,19 @@ async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
             == 0
     })
     .await;
-
+    // One access log line for the whole WebSocket, with its bytes.
+    let mut line = serde_json::Value::Null;
+    eventually(|| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("\"status\":101")) {
+            line = serde_json::from_str(l).unwrap();
+        }
+        std::future::ready(!line.is_null())
+    })
+    .await;
+    assert_eq!(line["route"], "chat/production");
+    assert!(line["bytes"].as_u64().unwrap() > 200_000, "{line}");
+    assert!(line["bytes_in"].as_u64().unwrap() > 200_000, "{line}");
     p.stop().await.unwrap();
 }
 
