@@ -290,6 +290,29 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
     })
     .await;
 
+    // Prometheus' own linter finds nothing to say about the exposition.
+    let (_, text) = http_get(&c, &format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus) runs");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+
     drop(prom);
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();

@@ -238,6 +238,85 @@ async fn a_removed_sets_websocket_is_closed_after_the_grace_and_only_then_draine
     p.stop().await.unwrap();
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body from `s`.
+async fn read_response(s: &mut TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_the_backend_declines_is_an_ordinary_response() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("plain").await;
+    let p = TestProxy::start(dir.path()).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "app/production",
+            &["app.test"],
+            "/",
+            vec![set("blue", 100, &[backend.addr])],
+        )]))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // The backend saw the upgrade headers (kept despite being hop-by-hop).
+    assert_eq!(seen["headers"]["upgrade"], "websocket");
+    assert_eq!(seen["headers"]["connection"], "upgrade");
+    assert!(seen["headers"]["sec-websocket-key"].is_string());
+    // The connection goes on as plain HTTP/1.1.
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"/next\""), "{body}");
+    eventually(|| async {
+        p.admin
+            .drained("app/production", "blue")
+            .await
+            .unwrap()
+            .in_flight
+            == 0
+    })
+    .await;
+    p.stop().await.unwrap();
+}
+
 // === compression ===
 
 /// Body of `/big`: compressible, but not trivially (so a broken stream
