@@ -620,3 +620,108 @@ async fn sticky_cookie_pins_one_instance_until_its_set_leaves() {
     assert_eq!(sticky_cookie(&again), None);
     p.stop().await.unwrap();
 }
+
+/// A small HTTP server that answers its name and can be killed, keep-alive
+/// connections included.
+struct Killable {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Killable {
+    async fn start(name: &'static str) -> Killable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.spawn(async move {
+                    // No keep-alive: every request connects anew, so a
+                    // killed server refuses at once (no stale pooled
+                    // connection to break a request).
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        resp.headers_mut()
+                            .insert("connection", "close".parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Killable { addr, task }
+    }
+
+    /// Closes the listener and every connection.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_instance_that_dies_loses_its_clients_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = [
+        Killable::start("k1").await,
+        Killable::start("k2").await,
+        Killable::start("k3").await,
+    ];
+    let mut cfg = config(dir.path());
+    cfg.eject_after_failures = 1;
+    cfg.eject_cooloff = Duration::from_secs(600);
+    let p = TestProxy::start_with(cfg).await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let mut r = route(
+        "shop/production",
+        &["shop.test"],
+        "/",
+        vec![set("blue", 100, &addrs)],
+    );
+    r.sticky = true;
+    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let c = client();
+    let first = get(&c, &p, "shop.test", "/").await;
+    let cookie = sticky_cookie(&first).unwrap();
+    let pinned = first.text();
+
+    let mut servers = Vec::from(servers);
+    let i = ["k1", "k2", "k3"]
+        .iter()
+        .position(|n| *n == pinned)
+        .unwrap();
+    servers.remove(i).kill().await;
+
+    // The pinned instance refuses: another answers (a GET is retried) and
+    // the client gets a new cookie; the instance is now ejected, so the
+    // old cookie no longer pins.
+    for _ in 0..3 {
+        let r = send(
+            &c,
+            &p,
+            Method::GET,
+            "shop.test",
+            "/",
+            &[("cookie", &cookie)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_ne!(r.text(), pinned);
+        let new_cookie = sticky_cookie(&r).expect("no new cookie");
+        assert_ne!(new_cookie, cookie);
+    }
+    let stats = p.admin.stats().await.unwrap();
+    let dead = stats
+        .instances
+        .iter()
+        .find(|x| x.address == addrs[i])
+        .unwrap();
+    assert!(dead.ejected, "{dead:?}");
+    p.stop().await.unwrap();
+}
