@@ -236,15 +236,17 @@ pub(crate) async fn handle(
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(up) = upgrade.take()
-                {
+                let mut resp = resp;
+                if let Some(up) = upgrade.take() {
                     let drain = crate::upgrade::Drain {
                         retired,
                         grace: shared.config.websocket_drain_grace,
                     };
                     let stats = set.stats.clone();
-                    return up.tunnel(resp, guard, stats, request_id_value.as_ref(), drain);
+                    match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {
+                        Ok(answer) => return answer,
+                        Err((r, g)) => (resp, guard) = (r, g),
+                    }
                 }
                 let mut response = respond(resp, guard, request_id_value.as_ref());
                 if let Some(n) = negotiated

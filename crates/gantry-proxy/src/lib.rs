@@ -43,7 +43,8 @@
 //! - `upgrade` — WebSocket (HTTP/1.1 `Upgrade`) tunnels: the 101 is passed
 //!   on, then bytes are copied both ways; a tunnel counts in flight on its
 //!   set and is closed `websocket_drain_grace` after its set leaves the
-//!   table. HTTP/1.1 only (no h2 extended CONNECT).
+//!   table. HTTP/1.1 `Upgrade`, and h2 extended CONNECT (RFC 8441), which
+//!   reaches the backend as an HTTP/1.1 upgrade.
 //! - `compress` — `compress: true`: brotli/gzip as the client accepts,
 //!   streamed, for compressible types only.
 //! - `sticky` — `sticky: true`: a `gantry_sticky` cookie naming a table

@@ -281,7 +281,11 @@ async fn accept_traffic(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // RFC 8441 WebSockets over h2 (`upgrade`).
+        .enable_connect_protocol();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

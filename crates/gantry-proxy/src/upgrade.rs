@@ -17,8 +17,11 @@
 //! connections (a plain TCP close: the proxy copies bytes and does not
 //! parse WebSocket frames, so it cannot send a close frame).
 //!
-//! HTTP/1.1 only: h2 extended CONNECT (RFC 8441) is not offered; h2
-//! clients fall back to HTTP/1.1 for WebSockets.
+//! WebSockets over HTTP/2 (RFC 8441 extended CONNECT, `:protocol
+//! websocket`) are offered too: such a request goes to the backend as an
+//! HTTP/1.1 upgrade (GET with `Upgrade: websocket` and a fresh
+//! `Sec-WebSocket-Key`), and the backend's 101 becomes the 200 that
+//! RFC 8441 asks for. Backends only ever see HTTP/1.1.
 
 use std::io;
 use std::pin::Pin;
@@ -30,7 +33,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Response, StatusCode, Version};
+use hyper::{Method, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -43,18 +46,67 @@ use crate::stats::SetStats;
 pub(crate) struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
+    /// An HTTP/2 extended CONNECT: the client gets 200, not 101.
+    h2: bool,
 }
 
-/// Takes the upgrade out of an HTTP/1.1 request that asks for one; call
-/// before the hop-by-hop strip (it removes `Upgrade`), then
-/// [`Upgrade::restore`] after it.
+/// Takes the upgrade out of a request that asks for one (HTTP/1.1
+/// `Upgrade`, or an HTTP/2 extended CONNECT for `websocket`, which it
+/// turns into the HTTP/1.1 form); call before the hop-by-hop strip (it
+/// removes `Upgrade`), then [`Upgrade::restore`] after it.
 pub(crate) fn take(parts: &mut request::Parts) -> Option<Upgrade> {
+    if parts.version == Version::HTTP_2 && parts.method == Method::CONNECT {
+        let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
+        if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+            return None;
+        }
+        let client = parts.extensions.remove::<OnUpgrade>()?;
+        parts.method = Method::GET;
+        parts.headers.insert(SEC_WEBSOCKET_KEY, websocket_key());
+        return Some(Upgrade {
+            protocol: HeaderValue::from_static("websocket"),
+            client,
+            h2: true,
+        });
+    }
     if parts.version != Version::HTTP_11 || !connection_has_upgrade(&parts.headers) {
         return None;
     }
     let protocol = parts.headers.get(header::UPGRADE)?.clone();
     let client = parts.extensions.remove::<OnUpgrade>()?;
-    Some(Upgrade { protocol, client })
+    Some(Upgrade {
+        protocol,
+        client,
+        h2: false,
+    })
+}
+
+const SEC_WEBSOCKET_KEY: header::HeaderName = header::HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: header::HeaderName =
+    header::HeaderName::from_static("sec-websocket-accept");
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1). It
+/// only proves to the backend that this is a WebSocket handshake.
+fn websocket_key() -> HeaderValue {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw: [u8; 16] = fastrand::u128(..).to_be_bytes();
+    let mut out = Vec::with_capacity(24);
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn connection_has_upgrade(headers: &HeaderMap) -> bool {
@@ -84,9 +136,42 @@ impl Upgrade {
         set_upgrade_headers(headers, self.protocol.clone());
     }
 
-    /// The backend switched protocols: answers the client with its 101 and
-    /// starts the tunnel, which owns `guard` until it ends.
-    pub(crate) fn tunnel(
+    /// The backend answered the upgrade request. When it switched
+    /// protocols, answers the client (101, or 200 for h2) and starts the
+    /// tunnel, which owns `guard` until it ends. An h2 client whose
+    /// backend answered 2xx without switching gets 502 (a 2xx would open
+    /// a tunnel to nowhere). Any other answer is handed back, to be sent
+    /// as an ordinary response.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn answer(
+        self,
+        resp: Response<Incoming>,
+        guard: Guard,
+        stats: Arc<SetStats>,
+        request_id: Option<&HeaderValue>,
+        drain: Drain,
+    ) -> Result<Response<ResponseBody>, (Response<Incoming>, Guard)> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.tunnel(resp, guard, stats, request_id, drain));
+        }
+        if self.h2 && resp.status().is_success() {
+            let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+            return Ok(crate::pages::page(
+                StatusCode::BAD_GATEWAY,
+                id,
+                &format!(
+                    "The backend answered the WebSocket request with {} instead of switching \
+                     protocols.",
+                    resp.status()
+                ),
+                None,
+                Some(guard),
+            ));
+        }
+        Err((resp, guard))
+    }
+
+    fn tunnel(
         self,
         mut resp: Response<Incoming>,
         mut guard: Guard,
@@ -102,15 +187,21 @@ impl Upgrade {
             .cloned()
             .unwrap_or(self.protocol);
         strip_hop_by_hop(&mut parts.headers);
-        set_upgrade_headers(&mut parts.headers, protocol);
+        if self.h2 {
+            // RFC 8441: a 200 without the HTTP/1.1 handshake headers.
+            parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+            parts.status = StatusCode::OK;
+        } else {
+            set_upgrade_headers(&mut parts.headers, protocol);
+            parts.status = StatusCode::SWITCHING_PROTOCOLS;
+        }
         if !parts.headers.contains_key(X_REQUEST_ID)
             && let Some(v) = request_id
         {
             parts.headers.insert(X_REQUEST_ID, v.clone());
         }
-        parts.version = Version::HTTP_11;
-        parts.status = StatusCode::SWITCHING_PROTOCOLS;
-        guard.respond(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+        parts.version = Version::default();
+        guard.respond(parts.status.as_u16());
         let client = self.client;
         tokio::spawn(async move {
             // Ends the in-flight count, the lease and logs, when the tunnel
@@ -208,6 +299,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_keys_are_base64_of_16_bytes() {
+        let k = websocket_key();
+        let k = k.to_str().unwrap();
+        assert_eq!(k.len(), 24, "{k}");
+        assert!(k.ends_with("=="), "{k}");
+        assert_ne!(k, websocket_key().to_str().unwrap());
+    }
 
     #[test]
     fn only_h1_requests_with_connection_upgrade_qualify() {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -169,6 +169,102 @@ async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
     assert_eq!(line["route"], "chat/production");
     assert!(line["bytes"].as_u64().unwrap() > 200_000, "{line}");
     assert!(line["bytes_in"].as_u64().unwrap() > 200_000, "{line}");
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_over_h2_extended_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("blue").await;
+    let plain_backend = Backend::start("plain").await;
+    let p = TestProxy::start(dir.path()).await;
+    p.admin
+        .set_table(&table(vec![
+            route(
+                "chat/production",
+                &["chat.test"],
+                "/",
+                vec![set("blue", 100, &[backend.addr])],
+            ),
+            route(
+                "plain/production",
+                &["plain.test"],
+                "/",
+                vec![set("s", 100, &[plain_backend.addr])],
+            ),
+        ]))
+        .await
+        .unwrap();
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // One ordinary request first, so that the proxy's SETTINGS (which
+    // allow extended CONNECT) have arrived.
+    let plain = Request::get("http://nothing.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let r = sender.send_request(plain).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let connect = |url: &str| {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(url)
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // A backend that does not speak WebSocket answers 200: the client gets
+    // 502, not a tunnel to nowhere.
+    let resp = sender
+        .send_request(connect("http://plain.test/socket"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("instead of switching protocols"),
+        "{text:?}"
+    );
+
+    let resp = sender
+        .send_request(connect("http://chat.test/socket"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+    assert!(!resp.headers().contains_key("sec-websocket-accept"));
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    let reply = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, Message::text("blue: over h2"));
+    let stats = p.admin.stats().await.unwrap();
+    assert_eq!(stats.set("chat/production", "blue").unwrap().in_flight, 1);
+    drop(ws);
+    eventually(|| async {
+        p.admin
+            .drained("chat/production", "blue")
+            .await
+            .unwrap()
+            .in_flight
+            == 0
+    })
+    .await;
     p.stop().await.unwrap();
 }
 
