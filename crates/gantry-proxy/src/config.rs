@@ -44,7 +44,8 @@ pub struct ProxyConfig {
     pub pool_max_idle_per_host: usize,
     /// How long a WebSocket (or other HTTP/1.1 `Upgrade`) tunnel of a set
     /// removed from the table may stay open; then the proxy closes both
-    /// connections, and the set can report drained.
+    /// connections, and the set can report drained. At shutdown, open
+    /// tunnels get the same time before they are closed.
     pub websocket_drain_grace: Duration,
     /// An extra TCP listener that serves only `GET /metrics` (Prometheus
     /// text) and `GET /healthz`, for a Prometheus server to scrape. The

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) client: Client<HttpConnector, UpstreamBody>,
     pub(crate) log: Arc<AccessLog>,
     pub(crate) config: ProxyConfig,
+    /// Open WebSocket tunnels, closed at shutdown.
+    pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
 }
 
 /// Methods a connect failure may retry on another instance.
@@ -241,6 +243,7 @@ pub(crate) async fn handle(
                     let drain = crate::upgrade::Drain {
                         retired,
                         grace: shared.config.websocket_drain_grace,
+                        tunnels: shared.tunnels.clone(),
                     };
                     let stats = set.stats.clone();
                     match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {

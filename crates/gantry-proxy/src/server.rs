@@ -128,6 +128,7 @@ impl Proxy {
             client,
             log: Arc::new(log),
             config: config.clone(),
+            tunnels: Default::default(),
         });
         let admin = Arc::new(Admin {
             shared,
@@ -206,6 +207,8 @@ impl Proxy {
         shutdown.await;
         tracing::info!("proxy shutting down: no new connections; finishing open requests");
         let _ = stop_tx.send(true);
+        let tunnels =
+            tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
@@ -221,6 +224,7 @@ impl Proxy {
             }
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
+        let _ = tunnels.await;
         let _ = std::fs::remove_file(&config.admin_socket);
         // The last handle of the access log goes with `admin` (unless a
         // connection outlived the shutdown timeout); then the writer thread

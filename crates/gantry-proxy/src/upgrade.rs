@@ -127,6 +127,57 @@ fn set_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 pub(crate) struct Drain {
     pub(crate) retired: watch::Receiver<bool>,
     pub(crate) grace: Duration,
+    pub(crate) tunnels: Arc<Tunnels>,
+}
+
+/// The open tunnels, so that a shutdown can give them
+/// `websocket_drain_grace` to end and then close them.
+pub(crate) struct Tunnels {
+    open: watch::Sender<usize>,
+    close: watch::Sender<bool>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            open: watch::Sender::new(0),
+            close: watch::Sender::new(false),
+        }
+    }
+}
+
+/// One open tunnel, counted until dropped.
+struct Open(Arc<Tunnels>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Tunnels {
+    fn enter(self: &Arc<Self>) -> (Open, watch::Receiver<bool>) {
+        self.open.send_modify(|n| *n += 1);
+        (Open(self.clone()), self.close.subscribe())
+    }
+
+    /// Waits up to `grace` for the open tunnels to end, then closes the
+    /// rest (and any that opens later) and waits for them to go.
+    pub(crate) async fn shutdown(self: Arc<Self>, grace: Duration) {
+        let mut open = self.open.subscribe();
+        if tokio::time::timeout(grace, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::info!(
+            open = *open.borrow(),
+            "closing WebSocket connections still open at shutdown"
+        );
+        self.close.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), open.wait_for(|n| *n == 0)).await;
+    }
 }
 
 impl Upgrade {
@@ -203,7 +254,9 @@ impl Upgrade {
         parts.version = Version::default();
         guard.respond(parts.status.as_u16());
         let client = self.client;
+        let (open, mut close) = drain.tunnels.enter();
         tokio::spawn(async move {
+            let _open = open;
             // Ends the in-flight count, the lease and logs, when the tunnel
             // is over.
             let mut guard = guard;
@@ -226,6 +279,9 @@ impl Upgrade {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "upgraded connection ended with an error");
                     }
+                }
+                _ = async { close.wait_for(|c| *c).await.is_ok() } => {
+                    tracing::info!("closing an upgraded connection (WebSocket) at shutdown");
                 }
                 _ = crate::forward::drain_deadline(drain.retired, drain.grace) => {
                     tracing::info!(

@@ -173,6 +173,43 @@ async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_open_websockets_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("blue").await;
+    let mut cfg = config(dir.path());
+    cfg.websocket_drain_grace = Duration::from_millis(500);
+    let p = TestProxy::start_with(cfg).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "chat/production",
+            &["chat.test"],
+            "/",
+            vec![set("blue", 100, &[backend.addr])],
+        )]))
+        .await
+        .unwrap();
+    let mut ws = ws_connect(&p, "chat.test", "/").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("blue: hi"));
+    // Stopping returns once the tunnel is closed...
+    tokio::time::timeout(PATIENCE, p.stop())
+        .await
+        .expect("the proxy did not stop")
+        .unwrap();
+    // ...and the client sees its connection end.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket outlived the proxy");
+}
+
+#[tokio::test]
 async fn websocket_over_h2_extended_connect() {
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("blue").await;
@@ -331,6 +368,7 @@ async fn a_removed_sets_websocket_is_closed_after_the_grace_and_only_then_draine
     assert_eq!(next_message(&mut ws2).await, Message::text("green: y"));
     let green_status = p.admin.drained("chat/production", "green").await.unwrap();
     assert_eq!(green_status.in_flight, 1);
+    drop(ws2);
     p.stop().await.unwrap();
 }
 
