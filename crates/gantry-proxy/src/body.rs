@@ -176,7 +176,6 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(s) = &self.set {
-            s.add_bytes_out(self.bytes_out);
             s.end();
         }
         self.lease.take();
@@ -274,7 +273,13 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
-                    g.bytes_out += data.len() as u64;
+                    let n = data.len() as u64;
+                    g.bytes_out += n;
+                    // Counted as they go, so long streams show in the
+                    // stats before they end.
+                    if let Some(s) = &g.set {
+                        s.add_bytes_out(n);
+                    }
                 }
             }
             // The end (or a broken backend stream): the request is over.

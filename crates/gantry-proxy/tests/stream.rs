@@ -859,3 +859,41 @@ async fn a_pinned_instance_that_dies_loses_its_clients_to_the_others() {
     assert!(dead.ejected, "{dead:?}");
     p.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn response_bytes_count_while_the_body_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("app").await;
+    let p = TestProxy::start(dir.path()).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "app/production",
+            &["app.test"],
+            "/",
+            vec![set("blue", 100, &[backend.addr])],
+        )]))
+        .await
+        .unwrap();
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = p.url("/stream").parse().unwrap();
+    req.headers_mut()
+        .insert("host", "app.test".parse().unwrap());
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first");
+    // Mid-stream: the bytes already sent show in the stats.
+    let stats = p.admin.stats().await.unwrap();
+    let s = stats.set("app/production", "blue").unwrap();
+    assert_eq!((s.in_flight, s.bytes_out), (1, 5), "{s:?}");
+    backend.release();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"second");
+    eventually(|| async {
+        let stats = p.admin.stats().await.unwrap();
+        let s = stats.set("app/production", "blue").unwrap();
+        s.in_flight == 0 && s.bytes_out == 11
+    })
+    .await;
+    p.stop().await.unwrap();
+}
