@@ -25,7 +25,7 @@ pub(crate) struct Args {
     /// Keep the client's X-Forwarded-* headers (only behind a trusted proxy).
     #[arg(long)]
     trust_forwarded: bool,
-    /// How long a WebSocket of a backend set removed from the table stays open.
+    /// How long a WebSocket stays open once its backend set left the table, or the proxy is stopping.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::output::parse_duration)]
     websocket_drain_grace: std::time::Duration,
     /// Also serve GET /metrics (Prometheus) and /healthz on this TCP address.
