@@ -5,8 +5,9 @@
 //! usual) and goes to the chosen instance like any request. When the
 //! instance answers `101 Switching Protocols`, the proxy answers the client
 //! with that 101, takes both upgraded connections and copies bytes both
-//! ways until either side closes. Any other answer is passed on as a normal
-//! response.
+//! ways; an end of stream on one side is passed on to the other, and the
+//! tunnel ends when both are done. Any other answer is passed on as a
+//! normal response.
 //!
 //! The tunnel keeps the request's [`Guard`], so it counts in its set's
 //! in-flight requests (and its instance's outstanding count) until it ends,
@@ -15,7 +16,8 @@
 //! backend → client as `bytes_out`). When the set leaves the table, its
 //! tunnels get `websocket_drain_grace` more, then the proxy closes both
 //! connections (a plain TCP close: the proxy copies bytes and does not
-//! parse WebSocket frames, so it cannot send a close frame).
+//! parse WebSocket frames, so it cannot send a close frame). A stopping
+//! proxy gives open tunnels the same grace (`Tunnels::shutdown`).
 //!
 //! WebSockets over HTTP/2 (RFC 8441 extended CONNECT, `:protocol
 //! websocket`) are offered too: such a request goes to the backend as an
