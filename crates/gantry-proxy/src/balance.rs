@@ -49,6 +49,11 @@ impl Instance {
         self.ejected_until.load(Relaxed) > now
     }
 
+    /// Ejected at this moment.
+    pub(crate) fn ejected_now(&self) -> bool {
+        self.is_ejected(now_ms())
+    }
+
     pub(crate) fn outstanding(&self) -> u64 {
         self.outstanding.load(Relaxed)
     }

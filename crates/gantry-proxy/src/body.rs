@@ -138,6 +138,9 @@ pub(crate) struct Guard {
     pub(crate) instance: Option<SocketAddr>,
     pub(crate) lease: Option<Lease>,
     pub(crate) request_body: Option<Arc<SharedBody>>,
+    /// Bytes (in, out) of an upgraded connection, for the log line only
+    /// (`upgrade` counts them into the set's stats as they pass).
+    pub(crate) tunnel_bytes: Option<(u64, u64)>,
     status: u16,
     bytes_out: u64,
     log: Arc<AccessLog>,
@@ -162,6 +165,7 @@ impl Guard {
             instance: None,
             lease: None,
             request_body: None,
+            tunnel_bytes: None,
             status: 0,
             bytes_out: 0,
             log,
@@ -193,7 +197,6 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(s) = &self.set {
-            s.add_bytes_out(self.bytes_out);
             s.end();
         }
         self.lease.take();
@@ -208,8 +211,11 @@ impl Drop for Guard {
                 path: &self.path,
                 status: self.status,
                 duration_ms: duration_ms(self.start.elapsed()),
-                bytes: self.bytes_out,
-                bytes_in: self.request_body.as_ref().map_or(0, |b| b.sent()),
+                bytes: self.tunnel_bytes.map_or(self.bytes_out, |(_, out)| out),
+                bytes_in: match self.tunnel_bytes {
+                    Some((bytes_in, _)) => bytes_in,
+                    None => self.request_body.as_ref().map_or(0, |b| b.sent()),
+                },
                 client_ip: self.client_ip,
             });
         }
@@ -220,8 +226,14 @@ impl Drop for Guard {
 
 enum Inner {
     Upstream(Incoming),
+    /// The upstream body, compressed as it streams (`compress`).
+    Compressed(Box<crate::compress::Compressed>),
     Full(Option<Bytes>),
 }
+
+/// What a broken response stream reports (hyper then aborts the
+/// connection or stream, so the client sees a truncated answer).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body sent to the client.
 pub(crate) struct ResponseBody {
@@ -237,6 +249,21 @@ impl ResponseBody {
         }
     }
 
+    /// Compresses an upstream body with `coding` (other bodies are left
+    /// as they are).
+    pub(crate) fn compress(self, coding: crate::compress::Coding) -> Self {
+        match self.inner {
+            Inner::Upstream(body) => ResponseBody {
+                inner: Inner::Compressed(Box::new(crate::compress::Compressed::new(body, coding))),
+                guard: self.guard,
+            },
+            inner => ResponseBody {
+                inner,
+                guard: self.guard,
+            },
+        }
+    }
+
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<Guard>) -> Self {
         let bytes = bytes.into();
         ResponseBody {
@@ -248,21 +275,32 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+            Inner::Compressed(c) => c
+                .poll_data(cx)
+                .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
-                    g.bytes_out += data.len() as u64;
+                    let n = data.len() as u64;
+                    g.bytes_out += n;
+                    // Counted as they go, so long streams show in the
+                    // stats before they end.
+                    if let Some(s) = &g.set {
+                        s.add_bytes_out(n);
+                    }
                 }
             }
             // The end (or a broken backend stream): the request is over.
@@ -277,6 +315,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Compressed(_) => false,
             Inner::Full(b) => b.is_none(),
         }
     }
@@ -284,6 +323,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Compressed(_) => SizeHint::default(),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -58,6 +58,15 @@ pub struct ProxyConfig {
     /// header list (431 for the stream; beyond 4× this, h2 ends the whole
     /// connection with GOAWAY ENHANCE_YOUR_CALM).
     pub max_header_size: usize,
+    /// How long a WebSocket (or other HTTP/1.1 `Upgrade`) tunnel of a set
+    /// removed from the table may stay open; then the proxy closes both
+    /// connections, and the set can report drained. At shutdown, open
+    /// tunnels get the same time before they are closed.
+    pub websocket_drain_grace: Duration,
+    /// An extra TCP listener that serves only `GET /metrics` (Prometheus
+    /// text) and `GET /healthz`, for a Prometheus server to scrape. The
+    /// admin socket serves `/metrics` too. None (the default): no listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// hyper refuses a smaller HTTP/1.1 read buffer.
@@ -68,7 +77,8 @@ impl ProxyConfig {
     /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
     /// ejection after 3 connect failures for 10 s, up to 512 idle
     /// connections per instance, 10 s to send request headers, 90 s idle
-    /// timeout for client connections, 64 KiB request heads.
+    /// timeout for client connections, 64 KiB request heads, 30 s WebSocket
+    /// drain grace, no metrics listener.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -87,6 +97,8 @@ impl ProxyConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_header_size: 64 << 10,
+            websocket_drain_grace: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }

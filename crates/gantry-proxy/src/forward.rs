@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) route_clients: crate::limits::Clients,
     pub(crate) log: Arc<AccessLog>,
     pub(crate) config: ProxyConfig,
+    /// Open WebSocket tunnels, closed at shutdown.
+    pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
 }
 
 /// Methods a connect failure may retry on another instance.
@@ -52,7 +54,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// Resolves once the set has been retired for `grace`; never while it is in
 /// the table.
-async fn drain_deadline(mut retired: watch::Receiver<bool>, grace: Duration) {
+pub(crate) async fn drain_deadline(mut retired: watch::Receiver<bool>, grace: Duration) {
     loop {
         let ok = retired.wait_for(|r| *r).await.is_ok();
         if !ok {
@@ -187,9 +189,29 @@ async fn handle_routed(
         guard.route = Some(route.id.clone());
         guard.enter_set(set.stats.clone());
     }
+    // Sticky sessions: the cookie may pin the set and the first instance.
+    let pinned = crate::sticky::pinned(route, &parts.headers);
+    if let Some((s, _)) = pinned
+        && !std::ptr::eq(s, set)
+    {
+        guard.leave_set();
+        set = s;
+        guard.enter_set(set.stats.clone());
+    }
+    let pinned = pinned.map(|(_, i)| i);
+    let mut first = pinned;
 
-    // Phase 2: headers.
+    // Phase 2: headers. A WebSocket upgrade keeps its two hop-by-hop
+    // headers; compression looks at Accept-Encoding before it goes.
+    let mut upgrade = crate::upgrade::take(&mut parts);
+    let negotiated = route
+        .compress
+        .then(|| crate::compress::negotiate(&parts.method, &parts.headers));
+    let https = uri.scheme() == Some(&Scheme::HTTPS);
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.restore(&mut parts.headers);
+    }
     ensure_traceparent(&mut parts.headers, new_id.then_some(request_id.as_str()));
     set_forwarded_values(
         &mut parts.headers,
@@ -220,7 +242,7 @@ async fn handle_routed(
     let retired = set.stats.retired();
     let mut tried = Vec::new();
     let mut last_failure = None;
-    while let Some(i) = pick(&set.instances, &tried) {
+    while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
         tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
@@ -272,7 +294,29 @@ async fn handle_routed(
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
-                return respond(resp, guard, request_id_value.as_ref());
+                let mut resp = resp;
+                if let Some(up) = upgrade.take() {
+                    let drain = crate::upgrade::Drain {
+                        retired,
+                        grace: shared.config.websocket_drain_grace,
+                        tunnels: shared.tunnels.clone(),
+                    };
+                    let stats = set.stats.clone();
+                    match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {
+                        Ok(answer) => return answer,
+                        Err((r, g)) => (resp, guard) = (r, g),
+                    }
+                }
+                let mut response = respond(resp, guard, request_id_value.as_ref());
+                if let Some(n) = negotiated
+                    && let Some(coding) = crate::compress::prepare(&mut response, n)
+                {
+                    response = response.map(|b| b.compress(coding));
+                }
+                if route.sticky.is_some() && pinned != Some(i) {
+                    crate::sticky::remember(response.headers_mut(), set, i, https);
+                }
+                return response;
             }
             Err(Failure::Connect(why)) => {
                 let ejected = instance.connect_failed(

@@ -43,11 +43,26 @@
 //! `true` once its in-flight count reaches 0. Requests of a retired set still
 //! waiting for response headers get `drain_timeout` more, then end with 504.
 //!
+//! # Streaming features (route options and their modules)
+//!
+//! - `upgrade` — WebSocket (HTTP/1.1 `Upgrade`) tunnels: the 101 is passed
+//!   on, then bytes are copied both ways; a tunnel counts in flight on its
+//!   set and is closed `websocket_drain_grace` after its set leaves the
+//!   table. HTTP/1.1 `Upgrade`, and h2 extended CONNECT (RFC 8441), which
+//!   reaches the backend as an HTTP/1.1 upgrade.
+//! - `compress` — `compress: true`: brotli/gzip as the client accepts,
+//!   streamed, for compressible types only.
+//! - `sticky` — `sticky: true`: a `gantry_sticky` cookie naming a table
+//!   entry (a hash, never an address) pins the client to an instance.
+//!
 //! # Metrics
 //!
 //! Per (route, set): atomics only on the hot path — status class counters,
-//! bytes, in-flight, an all-time latency histogram for Prometheus, and a
-//! windowed histogram for p50/p90/p99 (see `stats`).
+//! bytes in and out (WebSocket bytes as they pass), in-flight, an all-time
+//! latency histogram for Prometheus, and a windowed histogram for
+//! p50/p90/p99 (see `stats`). The admin socket serves `/metrics`; the
+//! optional `metrics_listen` TCP listener (`metrics`) serves only
+//! `/metrics` and `/healthz`, for a Prometheus server to scrape.
 //!
 //! # Entry points
 //!
@@ -55,20 +70,20 @@
 //! addresses) then [`Proxy::serve`] until a shutdown future resolves; [`run`]
 //! does both. [`AdminClient`] drives a running proxy.
 //!
-//! # Not here yet
-//!
-//! Hitless upgrade (listener fd hand-off), TLS and ACME, WebSocket/Upgrade
-//! pass-through, compression, PROXY protocol, sticky sessions. The table
-//! reserves `tls` per route and refuses it until it is enforced.
-//!
 //! # Slow clients and sizes
 //!
 //! `ProxyConfig` sets the request head size (431), the time to send it
 //! (hyper's `header_read_timeout`; in hyper 1.12 it also runs between
 //! keep-alive requests) and the idle timeout of client connections
 //! (`limits::IdleIo`). Per route: `max_body` (413; a streamed body is cut
-//! when it grows past it) and `connect_timeout_ms`. Counters of sets that left the table are kept (Prometheus
-//! counters must not go back), never pruned.
+//! when it grows past it) and `connect_timeout_ms`.
+//!
+//! # Not here yet
+//!
+//! Hitless upgrade (listener fd hand-off), TLS and ACME, PROXY protocol.
+//! The table reserves `tls` per route and refuses it until it is enforced.
+//! Counters of sets that left the table are kept (Prometheus counters must
+//! not go back), never pruned.
 #![forbid(unsafe_code)]
 
 mod access_log;
@@ -76,12 +91,14 @@ mod admin;
 mod balance;
 mod body;
 mod client;
+mod compress;
 mod config;
 mod csp_report;
 mod error;
 mod forward;
 mod headers;
 mod limits;
+mod metrics;
 mod pages;
 mod persist;
 mod policy;
@@ -89,7 +106,9 @@ mod rate_limit;
 mod router;
 mod server;
 mod stats;
+mod sticky;
 mod table;
+mod upgrade;
 
 pub use client::{AdminClient, AdminClientError};
 pub use config::ProxyConfig;

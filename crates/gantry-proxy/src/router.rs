@@ -23,6 +23,9 @@ pub(crate) struct CompiledSet {
     pub(crate) weight: u32,
     pub(crate) stats: Arc<SetStats>,
     pub(crate) instances: Vec<Arc<Instance>>,
+    /// Sticky-session token of each instance (empty unless the route is
+    /// sticky).
+    pub(crate) tokens: Vec<u64>,
 }
 
 pub(crate) struct CompiledRoute {
@@ -34,6 +37,9 @@ pub(crate) struct CompiledRoute {
     pub(crate) timeout: Option<Duration>,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) policy: RoutePolicy,
+    pub(crate) compress: bool,
+    /// Sticky-session token → (set, instance) indexes; None unless sticky.
+    pub(crate) sticky: Option<HashMap<u64, (usize, usize)>>,
 }
 
 impl CompiledRoute {
@@ -87,18 +93,30 @@ impl Router {
             let sets: Vec<CompiledSet> = r
                 .sets
                 .iter()
-                .map(|s| CompiledSet {
-                    name: s.name.clone(),
-                    weight: s.weight,
-                    stats: registry.set_stats(&r.id, &s.name),
-                    instances: s
+                .map(|s| {
+                    let instances: Vec<Arc<Instance>> = s
                         .instances
                         .iter()
                         .filter_map(|a| a.parse::<SocketAddr>().ok())
                         .map(|a| instances.get(a))
-                        .collect(),
+                        .collect();
+                    CompiledSet {
+                        name: s.name.clone(),
+                        weight: s.weight,
+                        stats: registry.set_stats(&r.id, &s.name),
+                        tokens: if r.sticky {
+                            instances
+                                .iter()
+                                .map(|i| crate::sticky::token(&r.id, &s.name, i.addr))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                        instances,
+                    }
                 })
                 .collect();
+            let sticky = r.sticky.then(|| crate::sticky::index(&sets));
             routes.push(CompiledRoute {
                 id: r.id.clone(),
                 prefix: normalize_prefix(&r.path_prefix),
@@ -116,6 +134,8 @@ impl Router {
                     max_body: r.max_body,
                     state: policies.route(&r.id),
                 },
+                compress: r.compress,
+                sticky,
             });
             for h in &r.hosts {
                 let Ok(h) = normalize_host_pattern(h) else {
@@ -273,6 +293,8 @@ mod tests {
             }],
             maintenance: None,
             timeout_ms: None,
+            compress: false,
+            sticky: false,
             headers: None,
             rate_limit: None,
             max_body: None,

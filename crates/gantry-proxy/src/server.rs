@@ -34,6 +34,8 @@ pub struct Proxy {
     admin_listener: UnixListener,
     admin: Arc<Admin>,
     log_writer: Option<std::thread::JoinHandle<()>>,
+    /// The `metrics_listen` listener and its bound address.
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -91,6 +93,7 @@ impl Proxy {
             listeners.push(l);
         }
         let admin_listener = bind_admin(&config.admin_socket).await?;
+        let metrics = crate::metrics::bind(config.metrics_listen).await?;
 
         let (log, log_writer) = if !config.access_log {
             (AccessLog::off(), None)
@@ -116,6 +119,7 @@ impl Proxy {
             route_clients: Default::default(),
             log: Arc::new(log),
             config: config.clone(),
+            tunnels: Default::default(),
         });
         let admin = Arc::new(Admin {
             shared,
@@ -128,7 +132,13 @@ impl Proxy {
             admin_listener,
             admin,
             log_writer,
+            metrics,
         })
+    }
+
+    /// The bound metrics listener address, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
     }
 
     /// The bound client-traffic addresses, in `listen` order.
@@ -155,6 +165,7 @@ impl Proxy {
             admin_listener,
             admin,
             log_writer,
+            metrics,
         } = self;
         let config = admin.shared.config.clone();
         let graceful = Arc::new(GracefulShutdown::new());
@@ -162,6 +173,14 @@ impl Proxy {
         let mut accepters = JoinSet::new();
         for listener in listeners {
             accepters.spawn(accept_traffic(
+                listener,
+                admin.shared.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some((listener, _)) = metrics {
+            accepters.spawn(crate::metrics::accept(
                 listener,
                 admin.shared.clone(),
                 graceful.clone(),
@@ -179,6 +198,8 @@ impl Proxy {
         shutdown.await;
         tracing::info!("proxy shutting down: no new connections; finishing open requests");
         let _ = stop_tx.send(true);
+        let tunnels =
+            tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
@@ -194,6 +215,7 @@ impl Proxy {
             }
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
+        let _ = tunnels.await;
         let _ = std::fs::remove_file(&config.admin_socket);
         // The last handle of the access log goes with `admin` (unless a
         // connection outlived the shutdown timeout); then the writer thread
@@ -263,7 +285,9 @@ async fn accept_traffic(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        // RFC 8441 WebSockets over h2 (`upgrade`).
+        .enable_connect_protocol();
     let idle_timeout = config.idle_timeout;
     loop {
         let (stream, peer) = tokio::select! {
@@ -291,7 +315,8 @@ async fn accept_traffic(
             }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            // With upgrades: WebSocket pass-through (`upgrade`).
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -49,6 +49,16 @@ pub struct Route {
     /// `response_timeout` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Compress compressible responses with brotli or gzip, as the client
+    /// accepts (see the proxy's `compress` module for the rules).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compress: bool,
+    /// Sticky sessions: the proxy sets a `gantry_sticky` cookie naming the
+    /// instance that answered, and sends later requests that carry it to
+    /// that instance while it is in the table with weight above 0 and not
+    /// ejected.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sticky: bool,
     /// Security headers added to the route's responses that lack them;
     /// none when absent (the control plane sends the spec's, strict by
     /// default).
@@ -67,6 +77,10 @@ pub struct Route {
     /// Reserved: TLS settings (not supported yet; must be absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_prefix() -> String {
@@ -279,6 +293,8 @@ mod tests {
             sets,
             maintenance: None,
             timeout_ms: None,
+            compress: false,
+            sticky: false,
             headers: None,
             rate_limit: None,
             max_body: None,

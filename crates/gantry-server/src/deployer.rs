@@ -766,6 +766,8 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
         maintenance: None,
         timeout_ms: Some(millis(spec.proxy.timeouts.response.as_std())),
         connect_timeout_ms: Some(millis(spec.proxy.timeouts.connect.as_std())),
+        compress: spec.proxy.compress,
+        sticky: spec.proxy.sticky_sessions,
         headers: Some(gantry_proxy::SecurityHeaders {
             csp: h.csp.clone(),
             reporting_endpoints: h.reporting_endpoints.clone(),

@@ -582,6 +582,12 @@ pub struct Proxy {
     pub max_body: ByteSize,
     /// Maintenance mode: answer 503 with a message instead of proxying.
     pub maintenance: Maintenance,
+    /// Compress text, JSON, JavaScript, XML, SVG and wasm responses with
+    /// brotli or gzip when the client accepts it and the app did not.
+    pub compress: bool,
+    /// Send each client back to the same instance while it is up, with a
+    /// `gantry_sticky` cookie the proxy sets.
+    pub sticky_sessions: bool,
 }
 
 impl Default for Proxy {
@@ -596,6 +602,8 @@ impl Default for Proxy {
             timeouts: Timeouts::default(),
             max_body: ByteSize::mib(10),
             maintenance: Maintenance::default(),
+            compress: false,
+            sticky_sessions: false,
         }
     }
 }

@@ -35,6 +35,12 @@ pub(crate) struct Args {
     /// Largest request head (request line and headers) in bytes; 431 above it.
     #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     max_header_size: u32,
+    /// How long a WebSocket stays open once its backend set left the table, or the proxy is stopping.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::output::parse_duration)]
+    websocket_drain_grace: std::time::Duration,
+    /// Also serve GET /metrics (Prometheus) and /healthz on this TCP address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -54,6 +60,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     config.header_read_timeout = args.header_read_timeout;
     config.idle_timeout = args.idle_timeout;
     config.max_header_size = args.max_header_size as usize;
+    config.websocket_drain_grace = args.websocket_drain_grace;
+    config.metrics_listen = args.metrics_listen;
     match args.access_log.as_str() {
         "off" => config.access_log = false,
         "stdout" => config.access_log = true,
@@ -74,6 +82,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             println!("  listen: http://{a}");
         }
         println!("  admin:  unix:{}", proxy.admin_socket().display());
+        if let Some(a) = proxy.metrics_addr() {
+            println!("  metrics: http://{a}/metrics");
+        }
         proxy.serve(shutdown).await?;
         anyhow::Ok(())
     })?;

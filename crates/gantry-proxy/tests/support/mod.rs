@@ -190,6 +190,8 @@ pub fn route(id: &str, hosts: &[&str], prefix: &str, sets: Vec<BackendSet>) -> R
         sets,
         maintenance: None,
         timeout_ms: None,
+        compress: false,
+        sticky: false,
         headers: None,
         rate_limit: None,
         max_body: None,
