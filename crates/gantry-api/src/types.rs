@@ -298,6 +298,10 @@ pub struct ReleaseInfo {
 pub struct StartDeploy {
     /// The release to deploy (see `gantry releases`).
     pub release: i64,
+    /// Deploy with this version of the environment's config instead of the
+    /// current one (a rollback restores what the release ran with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<i64>,
 }
 
 /// A deploy, with its live state and timeline.
@@ -308,6 +312,9 @@ pub struct DeployInfo {
     pub env: String,
     pub release: i64,
     pub previous_release: Option<i64>,
+    /// The config version it ran with.
+    #[serde(default)]
+    pub config_version: Option<i64>,
     pub actor: String,
     pub phase: String,
     /// succeeded, rolled-back, failed, aborted; none while running.

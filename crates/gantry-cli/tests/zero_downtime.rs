@@ -21,6 +21,8 @@ struct Marathon {
     port: u16,
     n: u32,
     tally: std::collections::BTreeMap<&'static str, u32>,
+    /// The version each release answers with (its config's APP_VERSION).
+    versions: std::collections::HashMap<i64, String>,
 }
 
 impl Marathon {
@@ -28,7 +30,9 @@ impl Marathon {
         self.n += 1;
         let v = format!("v{}", self.n);
         let toml = config(deploy, &format!("APP_VERSION = \"{v}\"\n{env}"), "");
-        (release(&self.server, &toml), v)
+        let r = release(&self.server, &toml);
+        self.versions.insert(r, v.clone());
+        (r, v)
     }
 
     fn deploy(&self, r: i64) -> support::Run {
@@ -98,6 +102,12 @@ impl Marathon {
         let out = self.server.run(&["rollback", "--env", "production"]);
         assert_eq!(out.code, 0, "{out:?}");
         assert_eq!(sets(&self.server), [format!("r{previous}")]);
+        // With the config it ran with, not the latest applied one.
+        let answer = get_via(self.port).1;
+        assert!(
+            answer.contains(&format!("hello from {} ", self.versions[&previous])),
+            "{answer}"
+        );
         *self.tally.entry("manual rollback").or_default() += 1;
     }
 }
@@ -122,6 +132,7 @@ fn sixty_deploys_and_rollbacks_under_load_fail_no_request() {
         port: proxy.port,
         n: 0,
         tally: Default::default(),
+        versions: Default::default(),
     };
     m.good("first", BLUE_GREEN);
     let load = Load::start_n(m.port, 3);

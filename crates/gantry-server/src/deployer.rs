@@ -176,9 +176,14 @@ impl Deployer {
         let plan: Plan = serde_json::from_str(&rec.plan).map_err(bad)?;
         let state: Deploy = serde_json::from_str(&rec.state).map_err(bad)?;
         let (a, e, n) = (rec.app.clone(), rec.env.clone(), rec.release);
+        let pinned = rec.config_version;
         let (version, secrets, rel) = db(&self.store, move |s| {
             Ok((
-                s.current_config(&a, &e)?,
+                // The config it started with, whatever was applied since.
+                match pinned {
+                    Some(v) => s.config_version(&a, &e, v)?,
+                    None => s.current_config(&a, &e)?,
+                },
                 s.secret_values(&a, &e)?,
                 s.release(&a, n)?,
             ))
@@ -239,6 +244,7 @@ impl Deployer {
         app: &str,
         env: &str,
         release: i64,
+        config_version: Option<i64>,
         actor: &str,
     ) -> Result<i64, ApiError> {
         let (a, e) = (app.to_string(), env.to_string());
@@ -248,7 +254,10 @@ impl Deployer {
                 .into_iter()
                 .find(|d| d.outcome.as_deref() == Some("succeeded"));
             Ok((
-                s.current_config(&a, &e)?,
+                match config_version {
+                    Some(v) => s.config_version(&a, &e, v)?,
+                    None => s.current_config(&a, &e)?,
+                },
                 s.secret_values(&a, &e)?,
                 s.release(&a, release)?,
                 last,
@@ -289,12 +298,14 @@ impl Deployer {
             serde_json::to_string(&state).map_err(|e| ApiError::internal(e.to_string()))?,
         );
         let (a, e, act) = (app.to_string(), env.to_string(), actor.to_string());
+        let config_number = version.version;
         let rec = db(&self.store, move |s| {
             s.create_deploy(
                 &a,
                 &e,
                 release,
                 previous,
+                config_number,
                 &act,
                 &plan_json,
                 &state_json,

@@ -29,6 +29,9 @@ pub struct DeployRecord {
     pub outcome: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// The environment's config version the deploy ran with (none for
+    /// deploys recorded before this was kept).
+    pub config_version: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +50,7 @@ pub struct Lease {
     pub expires_at: i64,
 }
 
-const COLUMNS: &str = "id, app, env, release, previous_release, actor, plan, state, phase, outcome, created_at, finished_at";
+const COLUMNS: &str = "id, app, env, release, previous_release, actor, plan, state, phase, outcome, created_at, finished_at, config_version";
 
 fn deploy(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeployRecord> {
     Ok(DeployRecord {
@@ -63,6 +66,7 @@ fn deploy(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeployRecord> {
         outcome: r.get(9)?,
         created_at: r.get(10)?,
         finished_at: r.get(11)?,
+        config_version: r.get(12)?,
     })
 }
 
@@ -158,6 +162,7 @@ impl Store {
         env: &str,
         release: i64,
         previous_release: Option<i64>,
+        config_version: i64,
         actor: &str,
         plan: &str,
         state: &str,
@@ -166,9 +171,9 @@ impl Store {
         let conn = self.conn();
         let now = crate::now_ms();
         conn.execute(
-            "INSERT INTO deploys (app, env, release, previous_release, actor, plan, state, phase, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![app, env, release, previous_release, actor, plan, state, phase, now],
+            "INSERT INTO deploys (app, env, release, previous_release, config_version, actor, plan, state, phase, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![app, env, release, previous_release, config_version, actor, plan, state, phase, now],
         )?;
         let id = conn.last_insert_rowid();
         Ok(conn.query_row(
@@ -349,6 +354,7 @@ mod tests {
                 "prod",
                 2,
                 Some(1),
+                7,
                 "alice",
                 "{}",
                 "{\"p\":0}",
@@ -356,6 +362,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(s.unfinished_deploys().unwrap().len(), 1);
+        assert_eq!(d.config_version, Some(7));
         s.save_deploy(d.id, "{\"p\":1}", "build", None, &[(10, "build".into())])
             .unwrap();
         s.save_deploy(

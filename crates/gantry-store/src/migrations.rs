@@ -136,6 +136,8 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL,
         PRIMARY KEY (app, env)
     );",
+    // 5: the config version each deploy ran with (a rollback restores it).
+    "ALTER TABLE deploys ADD COLUMN config_version INTEGER;",
 ];
 
 /// The schema version this binary writes.

@@ -33,6 +33,9 @@ pub(crate) struct DeployArgs {
     /// If another deploy holds the environment, wait for it instead of failing.
     #[arg(long)]
     wait: bool,
+    /// The config version to deploy with (rollbacks); the current one when none.
+    #[arg(skip)]
+    config_version: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +168,11 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
     let client = ctx.client()?;
     let mut told = false;
     let d: DeployInfo = loop {
-        match block_on(client.post(&base, &StartDeploy { release: a.release })) {
+        let start = StartDeploy {
+            release: a.release,
+            config_version: a.config_version,
+        };
+        match block_on(client.post(&base, &start)) {
             Err(gantry_api::ClientError::Api {
                 status: 409,
                 message,
@@ -226,9 +233,12 @@ pub(crate) fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<ExitCode> {
             output::json(&d)?;
         } else {
             println!(
-                "deploy {} of release {} to {}/{} by {}: {}",
+                "deploy {} of release {}{} to {}/{} by {}: {}",
                 d.id,
                 d.release,
+                d.config_version
+                    .map(|v| format!(" (config version {v})"))
+                    .unwrap_or_default(),
                 d.app,
                 d.env,
                 d.actor,
@@ -347,7 +357,12 @@ fn succeeded(ctx: &Ctx, base: &str) -> anyhow::Result<Vec<DeployInfo>> {
         .collect())
 }
 
-fn deploy_and_follow(ctx: &Ctx, target: Target, release: i64) -> anyhow::Result<ExitCode> {
+fn deploy_and_follow(
+    ctx: &Ctx,
+    target: Target,
+    release: i64,
+    config_version: Option<i64>,
+) -> anyhow::Result<ExitCode> {
     deploy(
         ctx,
         DeployArgs {
@@ -355,8 +370,16 @@ fn deploy_and_follow(ctx: &Ctx, target: Target, release: i64) -> anyhow::Result<
             release,
             detach: false,
             wait: false,
+            config_version,
         },
     )
+}
+
+/// The config version `release`'s latest successful deploy ran with.
+fn ran_with(list: &[DeployInfo], release: i64) -> Option<i64> {
+    list.iter()
+        .find(|d| d.release == release && d.outcome.as_deref() == Some("succeeded"))
+        .and_then(|d| d.config_version)
 }
 
 /// `gantry rollback`: deploys an earlier release through the same gated path.
@@ -406,7 +429,8 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
                     done.id
                 );
             }
-            return deploy_and_follow(ctx, a.target, previous);
+            let config = ran_with(&list, previous);
+            return deploy_and_follow(ctx, a.target, previous, config);
         }
         let back = matches!(done.outcome.as_deref(), Some("aborted" | "rolled-back"));
         if !ctx.json {
@@ -428,10 +452,10 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
+    let done = succeeded(ctx, &base)?;
     let release = match a.to {
         Some(n) => n,
         None => {
-            let done = succeeded(ctx, &base)?;
             let current = done.first().map(|d| d.release);
             done.iter()
                 .map(|d| d.release)
@@ -444,10 +468,18 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
                 })?
         }
     };
+    // With the config it ran with: the current one may be what broke.
+    let config = ran_with(&done, release);
     if !ctx.json {
-        println!("rolling {} back to release {release}", a.target.env);
+        println!(
+            "rolling {} back to release {release}{}",
+            a.target.env,
+            config
+                .map(|v| format!(" with config version {v}, as it ran"))
+                .unwrap_or_default()
+        );
     }
-    deploy_and_follow(ctx, a.target, release)
+    deploy_and_follow(ctx, a.target, release, config)
 }
 
 /// `gantry promote`: ships the release that runs in one environment to
@@ -474,5 +506,6 @@ pub(crate) fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
             app: a.app,
         },
         release,
+        None,
     )
 }

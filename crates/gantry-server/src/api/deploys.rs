@@ -18,6 +18,7 @@ fn info(d: DeployRecord, timeline: Vec<TimelineEntry>) -> DeployInfo {
         env: d.env,
         release: d.release,
         previous_release: d.previous_release,
+        config_version: d.config_version,
         actor: d.actor,
         phase: d.phase,
         outcome: d.outcome,
@@ -56,7 +57,7 @@ pub(crate) async fn start(
 ) -> ApiResult<DeployInfo> {
     let id = state
         .deployer
-        .start(&app, &env, body.release, &p.actor)
+        .start(&app, &env, body.release, body.config_version, &p.actor)
         .await?;
     let d = state.db(move |s| s.deploy(id)).await?;
     Ok(Json(info(d, Vec::new())))
