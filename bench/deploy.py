@@ -11,7 +11,9 @@ Figures (medians over ROUNDS):
   switch        time from "the new set is ready" (Gantry: the timeline entry
                 of the switch decision; nginx: the new backend answered its
                 readiness probe) to the first request answered by the new
-                version.
+                version (as the load clients saw it).
+  applied       Gantry: from the switch decision to the proxy's answer to
+                the route change (the timeline's own figure).
   mixed window  from the first request answered by the new version to the
                 last request *sent after it* that the old version answered
                 (0 for an atomic switch).
@@ -30,6 +32,7 @@ Figures (medians over ROUNDS):
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -261,7 +264,7 @@ def entry(timeline, text):
 
 def bench_gantry(tmp):
     g = Gantry(tmp)
-    res = {k: [] for k in ("switch", "mixed", "overhead", "warm_rollback", "auto_decide", "auto_total", "cold_rollback")}
+    res = {k: [] for k in ("switch", "applied", "mixed", "overhead", "warm_rollback", "auto_decide", "auto_total", "cold_rollback")}
     blue_green = 'strategy = "blue-green"\nrollback_window = "1s"'
     try:
         n, serving = g.release(blue_green)
@@ -282,6 +285,9 @@ def bench_gantry(tmp):
             first_new = first_answer(recs, v, t0)
             old_v = serving
             res["switch"].append(first_new - live if first_new and live else None)
+            applied = [re.search(r"applied it ([0-9.]+) ms after the decision", e["message"]) for e in tl]
+            applied = [float(m.group(1)) for m in applied if m]
+            res["applied"].append(applied[-1] if applied else None)
             last_old = last_answer(recs, old_v, first_new) if first_new else None
             res["mixed"].append(max(0.0, last_old - first_new) if last_old else 0.0)
             start = entry(tl, "start the new instances")
@@ -440,7 +446,23 @@ def fmt(x, unit="ms"):
     return "-" if x is None else f"{x:.1f} {unit}"
 
 
+def port_free(port):
+    import socket
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def main():
+    busy = [p for p in (PORT_BASE, PORT_BASE + 1, PORT_BASE + 10, PORT_BASE + 11) if not port_free(p)]
+    if busy:
+        raise SystemExit(f"ports {busy} on 127.0.0.1 are in use (a previous run still going?); "
+                         f"stop it or pick other ports with PORT_BASE=N")
     tmp = tempfile.mkdtemp(prefix="gantry-bench-deploy-")
     try:
         log(f"nginx-reload blue-green, {ROUNDS} rounds")
@@ -453,7 +475,8 @@ def main():
     print(f"\nDeploy benchmark: {ROUNDS} rounds, {CLIENTS} keep-alive clients, medians\n")
     print(f"{'':34}{'gantry':>14}{'nginx reload':>16}")
     rows = [
-        ("switch after readiness", median(ga["switch"]), median(ng["switch"])),
+        ("switch after readiness (seen)", median(ga["switch"]), median(ng["switch"])),
+        ("switch applied (control plane)", median(ga["applied"]), None),
         ("mixed old/new window", median(ga["mixed"]), median(ng["mixed"])),
         ("warm rollback (to all-old)", median(ga["warm_rollback"]), median(ng["warm_rollback"])),
         ("auto rollback after decision", median(ga["auto_decide"]), None),
@@ -472,7 +495,7 @@ def main():
     for k in ("switch", "mixed", "warm_rollback"):
         print(f"  gantry {k}: {[round(x, 1) if x is not None else None for x in ga[k]]}")
         print(f"  nginx  {k}: {[round(x, 1) if x is not None else None for x in ng[k]]}")
-    for k in ("auto_decide", "auto_total", "overhead"):
+    for k in ("applied", "auto_decide", "auto_total", "overhead"):
         print(f"  gantry {k}: {[round(x, 1) if x is not None else None for x in ga[k]]}")
     goals = [
         ("switch <= 10 ms", (median(ga["switch"]) or 1e9) <= 10),

@@ -404,7 +404,7 @@ impl Deployer {
                 .outcome
                 .and_then(|o| serde_json::to_value(o).ok())
                 .and_then(|v| v.as_str().map(str::to_string));
-            let (id, holder) = (job.id, job.holder.clone());
+            let (id, holder, saved_phase) = (job.id, job.holder.clone(), phase.clone());
             if let Err(e) = db(&self.store, move |s| {
                 s.save_deploy_as(id, &state, &phase, outcome.as_deref(), &logs, Some(&holder))
             })
@@ -420,7 +420,33 @@ impl Deployer {
                 if let Action::DrainOld = action {
                     draining = true;
                 }
-                if let Some(next) = self.act(&job, action).await {
+                let weight = match action {
+                    Action::SetWeight { new } => Some(new),
+                    _ => None,
+                };
+                let acting = Instant::now();
+                let next = self.act(&job, action).await;
+                if let (Some(w), None) = (weight, &next) {
+                    // After the fact, so it never delays the switch.
+                    let line = match &job.old_set {
+                        Some(old) if w < 100 => format!(
+                            "traffic: {w} % to {}, {} % to {old} (the proxy applied it {:.1} ms after the decision)",
+                            job.new_set,
+                            100 - w,
+                            (gantry_store::now_ms() - now) as f64
+                        ),
+                        _ => format!(
+                            "traffic: all to {} (the proxy applied it {:.1} ms after the decision; route change {:.1} ms)",
+                            job.new_set,
+                            (gantry_store::now_ms() - now) as f64,
+                            acting.elapsed().as_secs_f64() * 1000.0
+                        ),
+                    };
+                    let (id, phase) = (job.id, saved_phase.clone());
+                    let at = gantry_store::now_ms();
+                    let _ = db(&self.store, move |s| s.add_deploy_event(id, at, &phase, &line)).await;
+                }
+                if let Some(next) = next {
                     queue.push_back(next);
                 }
             }

@@ -235,6 +235,15 @@ impl Store {
         Ok(())
     }
 
+    /// Appends one line to a deploy's timeline.
+    pub fn add_deploy_event(&self, id: i64, at: i64, phase: &str, message: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO deploy_events (deploy_id, at, phase, message) VALUES (?1, ?2, ?3, ?4)",
+            params![id, at, phase, message],
+        )?;
+        Ok(())
+    }
+
     pub fn deploy(&self, id: i64) -> Result<DeployRecord> {
         self.conn()
             .query_row(
