@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub(crate) client: Client<HttpConnector, UpstreamBody>,
     pub(crate) log: Arc<AccessLog>,
     pub(crate) config: ProxyConfig,
+    pub(crate) tls: Arc<crate::tls::TlsState>,
 }
 
 /// Methods a connect failure may retry on another instance.
@@ -144,7 +145,7 @@ pub(crate) async fn handle(
         &mut parts.headers,
         &peer_ip,
         host_value.clone(),
-        "http",
+        crate::listener::proto(&parts.extensions),
         shared.config.trust_forwarded,
     );
     // After the hop-by-hop strip, which may have removed it.

@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod acme;
 mod admin;
 mod balance;
 mod body;
@@ -70,18 +71,22 @@ mod config;
 mod error;
 mod forward;
 mod headers;
+mod listener;
 mod pages;
 mod persist;
 mod router;
 mod server;
 mod stats;
 mod table;
+mod tls;
+mod upgrade;
+mod x509;
 
 pub use client::{AdminClient, AdminClientError};
-pub use config::ProxyConfig;
+pub use config::{AcmeChallenge, ProxyConfig};
 pub use error::{ProxyError, TableError};
 pub use server::{Proxy, run};
 pub use stats::{
     ClassCounts, DrainStatus, InstanceSnapshot, LatencySummary, SetStatsSnapshot, StatsSnapshot,
 };
-pub use table::{BackendSet, Maintenance, Route, Table};
+pub use table::{BackendSet, Maintenance, Route, RouteTls, Table};

@@ -247,6 +247,7 @@ mod tests {
             headers: None,
             rate_limit: None,
             tls: None,
+            redirect_http: false,
         }
     }
 

@@ -53,9 +53,35 @@ pub struct Route {
     /// Reserved: per-client rate limit (not enforced yet; must be absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<serde_json::Value>,
-    /// Reserved: TLS settings (not supported yet; must be absent).
+    /// TLS for the route's hosts on the proxy's TLS listeners: certificate
+    /// files, or certificates obtained over ACME. Absent: the hosts are
+    /// served over TLS only with the proxy's default certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<RouteTls>,
+    /// Answer plain-HTTP requests with 308 to the same URL on `https://`
+    /// (ACME HTTP-01 challenge paths excepted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_http: bool,
+}
+
+/// Where a route's certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RouteTls {
+    /// A PEM certificate chain and its PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1), read by the proxy when the table is set. Served for every
+    /// host of the route, chosen by SNI.
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    /// Certificates obtained and renewed over ACME, one per exact host of
+    /// the route (wildcards need DNS-01, which the proxy does not do).
+    Acme {
+        /// Contact address registered with the ACME account.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+    },
 }
 
 fn default_prefix() -> String {
@@ -196,10 +222,10 @@ impl Table {
             if route.timeout_ms == Some(0) {
                 problems.push(format!("{at}: timeout_ms must be more than 0"));
             }
+            crate::tls::validate_route_tls(&at, route, &mut problems);
             for (name, v) in [
                 ("headers", &route.headers),
                 ("rate_limit", &route.rate_limit),
-                ("tls", &route.tls),
             ] {
                 if v.as_ref().is_some_and(|v| !v.is_null()) {
                     problems.push(format!(
@@ -266,6 +292,7 @@ mod tests {
             headers: None,
             rate_limit: None,
             tls: None,
+            redirect_http: false,
         }
     }
 

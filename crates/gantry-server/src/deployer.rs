@@ -733,7 +733,17 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
         timeout_ms: None,
         headers: None,
         rate_limit: None,
-        tls: None,
+        tls: match spec.proxy.tls.mode {
+            model::TlsMode::Off => None,
+            model::TlsMode::Files => Some(gantry_proxy::RouteTls::Files {
+                cert: spec.proxy.tls.cert.clone().unwrap_or_default().into(),
+                key: spec.proxy.tls.key.clone().unwrap_or_default().into(),
+            }),
+            model::TlsMode::Acme => Some(gantry_proxy::RouteTls::Acme {
+                email: spec.proxy.tls.acme_email.clone(),
+            }),
+        },
+        redirect_http: spec.proxy.redirect_http,
     }
 }
 

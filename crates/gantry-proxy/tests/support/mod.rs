@@ -193,6 +193,7 @@ pub fn route(id: &str, hosts: &[&str], prefix: &str, sets: Vec<BackendSet>) -> R
         headers: None,
         rate_limit: None,
         tls: None,
+        redirect_http: false,
     }
 }
 
