@@ -345,16 +345,30 @@ fn alpn_challenge_cert(
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let cert = params.self_signed(&key).map_err(err)?;
-    let loaded = certified(
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("cannot use the TLS-ALPN-01 key: {e}"))?;
+    // Not `certified`: its key check parses the certificate with webpki,
+    // which refuses the critical acmeIdentifier extension.
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
         vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )?;
-    Ok(loaded.key)
+        signing,
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_alpn_challenge_certificate_is_made() {
+        let cert = alpn_challenge_cert("a.example", &[7u8; 32]).unwrap();
+        let der = cert.cert[0].as_ref();
+        // The acmeIdentifier OID 1.3.6.1.5.5.7.1.31 and the digest.
+        let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
+        assert!(der.windows(oid.len()).any(|w| w == oid));
+        assert!(der.windows(32).any(|w| w == [7u8; 32]));
+    }
 
     #[test]
     fn renewal_is_due_in_the_last_third_or_within_the_margin() {
