@@ -282,3 +282,42 @@ fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
     backend.kill().unwrap();
     let _ = backend.wait();
 }
+
+#[test]
+fn tls_flags_reach_the_proxy_and_bad_files_are_named() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("missing.crt");
+    let out = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(state.path().join("missing.key"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the certificate file `{}`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    // --tls-cert needs --tls-key.
+    let out = Command::new(support::BIN)
+        .args(["proxy", "--tls-cert", "/x.crt", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+}

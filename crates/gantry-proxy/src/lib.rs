@@ -1,4 +1,4 @@
-//! The Gantry edge proxy: an HTTP/1.1 + HTTP/2 (h2c) reverse proxy that runs
+//! The Gantry edge proxy: an HTTP/1.1 + HTTP/2 (h2c, and over TLS) reverse proxy that runs
 //! as its own OS process (`gantry proxy`), so traffic keeps flowing while the
 //! control plane restarts. The control plane drives it over a unix admin
 //! socket ([`AdminClient`]).
@@ -44,6 +44,20 @@
 //! bytes, in-flight, an all-time latency histogram for Prometheus, and a
 //! windowed histogram for p50/p90/p99 (see `stats`).
 //!
+//! # Before the request path: connections
+//!
+//! `server` accepts (at most `max_connections` at once; more wait in the
+//! accept queue) and hands each connection to `listener`: the PROXY
+//! protocol header when configured (its source address is the client's,
+//! for `X-Forwarded-For` and the access log), the TLS handshake on TLS
+//! listeners (`tls`: certificate by SNI from route files, ACME or the
+//! default; HTTP/2 or HTTP/1.1 by ALPN; the TLS-ALPN-01 challenge
+//! certificate for `acme-tls/1`), then hyper. On plain HTTP, `listener`
+//! answers ACME HTTP-01 tokens and redirects routes with `redirect_http`
+//! (308 to `https://`). `acme` keeps certificates for routes with
+//! `tls.mode = "acme"`; `upgrade` documents the socket hand-off of a
+//! hitless upgrade.
+//!
 //! # Entry points
 //!
 //! [`Proxy::bind`] (sockets bound, persisted table loaded; tells the bound
@@ -52,12 +66,11 @@
 //!
 //! # Not here yet
 //!
-//! Hitless upgrade (listener fd hand-off), TLS and ACME, the security-header
-//! policy and CSP report endpoint, rate limits, slow-client and header/body
-//! size limits beyond hyper's defaults, WebSocket/Upgrade pass-through,
-//! compression, PROXY protocol, sticky sessions. The table reserves
-//! `headers`, `rate_limit` and `tls` per route and refuses them until they
-//! are enforced. Counters of sets that left the table are kept (Prometheus
+//! The security-header policy and CSP report endpoint, rate limits,
+//! slow-client and header/body size limits beyond hyper's defaults,
+//! WebSocket/Upgrade pass-through, compression, sticky sessions, DNS-01
+//! (so no ACME wildcard certificates). The table reserves `headers` and
+//! `rate_limit` per route and refuses them until they are enforced. Counters of sets that left the table are kept (Prometheus
 //! counters must not go back), never pruned.
 #![forbid(unsafe_code)]
 

@@ -359,6 +359,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_redirect_in_json() {
+        let t = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"redirect_http":true,
+                "tls":{"mode":"acme","email":"ops@a.example"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap();
+        assert!(t.routes[0].redirect_http);
+        assert_eq!(
+            t.routes[0].tls,
+            Some(RouteTls::Acme {
+                email: Some("ops@a.example".into())
+            })
+        );
+        let err = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"tls":{"mode":"files","cert":"/nope.crt"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("missing field `key`"), "{err}");
+        let err = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"tls":{"mode":"magic"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("magic"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_and_placeholders_are_refused() {
         let err = Table::from_json(br#"{"routes":[],"rotues":[]}"#).unwrap_err();
         assert!(err.to_string().contains("rotues"), "{err}");
