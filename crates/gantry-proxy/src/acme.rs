@@ -106,6 +106,8 @@ pub(crate) async fn run(tls: Arc<TlsState>, config: ProxyConfig, mut stop: watch
     };
     loop {
         let hosts = wanted.borrow_and_update().clone();
+        m.tls.retain_acme(&hosts);
+        m.retry.retain(|h, _| hosts.contains_key(h));
         let mut wake = Instant::now() + m.config.acme_check_interval;
         for (host, email) in &hosts {
             if m.tls.acme_cert_info(host).is_none() {

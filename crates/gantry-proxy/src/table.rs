@@ -58,8 +58,10 @@ pub struct Route {
     /// served over TLS only with the proxy's default certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
-    /// Answer plain-HTTP requests with 308 to the same URL on `https://`
-    /// (ACME HTTP-01 challenge paths excepted).
+    /// Answer plain-HTTP requests with 308 to the same host, path and
+    /// query on `https://` (the default port 443; any port in the Host
+    /// header is dropped). ACME HTTP-01 challenge paths are never
+    /// redirected.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redirect_http: bool,
 }

@@ -305,6 +305,20 @@ impl TlsState {
         self.certs.acme.store(Arc::new(map));
     }
 
+    /// Stops serving ACME certificates of hosts no route wants any more
+    /// (their files stay on disk for a route that comes back).
+    pub(crate) fn retain_acme(&self, wanted: &BTreeMap<String, Option<String>>) {
+        let map = self.certs.acme.load();
+        if map.keys().any(|h| !wanted.contains_key(h)) {
+            let kept = map
+                .iter()
+                .filter(|(h, _)| wanted.contains_key(*h))
+                .map(|(h, c)| (h.clone(), c.clone()))
+                .collect();
+            self.certs.acme.store(Arc::new(kept));
+        }
+    }
+
     pub(crate) fn acme_cert_info(&self, host: &str) -> Option<CertInfo> {
         self.certs.acme.load().get(host).map(|c| c.info.clone())
     }
