@@ -131,13 +131,99 @@ async fn client(
     }
 }
 
+/// `gantry proxy` with a plain and a TLS listener (a self-signed default
+/// certificate for `app`); the ports and the certificate.
+fn start_proxy_with_tls(state: &std::path::Path) -> (support::ProxyProcess, u16, u16, Vec<u8>) {
+    use std::io::BufRead;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt_path, key_path) = (state.join("app.crt"), state.join("app.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--access-log", "off", "--state-dir"])
+        .arg(state)
+        .arg("--tls-cert")
+        .arg(&crt_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port_of = |a: &str| a.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (mut plain, mut tls) = (None, None);
+    while plain.is_none() || tls.is_none() {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            plain = Some(port_of(a));
+        }
+        if let Some(a) = line.trim().strip_prefix("tls:    https://") {
+            tls = Some(port_of(a));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let port = plain.unwrap();
+    (
+        support::ProxyProcess { child, port },
+        port,
+        tls.unwrap(),
+        cert.der().to_vec(),
+    )
+}
+
+/// One HTTPS request for `app` (HTTP/1.1, trusting `cert`); the body.
+async fn tls_get(port: u16, cert: &[u8]) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.to_vec()))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("app".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "app")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).to_string()
+}
+
 #[test]
 fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
     let state = tempfile::tempdir().unwrap();
     let backend_port = free_port();
     let mut backend = app(backend_port);
-    let proxy = support::start_proxy(state.path());
-    let port = proxy.port;
+    let (proxy, port, tls_port, cert) = start_proxy_with_tls(state.path());
     let socket = state.path().join("admin.sock");
     let admin = gantry_proxy::AdminClient::new(&socket);
     let table = gantry_proxy::Table::from_json(
@@ -250,6 +336,9 @@ fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
         while counts.ok.load(SeqCst) < before + 50 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The TLS listener was handed over too.
+        let body = tls_get(tls_port, &cert).await;
+        assert!(body.contains("hello"), "{body}");
         stop.store(true, SeqCst);
         for t in load {
             t.await.unwrap();
