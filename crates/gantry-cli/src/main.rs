@@ -56,7 +56,7 @@ enum Command {
     /// Run the edge proxy (its own process; routes set by the control plane).
     ///
     /// Example: gantry proxy --listen 0.0.0.0:80
-    Proxy(cmd::proxy::Args),
+    Proxy(Box<cmd::proxy::Args>),
     /// Check, show, apply and version app configs (gantry.toml).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -152,7 +152,7 @@ fn main() -> ExitCode {
     let ctx = ctx::Ctx::new(&cli);
     let result = match cli.command {
         Command::Server(args) => cmd::server::run(&ctx, args),
-        Command::Proxy(args) => cmd::proxy::run(&ctx, args),
+        Command::Proxy(args) => cmd::proxy::run(&ctx, *args),
         Command::Demo(args) => cmd::demo::run(&ctx, args),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),

@@ -9,6 +9,8 @@
 //! | `GET /drained?route=R&set=S` | [`crate::DrainStatus`] |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /csp-reports?route=R` | the route's CSP report count and last reports |
+//! | `POST /upgrade` | start a new proxy process that takes over the sockets (see `handoff`); `{"old_pid", "new_pid"}` once it serves |
+//! | `GET /certs` | served TLS certificates: host, source, serial, validity |
 //! | `GET /healthz` | `ok` |
 //!
 //! Errors are `{"error": "..."}`, like the control plane's API.
@@ -36,6 +38,7 @@ pub(crate) struct Admin {
     pub(crate) state_dir: PathBuf,
     /// Serializes table writes: persist and swap happen in the same order.
     pub(crate) write: tokio::sync::Mutex<()>,
+    pub(crate) upgrade: crate::handoff::Upgrade,
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -62,8 +65,27 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
         (Method::GET, "/table") => json(StatusCode::OK, &routing.load().table),
         (Method::PUT, "/table") => put_table(&admin, req.into_body()).await,
         (Method::GET, "/stats") => json(StatusCode::OK, &routing.stats()),
+        (Method::POST, "/upgrade") => {
+            // Table writes wait: the new process loads the persisted table.
+            let _write = admin.write.lock().await;
+            match admin.upgrade.start().await {
+                Ok((old_pid, new_pid)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "old_pid": old_pid, "new_pid": new_pid }),
+                ),
+                Err(why) => {
+                    tracing::error!(error = %why, "upgrade failed; this proxy keeps serving");
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("upgrade failed: {why}"),
+                    )
+                }
+            }
+        }
+        (Method::GET, "/certs") => json(StatusCode::OK, &admin.shared.tls.statuses()),
         (Method::GET, "/metrics") => {
-            let mut resp = Response::new(Full::new(Bytes::from(routing.prometheus())));
+            let text = routing.prometheus() + &admin.shared.tls.prometheus();
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -129,14 +151,19 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
                 ),
             }
         }
-        (_, "/table" | "/stats" | "/metrics" | "/drained" | "/healthz" | "/csp-reports") => error(
+        (
+            _,
+            "/table" | "/stats" | "/metrics" | "/drained" | "/healthz" | "/csp-reports" | "/certs"
+            | "/upgrade",
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not allowed on {path}", req.method()),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin call `{path}`; the calls are /table, /stats, /drained, /metrics, /csp-reports, /healthz"
+                "no admin call `{path}`; the calls are /table, /stats, /drained, /metrics, \
+                 /csp-reports, /certs, /upgrade, /healthz"
             ),
         ),
     }
@@ -157,6 +184,12 @@ async fn put_table(admin: &Admin, body: Incoming) -> Response<Full<Bytes>> {
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let _write = admin.write.lock().await;
+    if admin.upgrade.handed_over() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this proxy has handed over to a new process; send the table again",
+        );
+    }
     let dir = admin.state_dir.clone();
     let to_save = table.clone();
     let saved = tokio::task::spawn_blocking(move || persist::save(&dir, &to_save)).await;
@@ -177,6 +210,7 @@ async fn put_table(admin: &Admin, body: Incoming) -> Response<Full<Bytes>> {
         routes = table.routes.len(),
         "routing table swapped"
     );
+    admin.shared.tls.table_changed(&table);
     admin.shared.routing.swap(table);
     json(StatusCode::OK, &summary)
 }

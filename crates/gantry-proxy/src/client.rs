@@ -92,6 +92,19 @@ impl AdminClient {
         })
     }
 
+    /// `POST /upgrade`: a new proxy process takes over the sockets; returns
+    /// (old pid, new pid) once it serves.
+    pub async fn upgrade(&self) -> Result<(u32, u32), AdminClientError> {
+        let v: serde_json::Value = self.json(Method::POST, "/upgrade", None).await?;
+        let pid = |k: &str| v[k].as_u64().and_then(|p| u32::try_from(p).ok());
+        match (pid("old_pid"), pid("new_pid")) {
+            (Some(o), Some(n)) => Ok((o, n)),
+            _ => Err(AdminClientError::Decode {
+                reason: format!("unexpected upgrade answer {v}"),
+            }),
+        }
+    }
+
     async fn json<T: DeserializeOwned>(
         &self,
         method: Method,

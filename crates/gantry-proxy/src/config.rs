@@ -67,6 +67,48 @@ pub struct ProxyConfig {
     /// text) and `GET /healthz`, for a Prometheus server to scrape. The
     /// admin socket serves `/metrics` too. None (the default): no listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Addresses for TLS traffic (HTTP/1.1 and HTTP/2 chosen by ALPN; the
+    /// certificate chosen by SNI, see [`crate::RouteTls`]).
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain served when no route's certificate matches the
+    /// SNI name (or the client sent none). Without it such handshakes fail.
+    pub tls_default_cert: Option<PathBuf>,
+    /// PEM private key of `tls_default_cert`.
+    pub tls_default_key: Option<PathBuf>,
+    /// ACME directory URL for routes with `tls.mode = "acme"` (default:
+    /// Let's Encrypt production).
+    pub acme_directory: String,
+    /// PEM root certificate to trust for the ACME server's own HTTPS
+    /// instead of the system roots (a test CA such as pebble's).
+    pub acme_ca_root: Option<PathBuf>,
+    /// Which ACME challenge the proxy answers: HTTP-01 on the plain
+    /// listeners, or TLS-ALPN-01 on the TLS listeners.
+    pub acme_challenge: AcmeChallenge,
+    /// How often certificates are checked for renewal (and failed orders
+    /// retried, with backoff on top).
+    pub acme_check_interval: Duration,
+    /// Renew when less than this remains; `None`: when less than a third of
+    /// the certificate's lifetime remains.
+    pub acme_renew_before: Option<Duration>,
+    /// Expect a PROXY protocol (v1 or v2) header on every traffic
+    /// connection (plain and TLS); its source address is the client's.
+    /// Connections without a valid header are closed.
+    pub proxy_protocol: bool,
+    /// At most this many client connections (plain + TLS) at once; further
+    /// ones wait in the kernel's accept queue. `None`: no cap.
+    pub max_connections: Option<usize>,
+}
+
+/// The ACME challenge type the proxy answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// `http-01`: `GET /.well-known/acme-challenge/<token>` on a plain
+    /// listener (the ACME server connects to port 80 in production).
+    #[default]
+    Http01,
+    /// `tls-alpn-01`: a challenge certificate for the `acme-tls/1` ALPN
+    /// protocol on a TLS listener (port 443 in production).
+    TlsAlpn01,
 }
 
 /// hyper refuses a smaller HTTP/1.1 read buffer.
@@ -99,6 +141,16 @@ impl ProxyConfig {
             max_header_size: 64 << 10,
             websocket_drain_grace: Duration::from_secs(30),
             metrics_listen: None,
+            tls_listen: Vec::new(),
+            tls_default_cert: None,
+            tls_default_key: None,
+            acme_directory: "https://acme-v02.api.letsencrypt.org/directory".to_string(),
+            acme_ca_root: None,
+            acme_challenge: AcmeChallenge::Http01,
+            acme_check_interval: Duration::from_secs(3600),
+            acme_renew_before: None,
+            proxy_protocol: false,
+            max_connections: None,
         }
     }
 }

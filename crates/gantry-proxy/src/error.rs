@@ -55,6 +55,10 @@ pub enum ProxyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot take over from the previous proxy: {reason}")]
+    Upgrade { reason: String },
+    #[error("TLS: {reason}")]
+    Tls { reason: String },
     #[error("the proxy has no listen address; give at least one")]
     NoListener,
 }

@@ -42,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     /// Open WebSocket tunnels, closed at shutdown.
     pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
+    pub(crate) tls: Arc<crate::tls::TlsState>,
 }
 
 /// Methods a connect failure may retry on another instance.
@@ -217,7 +218,7 @@ async fn handle_routed(
         &mut parts.headers,
         &peer_ip,
         host_value.clone(),
-        "http",
+        crate::listener::proto(&parts.extensions),
         shared.config.trust_forwarded,
     );
     // After the hop-by-hop strip, which may have removed it.

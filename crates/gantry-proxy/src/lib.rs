@@ -1,4 +1,4 @@
-//! The Gantry edge proxy: an HTTP/1.1 + HTTP/2 (h2c) reverse proxy that runs
+//! The Gantry edge proxy: an HTTP/1.1 + HTTP/2 (h2c, and over TLS) reverse proxy that runs
 //! as its own OS process (`gantry proxy`), so traffic keeps flowing while the
 //! control plane restarts. The control plane drives it over a unix admin
 //! socket ([`AdminClient`]).
@@ -64,6 +64,20 @@
 //! optional `metrics_listen` TCP listener (`metrics`) serves only
 //! `/metrics` and `/healthz`, for a Prometheus server to scrape.
 //!
+//! # Before the request path: connections
+//!
+//! `server` accepts (at most `max_connections` at once; more wait in the
+//! accept queue) and hands each connection to `listener`: the PROXY
+//! protocol header when configured (its source address is the client's,
+//! for `X-Forwarded-For` and the access log), the TLS handshake on TLS
+//! listeners (`tls`: certificate by SNI from route files, ACME or the
+//! default; HTTP/2 or HTTP/1.1 by ALPN; the TLS-ALPN-01 challenge
+//! certificate for `acme-tls/1`), then hyper. On plain HTTP, `listener`
+//! answers ACME HTTP-01 tokens and redirects routes with `redirect_http`
+//! (308 to `https://`). `acme` keeps certificates for routes with
+//! `tls.mode = "acme"`; `handoff` documents the socket hand-off of a
+//! hitless upgrade.
+//!
 //! # Entry points
 //!
 //! [`Proxy::bind`] (sockets bound, persisted table loaded; tells the bound
@@ -80,13 +94,14 @@
 //!
 //! # Not here yet
 //!
-//! Hitless upgrade (listener fd hand-off), TLS and ACME, PROXY protocol.
-//! The table reserves `tls` per route and refuses it until it is enforced.
-//! Counters of sets that left the table are kept (Prometheus counters must
-//! not go back), never pruned.
+//! PROXY protocol per listener (it is one flag for all traffic
+//! listeners), DNS-01 (so no ACME wildcard certificates). Counters of sets
+//! that left the table are kept (Prometheus counters must not go back),
+//! never pruned.
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod acme;
 mod admin;
 mod balance;
 mod body;
@@ -96,8 +111,10 @@ mod config;
 mod csp_report;
 mod error;
 mod forward;
+mod handoff;
 mod headers;
 mod limits;
+mod listener;
 mod metrics;
 mod pages;
 mod persist;
@@ -108,10 +125,12 @@ mod server;
 mod stats;
 mod sticky;
 mod table;
+mod tls;
 mod upgrade;
+mod x509;
 
 pub use client::{AdminClient, AdminClientError};
-pub use config::ProxyConfig;
+pub use config::{AcmeChallenge, ProxyConfig};
 pub use error::{ProxyError, TableError};
 pub use policy::{DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders};
 pub use rate_limit::RateLimit;
@@ -119,4 +138,4 @@ pub use server::{Proxy, run};
 pub use stats::{
     ClassCounts, DrainStatus, InstanceSnapshot, LatencySummary, SetStatsSnapshot, StatsSnapshot,
 };
-pub use table::{BackendSet, Maintenance, Route, Table};
+pub use table::{BackendSet, Maintenance, Route, RouteTls, Table};

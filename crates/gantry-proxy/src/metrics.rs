@@ -26,7 +26,17 @@ pub(crate) async fn bind(
 ) -> Result<Option<(TcpListener, SocketAddr)>, ProxyError> {
     let Some(addr) = addr else { return Ok(None) };
     let err = |source| ProxyError::Listen { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    // SO_REUSEPORT: during a hitless upgrade the new process binds it while
+    // the old one still listens (the metrics socket is not handed over).
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseport(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(128).map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     Ok(Some((listener, local)))
 }

@@ -300,6 +300,7 @@ mod tests {
             max_body: None,
             connect_timeout_ms: None,
             tls: None,
+            redirect_http: false,
         }
     }
 

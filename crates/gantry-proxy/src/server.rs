@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::access_log::AccessLog;
@@ -21,16 +21,20 @@ use crate::admin::{self, Admin};
 use crate::client::AdminClient;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::forward::{self, Shared};
+use crate::forward::Shared;
+use crate::handoff::Upgrade;
+use crate::listener::{Kind, accept_conn};
 use crate::persist;
 use crate::router::Routing;
+use crate::tls::TlsState;
 
 /// A proxy whose sockets are bound and whose persisted table is loaded;
 /// [`Proxy::serve`] runs it. Binding first lets callers (and tests) learn
 /// the addresses before traffic starts.
 pub struct Proxy {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Kind)>,
     local: Vec<SocketAddr>,
+    tls_local: Vec<SocketAddr>,
     admin_listener: UnixListener,
     admin: Arc<Admin>,
     log_writer: Option<std::thread::JoinHandle<()>>,
@@ -59,7 +63,7 @@ impl Proxy {
     /// Creates the state directory (0700), loads the persisted table, binds
     /// the listeners and the admin socket (0600), opens the access log.
     pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        if config.listen.is_empty() {
+        if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ProxyError::NoListener);
         }
         std::fs::DirBuilder::new()
@@ -77,22 +81,61 @@ impl Proxy {
             "routing table loaded"
         );
 
+        let tls = Arc::new(TlsState::new(&config)?);
+        tls.table_changed(&table);
+
+        // Started by an upgrade: the previous process' sockets.
+        let mut inherited =
+            crate::handoff::inherited(config.listen.len(), config.tls_listen.len())?;
+        let mut taken = inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.traffic))
+            .unwrap_or_default()
+            .into_iter();
         let mut listeners = Vec::new();
         let mut local = Vec::new();
-        for addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
+        let mut tls_local = Vec::new();
+        for (addrs, over_tls) in [(&config.listen, false), (&config.tls_listen, true)] {
+            for addr in addrs {
+                let l = match taken.next() {
+                    Some(l) => TcpListener::from_std(l),
+                    None => TcpListener::bind(addr).await,
+                }
                 .map_err(|source| ProxyError::Listen {
                     addr: *addr,
                     source,
                 })?;
-            local.push(l.local_addr().map_err(|source| ProxyError::Listen {
-                addr: *addr,
-                source,
-            })?);
-            listeners.push(l);
+                let bound = l.local_addr().map_err(|source| ProxyError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+                if over_tls { &mut tls_local } else { &mut local }.push(bound);
+                let kind = Kind {
+                    tls: over_tls,
+                    proxy_protocol: config.proxy_protocol,
+                };
+                listeners.push((l, kind));
+            }
         }
-        let admin_listener = bind_admin(&config.admin_socket).await?;
+        let admin_listener = match inherited {
+            Some(i) => {
+                UnixListener::from_std(i.admin).map_err(|source| ProxyError::AdminSocket {
+                    path: config.admin_socket.clone(),
+                    source,
+                })?
+            }
+            None => bind_admin(&config.admin_socket).await?,
+        };
+        let upgrade = Upgrade::new(
+            &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            config.listen.len(),
+            &admin_listener,
+            config.state_dir.clone(),
+        )
+        .map_err(|source| ProxyError::AdminSocket {
+            path: config.admin_socket.clone(),
+            source,
+        })?;
         let metrics = crate::metrics::bind(config.metrics_listen).await?;
 
         let (log, log_writer) = if !config.access_log {
@@ -120,15 +163,18 @@ impl Proxy {
             log: Arc::new(log),
             config: config.clone(),
             tunnels: Default::default(),
+            tls,
         });
         let admin = Arc::new(Admin {
             shared,
             state_dir: config.state_dir.clone(),
             write: tokio::sync::Mutex::new(()),
+            upgrade,
         });
         Ok(Proxy {
             listeners,
             local,
+            tls_local,
             admin_listener,
             admin,
             log_writer,
@@ -144,6 +190,11 @@ impl Proxy {
     /// The bound client-traffic addresses, in `listen` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local
+    }
+
+    /// The bound TLS addresses, in `tls_listen` order.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_local
     }
 
     pub fn admin_socket(&self) -> &Path {
@@ -162,6 +213,7 @@ impl Proxy {
         let Proxy {
             listeners,
             local,
+            tls_local,
             admin_listener,
             admin,
             log_writer,
@@ -171,9 +223,14 @@ impl Proxy {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut accepters = JoinSet::new();
-        for listener in listeners {
+        let cap = config
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n.max(1))));
+        for (listener, kind) in listeners {
             accepters.spawn(accept_traffic(
                 listener,
+                kind,
+                cap.clone(),
                 admin.shared.clone(),
                 graceful.clone(),
                 stop_rx.clone(),
@@ -187,20 +244,34 @@ impl Proxy {
                 stop_rx.clone(),
             ));
         }
+        let acme = tokio::spawn(crate::acme::run(
+            admin.shared.tls.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        ));
         accepters.spawn(accept_admin(
             admin_listener,
             admin.clone(),
             graceful.clone(),
             stop_rx,
         ));
-        tracing::info!(listen = ?local, admin_socket = %config.admin_socket.display(), "proxy serving");
+        tracing::info!(listen = ?local, tls_listen = ?tls_local, admin_socket = %config.admin_socket.display(), "proxy serving");
+        crate::handoff::notify_ready().await;
 
-        shutdown.await;
-        tracing::info!("proxy shutting down: no new connections; finishing open requests");
+        let mut upgraded = admin.upgrade.done.subscribe();
+        tokio::select! {
+            _ = shutdown => {
+                tracing::info!("proxy shutting down: no new connections; finishing open requests");
+            }
+            _ = async { upgraded.wait_for(|d| *d).await.is_ok() } => {
+                tracing::info!("handed over to the new proxy: no new connections; finishing open requests");
+            }
+        }
         let _ = stop_tx.send(true);
         let tunnels =
             tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
+        let _ = acme.await;
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
                 if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
@@ -216,7 +287,10 @@ impl Proxy {
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
         let _ = tunnels.await;
-        let _ = std::fs::remove_file(&config.admin_socket);
+        // After an upgrade the socket file belongs to the new process.
+        if !admin.upgrade.handed_over() {
+            let _ = std::fs::remove_file(&config.admin_socket);
+        }
         // The last handle of the access log goes with `admin` (unless a
         // connection outlived the shutdown timeout); then the writer thread
         // drains its queue and ends.
@@ -270,6 +344,8 @@ fn backoff_on_accept_error(e: &std::io::Error) -> Duration {
 
 async fn accept_traffic(
     listener: TcpListener,
+    kind: Kind,
+    cap: Option<Arc<Semaphore>>,
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
@@ -288,7 +364,6 @@ async fn accept_traffic(
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         // RFC 8441 WebSockets over h2 (`upgrade`).
         .enable_connect_protocol();
-    let idle_timeout = config.idle_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -300,30 +375,26 @@ async fn accept_traffic(
             },
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let peer_ip = crate::headers::ip_value(peer.ip());
-        let (stream, activity) = crate::limits::IdleIo::new(stream, idle_timeout);
-        let svc = service_fn(move |req| {
-            let shared = shared.clone();
-            let peer_ip = peer_ip.clone();
-            let busy = activity.begin();
-            async move {
-                let resp = forward::handle(shared, req, peer, peer_ip).await;
-                drop(busy);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = builder
-            // With upgrades: WebSocket pass-through (`upgrade`).
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
+        // At `max_connections`, this connection waits (unread) for one to
+        // end, and this listener accepts no more meanwhile: further ones
+        // wait in the kernel's accept queue. (A permit is not taken before
+        // `accept`: listeners sharing the cap would hold permits idle.)
+        let permit = match &cap {
+            None => None,
+            Some(cap) => tokio::select! {
+                p = cap.clone().acquire_owned() => p.ok(),
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
+            },
+        };
+        accept_conn(
+            stream,
+            peer,
+            kind,
+            shared.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            permit,
+        );
     }
 }
 

@@ -74,9 +74,37 @@ pub struct Route {
     /// `connect_timeout` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
-    /// Reserved: TLS settings (not supported yet; must be absent).
+    /// TLS for the route's hosts on the proxy's TLS listeners: certificate
+    /// files, or certificates obtained over ACME. Absent: the hosts are
+    /// served over TLS only with the proxy's default certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<RouteTls>,
+    /// Answer plain-HTTP requests with 308 to the same host, path and
+    /// query on `https://` (the default port 443; any port in the Host
+    /// header is dropped). ACME HTTP-01 challenge paths are never
+    /// redirected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_http: bool,
+}
+
+/// Where a route's certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RouteTls {
+    /// A PEM certificate chain and its PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1), read by the proxy when the table is set. Served for every
+    /// host of the route, chosen by SNI.
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    /// Certificates obtained and renewed over ACME, one per exact host of
+    /// the route (wildcards need DNS-01, which the proxy does not do).
+    Acme {
+        /// Contact address registered with the ACME account.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -230,13 +258,7 @@ impl Table {
             if let Some(r) = &route.rate_limit {
                 r.validate(&at, &mut problems);
             }
-            for (name, v) in [("tls", &route.tls)] {
-                if v.as_ref().is_some_and(|v| !v.is_null()) {
-                    problems.push(format!(
-                        "{at}: `{name}` is not supported by this proxy yet; remove it"
-                    ));
-                }
-            }
+            crate::tls::validate_route_tls(&at, route, &mut problems);
         }
         if problems.is_empty() {
             Ok(())
@@ -300,6 +322,7 @@ mod tests {
             max_body: None,
             connect_timeout_ms: None,
             tls: None,
+            redirect_http: false,
         }
     }
 
@@ -366,11 +389,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_placeholders_are_refused() {
+    fn tls_and_redirect_in_json() {
+        let t = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"redirect_http":true,
+                "tls":{"mode":"acme","email":"ops@a.example"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap();
+        assert!(t.routes[0].redirect_http);
+        assert_eq!(
+            t.routes[0].tls,
+            Some(RouteTls::Acme {
+                email: Some("ops@a.example".into())
+            })
+        );
+        let err = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"tls":{"mode":"files","cert":"/nope.crt"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("missing field `key`"), "{err}");
+        let err = Table::from_json(
+            br#"{"routes":[{"id":"a","hosts":["a.example"],"tls":{"mode":"magic"},
+                "sets":[{"name":"s","weight":100,"instances":["127.0.0.1:1"]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("magic"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_rate_limits_are_refused() {
         let err = Table::from_json(br#"{"routes":[],"rotues":[]}"#).unwrap_err();
         assert!(err.to_string().contains("rotues"), "{err}");
         let mut r = route("a", &["*"], "/", vec![set("s", 100, &["127.0.0.1:1"])]);
-        r.tls = Some(serde_json::json!({"cert": "x"}));
         r.rate_limit = Some(RateLimit {
             requests_per_second: 0.0,
             burst: 0,
@@ -382,7 +435,6 @@ mod tests {
         .validate()
         .unwrap_err()
         .to_string();
-        assert!(err.contains("`tls` is not supported"), "{err}");
         assert!(
             err.contains("route `a`: rate_limit.requests_per_second"),
             "{err}"

@@ -444,7 +444,10 @@ impl Deployer {
                     };
                     let (id, phase) = (job.id, saved_phase.clone());
                     let at = gantry_store::now_ms();
-                    let _ = db(&self.store, move |s| s.add_deploy_event(id, at, &phase, &line)).await;
+                    let _ = db(&self.store, move |s| {
+                        s.add_deploy_event(id, at, &phase, &line)
+                    })
+                    .await;
                 }
                 if let Some(next) = next {
                     queue.push_back(next);
@@ -819,7 +822,17 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
             burst: r.burst,
         }),
         max_body: (!spec.proxy.max_body.is_zero()).then(|| spec.proxy.max_body.as_u64()),
-        tls: None,
+        tls: match spec.proxy.tls.mode {
+            model::TlsMode::Off => None,
+            model::TlsMode::Files => Some(gantry_proxy::RouteTls::Files {
+                cert: spec.proxy.tls.cert.clone().unwrap_or_default().into(),
+                key: spec.proxy.tls.key.clone().unwrap_or_default().into(),
+            }),
+            model::TlsMode::Acme => Some(gantry_proxy::RouteTls::Acme {
+                email: spec.proxy.tls.acme_email.clone(),
+            }),
+        },
+        redirect_http: spec.proxy.redirect_http,
     }
 }
 

@@ -9,7 +9,10 @@ use anyhow::Context;
 use crate::ctx::Ctx;
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
     /// Address to serve HTTP/1.1 and h2c on (repeatable).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: Vec<SocketAddr>,
@@ -41,9 +44,69 @@ pub(crate) struct Args {
     /// Also serve GET /metrics (Prometheus) and /healthz on this TCP address.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Address to serve HTTPS on (HTTP/1.1 and HTTP/2 by ALPN; repeatable).
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain served when no route's certificate matches the SNI name.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// ACME directory URL for routes with tls mode `acme` (default: Let's Encrypt).
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// PEM root certificate to trust for the ACME server (a test CA such as pebble's).
+    #[arg(long, value_name = "PATH")]
+    acme_ca_root: Option<PathBuf>,
+    /// ACME challenge to answer: `http-01` (plain listener) or `tls-alpn-01` (TLS listener).
+    #[arg(long, value_name = "TYPE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    acme_challenge: String,
+    /// How often ACME certificates are checked for renewal, e.g. `1h`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    acme_check_interval: Option<std::time::Duration>,
+    /// Renew when less than this validity remains (default: a third of the lifetime).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    acme_renew_before: Option<std::time::Duration>,
+    /// Expect a PROXY protocol v1/v2 header on every client connection
+    /// (plain and TLS); connections without one are closed.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// At most this many client connections at once; more wait in the accept queue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// On shutdown or upgrade, how long open requests may still run, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Replace the running proxy with a new process of the current binary,
+    /// without dropping connections: it takes over the listening sockets,
+    /// then the old process finishes its open requests and exits.
+    ///
+    /// Example: gantry proxy upgrade --admin-socket /var/lib/gantry/proxy/admin.sock
+    Upgrade {
+        /// The running proxy's admin socket (default: proxy/admin.sock in the data directory).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Action::Upgrade { admin_socket }) = args.action {
+        let socket = admin_socket.unwrap_or_else(|| ctx.data_dir.join("proxy").join("admin.sock"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let (old, new) = runtime
+            .block_on(gantry_proxy::AdminClient::new(&socket).upgrade())
+            .with_context(|| format!("upgrade of the proxy at {} failed", socket.display()))?;
+        println!("proxy upgraded: old pid {old}, new pid {new}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -62,6 +125,26 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     config.max_header_size = args.max_header_size as usize;
     config.websocket_drain_grace = args.websocket_drain_grace;
     config.metrics_listen = args.metrics_listen;
+    config.tls_listen = args.tls_listen;
+    config.tls_default_cert = args.tls_cert;
+    config.tls_default_key = args.tls_key;
+    if let Some(url) = args.acme_directory {
+        config.acme_directory = url;
+    }
+    config.acme_ca_root = args.acme_ca_root;
+    config.acme_challenge = match args.acme_challenge.as_str() {
+        "tls-alpn-01" => gantry_proxy::AcmeChallenge::TlsAlpn01,
+        _ => gantry_proxy::AcmeChallenge::Http01,
+    };
+    if let Some(d) = args.acme_check_interval {
+        config.acme_check_interval = d;
+    }
+    config.acme_renew_before = args.acme_renew_before;
+    config.proxy_protocol = args.proxy_protocol;
+    config.max_connections = args.max_connections.map(|n| n as usize);
+    if let Some(d) = args.shutdown_timeout {
+        config.shutdown_timeout = d;
+    }
     match args.access_log.as_str() {
         "off" => config.access_log = false,
         "stdout" => config.access_log = true,
@@ -80,6 +163,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         println!("gantry proxy ready");
         for a in proxy.local_addrs() {
             println!("  listen: http://{a}");
+        }
+        for a in proxy.tls_addrs() {
+            println!("  tls:    https://{a}");
         }
         println!("  admin:  unix:{}", proxy.admin_socket().display());
         if let Some(a) = proxy.metrics_addr() {

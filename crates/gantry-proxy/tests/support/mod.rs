@@ -197,6 +197,7 @@ pub fn route(id: &str, hosts: &[&str], prefix: &str, sets: Vec<BackendSet>) -> R
         max_body: None,
         connect_timeout_ms: None,
         tls: None,
+        redirect_http: false,
     }
 }
 

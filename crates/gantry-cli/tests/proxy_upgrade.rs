@@ -1,0 +1,412 @@
+//! `gantry proxy upgrade`: the running proxy process hands its sockets to
+//! a new process of the same binary, under steady keep-alive load, three
+//! times in a row, without a failed request.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn app(port: u16) -> Child {
+    Command::new(support::hello_app())
+        .env("PORT", port.to_string())
+        .env("APP_VERSION", "v1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Connection-level errors before any response byte (the connection
+    /// was closed as the request went out), retried on a new connection.
+    retried: AtomicU64,
+}
+
+async fn connect(port: u16) -> std::io::Result<SendRequest<Empty<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One keep-alive client: sends `GET path` (Host `host`) in a loop until
+/// `stop`, reconnecting when the proxy closed the connection; `once`:
+/// a single request. Returns the last body.
+async fn client(
+    port: u16,
+    host: &'static str,
+    path: &'static str,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    once: bool,
+) -> String {
+    let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut last = String::new();
+    loop {
+        if !once && stop.load(SeqCst) {
+            return last;
+        }
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            match connect(port).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    eprintln!("connect failed: {e}");
+                    counts.failed.fetch_add(1, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        let s = sender.as_mut().unwrap();
+        if s.ready().await.is_err() {
+            sender = None; // closed gracefully before we sent anything
+            continue;
+        }
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        match s.send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.into_body().collect().await {
+                    Ok(body) if status == 200 => {
+                        counts.ok.fetch_add(1, SeqCst);
+                        last = String::from_utf8_lossy(&body.to_bytes()).to_string();
+                    }
+                    Ok(body) => {
+                        eprintln!("status {status}: {:?}", body.to_bytes());
+                        counts.failed.fetch_add(1, SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("body error: {e}");
+                        counts.failed.fetch_add(1, SeqCst);
+                    }
+                }
+                if once {
+                    return last;
+                }
+            }
+            // The proxy closed the idle connection just as the request
+            // went out: no response byte came; retry on a new connection
+            // (what browsers do for idempotent requests).
+            Err(e) if e.is_canceled() || e.is_incomplete_message() => {
+                counts.retried.fetch_add(1, SeqCst);
+                sender = None;
+            }
+            Err(e) => {
+                eprintln!("request error: {e}");
+                counts.failed.fetch_add(1, SeqCst);
+                sender = None;
+            }
+        }
+    }
+}
+
+/// `gantry proxy` with a plain and a TLS listener (a self-signed default
+/// certificate for `app`); the ports and the certificate.
+fn start_proxy_with_tls(state: &std::path::Path) -> (support::ProxyProcess, u16, u16, Vec<u8>) {
+    use std::io::BufRead;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt_path, key_path) = (state.join("app.crt"), state.join("app.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--access-log", "off", "--state-dir"])
+        .arg(state)
+        .arg("--tls-cert")
+        .arg(&crt_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port_of = |a: &str| a.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (mut plain, mut tls) = (None, None);
+    while plain.is_none() || tls.is_none() {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            plain = Some(port_of(a));
+        }
+        if let Some(a) = line.trim().strip_prefix("tls:    https://") {
+            tls = Some(port_of(a));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let port = plain.unwrap();
+    (
+        support::ProxyProcess { child, port },
+        port,
+        tls.unwrap(),
+        cert.der().to_vec(),
+    )
+}
+
+/// One HTTPS request for `app` (HTTP/1.1, trusting `cert`); the body.
+async fn tls_get(port: u16, cert: &[u8]) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.to_vec()))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("app".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "app")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).to_string()
+}
+
+#[test]
+fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
+    let state = tempfile::tempdir().unwrap();
+    let backend_port = free_port();
+    let mut backend = app(backend_port);
+    let (proxy, port, tls_port, cert) = start_proxy_with_tls(state.path());
+    let socket = state.path().join("admin.sock");
+    let admin = gantry_proxy::AdminClient::new(&socket);
+    let table = gantry_proxy::Table::from_json(
+        format!(
+            r#"{{"version": 1, "routes": [
+                {{"id": "hello/production", "hosts": ["app"],
+                  "sets": [{{"name": "stable", "weight": 100, "instances": ["127.0.0.1:{backend_port}"]}}]}},
+                {{"id": "hello/slow", "hosts": ["slow"],
+                  "sets": [{{"name": "stable", "weight": 100, "instances": ["127.0.0.1:{backend_port}"]}}]}}]}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.set_table(&table)).unwrap();
+
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pid = proxy.child.id();
+    let mut pids = vec![pid];
+    rt.block_on(async {
+        // Wait for the app through the proxy.
+        let probe = Arc::new(Counts::default());
+        while probe.ok.load(SeqCst) == 0 {
+            client(port, "app", "/", probe.clone(), stop.clone(), true).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let load: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn(client(
+                    port,
+                    "app",
+                    "/",
+                    counts.clone(),
+                    stop.clone(),
+                    false,
+                ))
+            })
+            .collect();
+        for round in 0..3 {
+            let before = counts.ok.load(SeqCst);
+            while counts.ok.load(SeqCst) < before + 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // A slow request in flight on the old process during the upgrade.
+            let slow_counts = Arc::new(Counts::default());
+            let slow = tokio::spawn(client(
+                port,
+                "slow",
+                "/slow?ms=1500",
+                slow_counts.clone(),
+                stop.clone(),
+                true,
+            ));
+            loop {
+                let stats = admin.stats().await.unwrap();
+                if stats
+                    .set("hello/slow", "stable")
+                    .is_some_and(|s| s.in_flight >= 1)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let socket = socket.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new(support::BIN)
+                    .args(["proxy", "upgrade", "--admin-socket"])
+                    .arg(&socket)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "round {round}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (old, new) = stdout
+                .trim()
+                .strip_prefix("proxy upgraded: old pid ")
+                .and_then(|r| r.split_once(", new pid "))
+                .map(|(o, n)| (o.parse::<u32>().unwrap(), n.parse::<u32>().unwrap()))
+                .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+            assert_eq!(
+                old, pid,
+                "round {round}: the upgrade was served by pid {old}"
+            );
+            assert_ne!(new, old);
+            pid = new;
+            pids.push(new);
+            // The slow request on the old process completes.
+            let body = slow.await.unwrap();
+            assert_eq!(slow_counts.ok.load(SeqCst), 1, "round {round}");
+            assert_eq!(slow_counts.failed.load(SeqCst), 0, "round {round}");
+            assert!(body.contains("slept 1500 ms"), "{body}");
+            // The old process exits once its connections are done.
+            let old_pid = old;
+            while alive(old_pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let before = counts.ok.load(SeqCst);
+        while counts.ok.load(SeqCst) < before + 50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The TLS listener was handed over too.
+        let body = tls_get(tls_port, &cert).await;
+        assert!(body.contains("hello"), "{body}");
+        stop.store(true, SeqCst);
+        for t in load {
+            t.await.unwrap();
+        }
+    });
+    let (ok, failed, retried) = (
+        counts.ok.load(SeqCst),
+        counts.failed.load(SeqCst),
+        counts.retried.load(SeqCst),
+    );
+    eprintln!(
+        "upgrade under load: {ok} requests ok, {failed} failed, {retried} retried after a \
+         connection closed as the request went out; pids {pids:?}"
+    );
+    assert_eq!(failed, 0);
+    assert!(ok >= 200);
+    // The last process serves the table it loaded, and is stopped cleanly.
+    assert!(alive(pid));
+    let stats = rt.block_on(admin.stats()).unwrap();
+    assert!(stats.set("hello/production", "stable").is_some());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    while alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(proxy);
+    backend.kill().unwrap();
+    let _ = backend.wait();
+}
+
+#[test]
+fn tls_flags_reach_the_proxy_and_bad_files_are_named() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("missing.crt");
+    let out = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(state.path().join("missing.key"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the certificate file `{}`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    // --tls-cert needs --tls-key.
+    let out = Command::new(support::BIN)
+        .args(["proxy", "--tls-cert", "/x.crt", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+}

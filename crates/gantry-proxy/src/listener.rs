@@ -1,0 +1,314 @@
+//! One accepted client connection, before and around HTTP: the PROXY
+//! protocol header (when configured), the TLS handshake (on TLS
+//! listeners), then hyper's HTTP/1.1 + HTTP/2 server. Also the answers the
+//! proxy gives on the plain listener before routing: ACME HTTP-01 tokens
+//! and `redirect_http`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::body::ResponseBody;
+use crate::forward::{self, Shared};
+use crate::tls::ACME_TLS_ALPN;
+
+/// Time a client gets for its PROXY header and for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ACME_PATH: &str = "/.well-known/acme-challenge/";
+
+/// Marks a request that came over TLS (a request extension), so that
+/// `X-Forwarded-Proto` says `https`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OverTls;
+
+/// `https` for requests that came over TLS, else `http`.
+pub(crate) fn proto(extensions: &hyper::http::Extensions) -> &'static str {
+    if extensions.get::<OverTls>().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// How a traffic listener treats its connections.
+#[derive(Clone, Copy)]
+pub(crate) struct Kind {
+    pub(crate) tls: bool,
+    pub(crate) proxy_protocol: bool,
+}
+
+/// Serves one accepted connection on its own task: PROXY header → TLS →
+/// HTTP. `permit` (the `max_connections` cap) is held until it ends.
+pub(crate) fn accept_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut stream = stream;
+        let mut peer = peer;
+        if kind.proxy_protocol {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_proxy_header(&mut stream)).await {
+                Ok(Ok(Some(source))) => peer = source,
+                Ok(Ok(None)) => {} // LOCAL / UNKNOWN: the connection's own address
+                Ok(Err(why)) => {
+                    tracing::debug!(%peer, error = %why, "no valid PROXY protocol header; closing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no PROXY protocol header in time; closing");
+                    return;
+                }
+            }
+        }
+        if !kind.tls {
+            return serve(stream, peer, false, shared, builder, watcher).await;
+        }
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS client hello failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let config = shared.tls.config_for(&start.client_hello());
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+            // TLS-ALPN-01 validation: the handshake was the answer.
+            let mut tls = tls;
+            let _ = tls.shutdown().await;
+            return;
+        }
+        serve(tls, peer, true, shared, builder, watcher).await
+    });
+}
+
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    over_tls: bool,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer_ip = crate::headers::ip_value(peer.ip());
+    // Idle client connections end after `idle_timeout` (`limits`).
+    let (io, activity) = crate::limits::IdleIo::new(io, shared.config.idle_timeout);
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let peer_ip = peer_ip.clone();
+        let busy = activity.begin();
+        async move {
+            let resp = handle(shared, req, peer, peer_ip, over_tls).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    // With upgrades: WebSocket pass-through (`upgrade`).
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    peer_ip: HeaderValue,
+    over_tls: bool,
+) -> Response<ResponseBody> {
+    if over_tls {
+        req.extensions_mut().insert(OverTls);
+    } else if let Some(resp) = before_routing(&shared, &req) {
+        return resp;
+    }
+    forward::handle(shared, req, peer, peer_ip).await
+}
+
+/// Plain HTTP only: the ACME HTTP-01 answer, or the redirect to HTTPS.
+fn before_routing(shared: &Shared, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix(ACME_PATH) {
+        if let Some(key_auth) = shared.tls.http_challenge(token) {
+            let mut resp = Response::new(ResponseBody::full(key_auth, None));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Some(resp);
+        }
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let router = shared.routing.load();
+    let route = router.find(&host, path)?;
+    if !shared.tls.redirects(&route.id) {
+        return None;
+    }
+    let bare = strip_port(&host);
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{bare}{pq}")).ok()?;
+    let mut resp = Response::new(ResponseBody::full(
+        format!("308 Permanent Redirect\n\nThis site is served over HTTPS: https://{bare}{pq}\n"),
+        None,
+    ));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Some(resp)
+}
+
+/// `host:port` → `host`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Reads exactly one PROXY protocol header (v1 text or v2 binary) and
+/// returns the client address it names; `None` for a LOCAL (v2) or
+/// UNKNOWN (v1) header. Errors on anything else.
+pub(crate) async fn read_proxy_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<SocketAddr>, String> {
+    const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let io = |e: std::io::Error| format!("reading the PROXY header: {e}");
+    let mut buf = vec![0u8; 6];
+    stream.read_exact(&mut buf).await.map_err(io)?;
+    if buf == b"PROXY " {
+        // v1: text up to CRLF, at most 107 bytes. Byte by byte, so that
+        // nothing after the header is consumed.
+        while !buf.ends_with(b"\r\n") {
+            if buf.len() >= 107 {
+                return Err("PROXY v1 header longer than 107 bytes".into());
+            }
+            buf.push(stream.read_u8().await.map_err(io)?);
+        }
+    } else if V2_SIG.starts_with(&buf) {
+        buf.resize(16, 0);
+        stream.read_exact(&mut buf[6..]).await.map_err(io)?;
+        if &buf[..12] != V2_SIG {
+            return Err("bad PROXY v2 signature".into());
+        }
+        let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+        buf.resize(16 + len, 0);
+        stream.read_exact(&mut buf[16..]).await.map_err(io)?;
+    } else {
+        return Err("the connection does not start with a PROXY protocol header".into());
+    }
+    parse_proxy_header(&buf)
+}
+
+fn parse_proxy_header(buf: &[u8]) -> Result<Option<SocketAddr>, String> {
+    use ppp::HeaderResult;
+    match HeaderResult::parse(buf) {
+        HeaderResult::V1(Ok(h)) => Ok(match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+            ppp::v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+            ppp::v1::Addresses::Unknown => None,
+        }),
+        HeaderResult::V2(Ok(h)) => {
+            if h.command == ppp::v2::Command::Local {
+                return Ok(None);
+            }
+            Ok(match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => Some((a.source_address, a.source_port).into()),
+                ppp::v2::Addresses::IPv6(a) => Some((a.source_address, a.source_port).into()),
+                _ => None,
+            })
+        }
+        HeaderResult::V1(Err(e)) => Err(format!("bad PROXY v1 header: {e:?}")),
+        HeaderResult::V2(Err(e)) => Err(format!("bad PROXY v2 header: {e:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn proxy_headers_v1_and_v2_are_read_exactly() {
+        let mut input: &[u8] = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n";
+        let addr = read_proxy_header(&mut input).await.unwrap();
+        assert_eq!(addr, Some("192.0.2.7:5555".parse().unwrap()));
+        assert_eq!(input, b"GET / HTTP/1.1\r\n");
+
+        let mut input: &[u8] = b"PROXY UNKNOWN\r\nrest";
+        assert_eq!(read_proxy_header(&mut input).await.unwrap(), None);
+        assert_eq!(input, b"rest");
+
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        v2.extend([0x21, 0x11, 0x00, 12]); // v2 PROXY, TCP over IPv4, 12 bytes
+        v2.extend([198, 51, 100, 9, 127, 0, 0, 1]);
+        v2.extend(4242u16.to_be_bytes());
+        v2.extend(443u16.to_be_bytes());
+        v2.extend(b"after");
+        let mut input: &[u8] = &v2;
+        let addr = read_proxy_header(&mut input).await.unwrap();
+        assert_eq!(addr, Some("198.51.100.9:4242".parse().unwrap()));
+        assert_eq!(input, b"after");
+    }
+
+    #[tokio::test]
+    async fn missing_or_bad_headers_are_errors() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"PROXY TCP4 nonsense\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 and far too long ..........................................................................\r\n",
+            b"\r\n\r\n\0\r\nQUIX\n\x21\x11\x00\x00",
+        ] {
+            let mut input = bad;
+            assert!(read_proxy_header(&mut input).await.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example:8080"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}
