@@ -332,7 +332,17 @@ pub struct DeployInfo {
     pub gates: Vec<GateInfo>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// How long each phase took, in order (the current one until now).
+    #[serde(default)]
+    pub phases: Vec<PhaseTime>,
     pub timeline: Vec<TimelineEntry>,
+}
+
+/// One phase of a deploy and its duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

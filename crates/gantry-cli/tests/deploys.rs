@@ -199,6 +199,15 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         outcomes,
         ["rolled-back", "rolled-back", "succeeded", "succeeded"]
     );
+    // The list shows each phase's duration.
+    let human = server.run(&["deploys", "--env", "production"]);
+    assert!(
+        human.stdout.contains("PHASES")
+            && human.stdout.contains("warm ")
+            && human.stdout.contains("start "),
+        "{}",
+        human.stdout
+    );
     let show = server.run(&["deploys", "--env", "production", "show", "4"]);
     assert!(
         show.stdout.contains("canary step 1/1: 50 %"),

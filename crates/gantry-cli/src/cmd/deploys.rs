@@ -279,11 +279,19 @@ pub(crate) fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<ExitCode> {
                     d.finished_at.map_or("-".into(), |f| {
                         format!("{:.1}s", (f - d.created_at) as f64 / 1000.0)
                     }),
+                    d.phases
+                        .iter()
+                        .filter(|p| p.phase != "pending" || p.ms >= 100)
+                        .map(|p| format!("{} {:.1}s", p.phase, p.ms as f64 / 1000.0))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ]
             })
             .collect();
         output::table(
-            &["deploy", "release", "outcome", "by", "started", "took"],
+            &[
+                "deploy", "release", "outcome", "by", "started", "took", "phases",
+            ],
             &rows,
         );
     }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gantry_api::{DeployInfo, GateInfo, StartDeploy, TimelineEntry};
+use gantry_api::{DeployInfo, GateInfo, PhaseTime, StartDeploy, TimelineEntry};
 use gantry_store::deploys::DeployRecord;
 
 use crate::auth::{Deployer, Viewer};
@@ -43,10 +43,60 @@ fn info(d: DeployRecord, timeline: Vec<TimelineEntry>) -> DeployInfo {
                     .collect()
             })
             .unwrap_or_default(),
+        phases: phase_times(d.created_at, d.finished_at, &timeline),
         created_at: d.created_at,
         finished_at: d.finished_at,
         timeline,
     }
+}
+
+fn timeline(events: Vec<gantry_store::deploys::DeployEvent>) -> Vec<TimelineEntry> {
+    events
+        .into_iter()
+        .map(|e| TimelineEntry {
+            at: e.at,
+            phase: e.phase,
+            message: e.message,
+        })
+        .collect()
+}
+
+/// Each phase's duration from the timeline: a phase lasts from its first
+/// line to the next phase's first line (the last one until the deploy
+/// ended, or until now while it runs). `done` has no duration.
+fn phase_times(
+    created_at: i64,
+    finished_at: Option<i64>,
+    timeline: &[TimelineEntry],
+) -> Vec<PhaseTime> {
+    let mut starts: Vec<(String, i64)> = Vec::new();
+    for e in timeline {
+        if starts.last().is_none_or(|(p, _)| *p != e.phase) {
+            starts.push((e.phase.clone(), e.at));
+        }
+    }
+    let end = finished_at.unwrap_or_else(gantry_store::now_ms);
+    let mut out = Vec::new();
+    // Before the first line: pending.
+    if let Some((_, first)) = starts.first()
+        && *first > created_at
+    {
+        out.push(PhaseTime {
+            phase: "pending".into(),
+            ms: first - created_at,
+        });
+    }
+    for (i, (phase, at)) in starts.iter().enumerate() {
+        if phase == "done" {
+            break;
+        }
+        let next = starts.get(i + 1).map_or(end, |(_, t)| *t);
+        out.push(PhaseTime {
+            phase: phase.clone(),
+            ms: (next - at).max(0),
+        });
+    }
+    out
 }
 
 pub(crate) async fn start(
@@ -69,10 +119,25 @@ pub(crate) async fn list(
     Path((app, env)): Path<(String, String)>,
 ) -> ApiResult<Vec<DeployInfo>> {
     let rows = state
-        .db(move |s| s.deploys(Some((&app, &env)), 100))
+        .db(move |s| {
+            s.deploys(Some((&app, &env)), 100)?
+                .into_iter()
+                .map(|d| {
+                    let events = s.deploy_events(d.id)?;
+                    Ok((d, events))
+                })
+                .collect::<gantry_store::Result<Vec<_>>>()
+        })
         .await?;
     Ok(Json(
-        rows.into_iter().map(|d| info(d, Vec::new())).collect(),
+        rows.into_iter()
+            .map(|(d, events)| {
+                let mut i = info(d, timeline(events));
+                // The list carries phase durations, not whole timelines.
+                i.timeline = Vec::new();
+                i
+            })
+            .collect(),
     ))
 }
 
@@ -90,15 +155,7 @@ pub(crate) async fn show(
             format!("deploy {id} is not a deploy of {app}/{env}"),
         ));
     }
-    let timeline = events
-        .into_iter()
-        .map(|e| TimelineEntry {
-            at: e.at,
-            phase: e.phase,
-            message: e.message,
-        })
-        .collect();
-    let mut info = info(d, timeline);
+    let mut info = info(d, timeline(events));
     if info.outcome.is_none() {
         let set = state
             .fleet
@@ -141,4 +198,46 @@ pub(crate) async fn abort(
     Path((app, env, id)): Path<(String, String, i64)>,
 ) -> ApiResult<serde_json::Value> {
     command(&state, app, env, id, Command::Abort(p.actor)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(at: i64, phase: &str) -> TimelineEntry {
+        TimelineEntry {
+            at,
+            phase: phase.into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn phase_times_run_from_a_phase_s_first_line_to_the_next_phase_s() {
+        let t = [
+            e(110, "start"),
+            e(1110, "analyze"),
+            e(1500, "analyze"),
+            e(9110, "drain"),
+            e(9200, "stop-old"),
+            e(9300, "done"),
+        ];
+        let times = phase_times(100, Some(9300), &t);
+        let got: Vec<(&str, i64)> = times.iter().map(|p| (p.phase.as_str(), p.ms)).collect();
+        assert_eq!(
+            got.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
+            ["pending", "start", "analyze", "drain", "stop-old"]
+        );
+        assert_eq!(
+            got.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
+            [10, 1000, 8000, 90, 100]
+        );
+        // While running, the current phase lasts until now.
+        let running = phase_times(100, None, &t[..2]);
+        assert!(
+            running
+                .last()
+                .is_some_and(|p| p.phase == "analyze" && p.ms > 0)
+        );
+    }
 }
