@@ -11,48 +11,20 @@ use std::time::Duration;
 use support::deploy::{Load, get_via, release, serial, wait_phase};
 use support::{TestServer, start_proxy};
 
+/// Production's config with a smoke check, and staging on its own host.
 fn config(strategy: &str, extra_env: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "hello"
+    support::deploy::config(strategy, extra_env, SMOKE_AND_STAGING)
+}
 
-[run]
-command = "./hello-app"
-instances = 2
-grace_period = "5s"
-
-[health.readiness]
-kind = "http"
-path = "/readiness"
-interval = "300ms"
-timeout = "250ms"
-failure_threshold = 3
-
-[deploy]
-{strategy}
-
-[[deploy.smoke]]
-path = "/health"
+const SMOKE_AND_STAGING: &str = "[[deploy.smoke]]
+path = \"/health\"
 expect_status = 200
 
-[analysis]
-interval = "500ms"
-min_requests = 10
-
-[env]
-{extra_env}
-
-[proxy]
-hosts = ["hello.test"]
-
 [environments.staging]
-proxy = {{ hosts = ["staging.hello.test"] }}
+proxy = { hosts = [\"staging.hello.test\"] }
 
 [environments.production]
-"#
-    )
-}
+";
 
 const BLUE_GREEN: &str = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
 const CANARY: &str = "strategy = \"canary\"\nsteps = [{ weight = 50, pause = \"20s\" }]";

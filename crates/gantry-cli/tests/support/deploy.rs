@@ -94,15 +94,7 @@ pub fn get_path(port: u16, path: &str) -> (u16, String) {
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    )
+    super::status_and_body(&out)
 }
 
 pub fn get_via(port: u16) -> (u16, String) {

@@ -329,14 +329,20 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out
+    status_and_body(&out)
+}
+
+/// The status (0 when there is none) and the body of a raw HTTP/1.1
+/// response read to its end.
+pub fn status_and_body(raw: &str) -> (u16, String) {
+    let status = raw
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (
         status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+        raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     )
 }
 
