@@ -394,7 +394,9 @@ def bench_nginx(tmp):
 
     res = {k: [] for k in ("switch", "mixed", "warm_rollback")}
     n = 0
+    apps = []
     cur = App(ports[0], "v0")
+    apps.append(cur)
     write(cur.port)
     subprocess.run([NGINX, "-c", conf, "-g", "daemon on;"], check=True)
     wait_for(lambda: http_ok(port, "/"), what="nginx")
@@ -407,6 +409,7 @@ def bench_nginx(tmp):
             # nginx at it, reload, keep blue a moment, stop it.
             n += 1
             new = App(ports[n % 2], f"v{n}")
+            apps.append(new)
             ready = now_ms()
             write(new.port)
             subprocess.run([NGINX, "-c", conf, "-s", "reload"], check=True, stderr=subprocess.DEVNULL)
@@ -438,7 +441,9 @@ def bench_nginx(tmp):
     finally:
         subprocess.run([NGINX, "-c", conf, "-s", "quit"], check=False)
         time.sleep(0.5)
-        cur.stop()
+        for app in apps:
+            if app.p.poll() is None:
+                app.stop()
     return res
 
 
