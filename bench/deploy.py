@@ -245,6 +245,7 @@ class Gantry:
         return json.loads(self.run("--json", "deploys", "--env", "production").stdout)[0]
 
     def stop(self):
+        self.run("stop", "--env", "production", check=False)
         for p in (self.server, self.proxy):
             p.send_signal(signal.SIGTERM)
         for p in (self.server, self.proxy):
