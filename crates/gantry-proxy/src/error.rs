@@ -57,4 +57,9 @@ pub enum ProxyError {
     },
     #[error("the proxy has no listen address; give at least one")]
     NoListener,
+    #[error(
+        "cannot start the proxy's worker threads: {source}\n  hint: check the process and \
+         thread limits (ulimit -u)"
+    )]
+    Workers { source: std::io::Error },
 }

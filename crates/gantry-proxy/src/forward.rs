@@ -88,7 +88,16 @@ pub(crate) async fn handle(
     // the route, the backend's or the proxy's own, gets them.
     let https = req.uri().scheme() == Some(&Scheme::HTTPS);
     let mut security_headers = None;
-    let mut resp = handle_routed(shared, req, peer, peer_ip, &mut security_headers).await;
+    // Boxed: the request's state machine is several KiB; boxed, hyper moves
+    // a pointer instead of copying it on its way into the connection task.
+    let mut resp = Box::pin(handle_routed(
+        shared,
+        req,
+        peer,
+        peer_ip,
+        &mut security_headers,
+    ))
+    .await;
     if let Some(h) = security_headers {
         h.apply(resp.headers_mut(), https);
     }
@@ -231,11 +240,8 @@ async fn handle_routed(
 
     // Phases 3 and 4: pick an instance, send, retry a connect failure.
     let body = SharedBody::new(body, route.policy.max_body);
-    let route_client = route
-        .connect_timeout
-        .filter(|t| *t != shared.config.connect_timeout)
-        .map(|t| shared.route_clients.get(&shared.config, t));
-    let client = route_client.as_ref().unwrap_or(&shared.client);
+    // This worker's own pool (`worker`).
+    let client = crate::worker::client(&shared, route.connect_timeout);
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;

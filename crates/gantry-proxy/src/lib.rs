@@ -109,6 +109,7 @@ mod stats;
 mod sticky;
 mod table;
 mod upgrade;
+mod worker;
 
 pub use client::{AdminClient, AdminClientError};
 pub use config::ProxyConfig;

@@ -171,14 +171,20 @@ impl Proxy {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut accepters = JoinSet::new();
-        for listener in listeners {
-            accepters.spawn(accept_traffic(
-                listener,
-                admin.shared.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
-            ));
+        // Client traffic: one worker thread per core (`worker`).
+        let mut std_listeners = Vec::with_capacity(listeners.len());
+        for (l, addr) in listeners.into_iter().zip(local.iter().copied()) {
+            let l = l
+                .into_std()
+                .map_err(|source| ProxyError::Listen { addr, source })?;
+            std_listeners.push((l, addr));
         }
+        let mut workers = crate::worker::start(
+            std_listeners,
+            admin.shared.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )?;
         if let Some((listener, _)) = metrics {
             accepters.spawn(crate::metrics::accept(
                 listener,
@@ -201,6 +207,7 @@ impl Proxy {
         let tunnels =
             tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
+        workers.accepting_ended().await;
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
                 if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
@@ -216,6 +223,7 @@ impl Proxy {
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
         let _ = tunnels.await;
+        workers.finish().await;
         let _ = std::fs::remove_file(&config.admin_socket);
         // The last handle of the access log goes with `admin` (unless a
         // connection outlived the shutdown timeout); then the writer thread
@@ -268,7 +276,7 @@ fn backoff_on_accept_error(e: &std::io::Error) -> Duration {
     Duration::from_millis(50)
 }
 
-async fn accept_traffic(
+pub(crate) async fn accept_traffic(
     listener: TcpListener,
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
