@@ -245,7 +245,6 @@ async fn handle_routed(
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
-    let retired = set.stats.retired();
     let mut tried = Vec::new();
     let mut last_failure = None;
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
@@ -293,7 +292,7 @@ async fn handle_routed(
                 Ok(Err(e)) => Err(Failure::Other(error_chain(&e))),
                 Err(_) => Err(Failure::Timeout),
             },
-            _ = drain_deadline(retired.clone(), shared.config.drain_timeout) => Err(Failure::Drained),
+            _ = drain_deadline(set.stats.retired(), shared.config.drain_timeout) => Err(Failure::Drained),
         };
         match result {
             Ok(resp) => {
@@ -303,7 +302,7 @@ async fn handle_routed(
                 let mut resp = resp;
                 if let Some(up) = upgrade.take() {
                     let drain = crate::upgrade::Drain {
-                        retired,
+                        retired: set.stats.retired(),
                         grace: shared.config.websocket_drain_grace,
                         tunnels: shared.tunnels.clone(),
                     };

@@ -175,6 +175,7 @@ pub(crate) fn upstream_client(config: &ProxyConfig, connect_timeout: Duration) -
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .http1_writev(false)
         .build(http)
 }
 

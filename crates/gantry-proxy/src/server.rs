@@ -289,7 +289,8 @@ pub(crate) async fn accept_traffic(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(max_header_size);
+        .max_buf_size(max_header_size)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
