@@ -4,7 +4,9 @@
 //! The upstream client is hyper-util's pooled `legacy::Client` over an
 //! `HttpConnector`: keep-alive pooling per instance address, idle reaping,
 //! and a typed "could not connect" error (`is_connect`) that the retry
-//! below needs. A hand-written pool would only add risk at this stage.
+//! below needs. Each worker thread has its own clients (`worker::client`),
+//! so a backend connection's task runs on the thread of the requests that
+//! use it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,7 +182,15 @@ async fn handle_routed(
                     *resp.status_mut() = StatusCode::NO_CONTENT;
                     resp
                 }
-                Err((status, detail)) => page(status, &request_id, &detail, None, Some(guard)),
+                Err((status, detail)) => {
+                    // The report's body may be left unread (too large, wrong
+                    // type): the connection then closes after this answer,
+                    // so say so; a client would otherwise reuse it.
+                    let mut resp = page(status, &request_id, &detail, None, Some(guard));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    resp
+                }
             };
         }
     }

@@ -179,12 +179,8 @@ impl Proxy {
                 .map_err(|source| ProxyError::Listen { addr, source })?;
             std_listeners.push((l, addr));
         }
-        let mut workers = crate::worker::start(
-            std_listeners,
-            admin.shared.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        )?;
+        let mut workers =
+            crate::worker::start(std_listeners, admin.shared.clone(), stop_rx.clone())?;
         if let Some((listener, _)) = metrics {
             accepters.spawn(crate::metrics::accept(
                 listener,
@@ -207,7 +203,7 @@ impl Proxy {
         let tunnels =
             tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
-        workers.accepting_ended().await;
+        // The workers finish their connections meanwhile.
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
                 if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
@@ -216,12 +212,13 @@ impl Proxy {
                 {
                     tracing::warn!(
                         timeout = ?config.shutdown_timeout,
-                        "requests still open after the shutdown timeout; closing them"
+                        "admin or metrics requests still open after the shutdown timeout"
                     );
                 }
             }
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
+        workers.drained().await;
         let _ = tunnels.await;
         workers.finish().await;
         let _ = std::fs::remove_file(&config.admin_socket);

@@ -21,11 +21,13 @@
 //! graceful-shutdown watcher. The admin socket and the metrics listener
 //! stay on the runtime that calls [`Proxy::serve`](crate::Proxy::serve).
 //!
-//! Shutdown: the stop signal ends every worker's accept loops; the
-//! workers keep running their open connections and tunnels until `serve`
-//! has waited for them (or given up at `shutdown_timeout`) and tells them
-//! to finish; a worker then drops its runtime (cancelling what is left)
-//! and its thread ends.
+//! Shutdown: the stop signal ends every worker's accept loops; each worker
+//! then tells its open connections to finish (its own graceful-shutdown
+//! watcher: connections poll it, so it is not shared across threads) and
+//! waits for them up to `shutdown_timeout`; the workers keep running
+//! (WebSocket tunnels get their grace) until `serve` tells them to finish;
+//! a worker then drops its runtime (cancelling what is left) and its
+//! thread ends.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -44,8 +46,9 @@ use crate::limits::{UpstreamClient, upstream_client};
 /// The running workers.
 pub(crate) struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// Closed (every sender dropped) once every worker's accept loops ended.
-    accepting: mpsc::Receiver<()>,
+    /// Closed (every sender dropped) once every worker stopped accepting
+    /// and its connections ended (or `shutdown_timeout` passed).
+    draining: mpsc::Receiver<()>,
     /// `true`: open connections are done (or given up on); stop.
     finish: watch::Sender<bool>,
 }
@@ -59,11 +62,10 @@ fn count() -> usize {
 pub(crate) fn start(
     listeners: Vec<(std::net::TcpListener, SocketAddr)>,
     shared: Arc<Shared>,
-    graceful: Arc<GracefulShutdown>,
     stop: watch::Receiver<bool>,
 ) -> Result<Workers, ProxyError> {
     let n = count();
-    let (accept_tx, accepting) = mpsc::channel::<()>(1);
+    let (drained_tx, draining) = mpsc::channel::<()>(1);
     let (finish, finish_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(n);
     for w in 0..n {
@@ -80,15 +82,17 @@ pub(crate) fn start(
             .build()
             .map_err(|source| ProxyError::Workers { source })?;
         let shared = shared.clone();
-        let graceful = graceful.clone();
         let stop = stop.clone();
-        let accept_tx = accept_tx.clone();
+        let drained_tx = drained_tx.clone();
         let mut finish_rx = finish_rx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gantry-proxy-{w}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     install(&shared.config);
+                    // Per worker: its connections poll it, so it is never
+                    // shared across threads.
+                    let graceful = Arc::new(GracefulShutdown::new());
                     let mut accepters = tokio::task::JoinSet::new();
                     for (l, addr) in own {
                         match TcpListener::from_std(l) {
@@ -105,9 +109,24 @@ pub(crate) fn start(
                             }
                         }
                     }
-                    drop((shared, graceful, stop));
+                    let shutdown_timeout = shared.config.shutdown_timeout;
+                    drop((shared, stop));
                     while accepters.join_next().await.is_some() {}
-                    drop(accept_tx);
+                    match Arc::try_unwrap(graceful) {
+                        Ok(graceful) => {
+                            if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+                                .await
+                                .is_err()
+                            {
+                                tracing::warn!(
+                                    timeout = ?shutdown_timeout,
+                                    "requests still open after the shutdown timeout; closing them"
+                                );
+                            }
+                        }
+                        Err(_) => tracing::warn!("connections still referenced at shutdown"),
+                    }
+                    drop(drained_tx);
                     let _ = finish_rx.wait_for(|f| *f).await;
                 });
                 // Dropping the runtime cancels whatever outlived the
@@ -119,15 +138,16 @@ pub(crate) fn start(
     }
     Ok(Workers {
         threads,
-        accepting,
+        draining,
         finish,
     })
 }
 
 impl Workers {
-    /// Waits until every worker stopped accepting (after the stop signal).
-    pub(crate) async fn accepting_ended(&mut self) {
-        while self.accepting.recv().await.is_some() {}
+    /// Waits until every worker stopped accepting (after the stop signal)
+    /// and its open connections ended, or `shutdown_timeout` passed.
+    pub(crate) async fn drained(&mut self) {
+        while self.draining.recv().await.is_some() {}
     }
 
     /// Tells the workers to end and waits for their threads.
