@@ -42,6 +42,7 @@ pub struct ProxyConfig {
     /// multiplex many streams, each of which needs its own HTTP/1.1
     /// upstream connection); below that, connections are closed after use
     /// and reopened on the next burst. Idle ones are closed after 60 s.
+    /// Per worker thread (one per core): each worker keeps its own pool.
     pub pool_max_idle_per_host: usize,
     /// A client must send its whole request head (HTTP/1.1) within this
     /// after it starts, or between keep-alive requests; then the

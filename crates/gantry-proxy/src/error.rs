@@ -61,4 +61,9 @@ pub enum ProxyError {
     Tls { reason: String },
     #[error("the proxy has no listen address; give at least one")]
     NoListener,
+    #[error(
+        "cannot start the proxy's worker threads: {source}\n  hint: check the process and \
+         thread limits (ulimit -u)"
+    )]
+    Workers { source: std::io::Error },
 }

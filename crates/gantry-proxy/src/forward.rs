@@ -4,7 +4,9 @@
 //! The upstream client is hyper-util's pooled `legacy::Client` over an
 //! `HttpConnector`: keep-alive pooling per instance address, idle reaping,
 //! and a typed "could not connect" error (`is_connect`) that the retry
-//! below needs. A hand-written pool would only add risk at this stage.
+//! below needs. Each worker thread has its own clients (`worker::client`),
+//! so a backend connection's task runs on the thread of the requests that
+//! use it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,7 +91,16 @@ pub(crate) async fn handle(
     // the route, the backend's or the proxy's own, gets them.
     let https = req.uri().scheme() == Some(&Scheme::HTTPS);
     let mut security_headers = None;
-    let mut resp = handle_routed(shared, req, peer, peer_ip, &mut security_headers).await;
+    // Boxed: the request's state machine is several KiB; boxed, hyper moves
+    // a pointer instead of copying it on its way into the connection task.
+    let mut resp = Box::pin(handle_routed(
+        shared,
+        req,
+        peer,
+        peer_ip,
+        &mut security_headers,
+    ))
+    .await;
     if let Some(h) = security_headers {
         h.apply(resp.headers_mut(), https);
     }
@@ -172,7 +183,15 @@ async fn handle_routed(
                     *resp.status_mut() = StatusCode::NO_CONTENT;
                     resp
                 }
-                Err((status, detail)) => page(status, &request_id, &detail, None, Some(guard)),
+                Err((status, detail)) => {
+                    // The report's body may be left unread (too large, wrong
+                    // type): the connection then closes after this answer,
+                    // so say so; a client would otherwise reuse it.
+                    let mut resp = page(status, &request_id, &detail, None, Some(guard));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    resp
+                }
             };
         }
     }
@@ -232,15 +251,11 @@ async fn handle_routed(
 
     // Phases 3 and 4: pick an instance, send, retry a connect failure.
     let body = SharedBody::new(body, route.policy.max_body);
-    let route_client = route
-        .connect_timeout
-        .filter(|t| *t != shared.config.connect_timeout)
-        .map(|t| shared.route_clients.get(&shared.config, t));
-    let client = route_client.as_ref().unwrap_or(&shared.client);
+    // This worker's own pool (`worker`).
+    let client = crate::worker::client(&shared, route.connect_timeout);
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
-    let retired = set.stats.retired();
     let mut tried = Vec::new();
     let mut last_failure = None;
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
@@ -288,7 +303,7 @@ async fn handle_routed(
                 Ok(Err(e)) => Err(Failure::Other(error_chain(&e))),
                 Err(_) => Err(Failure::Timeout),
             },
-            _ = drain_deadline(retired.clone(), shared.config.drain_timeout) => Err(Failure::Drained),
+            _ = drain_deadline(set.stats.retired(), shared.config.drain_timeout) => Err(Failure::Drained),
         };
         match result {
             Ok(resp) => {
@@ -298,7 +313,7 @@ async fn handle_routed(
                 let mut resp = resp;
                 if let Some(up) = upgrade.take() {
                     let drain = crate::upgrade::Drain {
-                        retired,
+                        retired: set.stats.retired(),
                         grace: shared.config.websocket_drain_grace,
                         tunnels: shared.tunnels.clone(),
                     };

@@ -26,6 +26,19 @@
 //!    counts bytes and, when dropped, ends the in-flight count and writes
 //!    the access log line (`access_log`). Error answers come from `pages`.
 //!
+//! # Threads: one worker per core
+//!
+//! Client traffic runs on `worker`s: one OS thread per core, each with a
+//! single-threaded tokio runtime and its own accept loop (`server`'s
+//! `accept_traffic`) on a duplicate of every listening socket (one socket
+//! per address, shared by the workers). A worker serves the connections it
+//! accepted from start to end, with its own upstream connection pools, so
+//! a request, its client connection and its backend connection live on one
+//! thread (no cross-thread wake-ups), like nginx's worker processes. What
+//! the workers share is lock-free or nearly so: the table (`ArcSwap`), the
+//! per-set stats (atomics), the access log queue. The admin socket and the
+//! metrics listener run on the runtime that calls [`Proxy::serve`].
+//!
 //! # Atomic table swap
 //!
 //! The compiled table lives in an `ArcSwap<Router>`. A request loads one
@@ -127,6 +140,7 @@ mod sticky;
 mod table;
 mod tls;
 mod upgrade;
+mod worker;
 mod x509;
 
 pub use client::{AdminClient, AdminClientError};

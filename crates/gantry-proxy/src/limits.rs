@@ -9,7 +9,8 @@
 //! - Request header size (431) and header read time (slowloris) are hyper
 //!   settings, applied in `server`.
 //! - [`Clients`] holds one pooled upstream client per connect timeout, so a
-//!   route's `connect_timeout_ms` applies to its connection attempts.
+//!   route's `connect_timeout_ms` applies to its connection attempts (off
+//!   the workers; each worker keeps its own set, see `worker`).
 
 use std::collections::HashMap;
 use std::io;
@@ -175,6 +176,7 @@ pub(crate) fn upstream_client(config: &ProxyConfig, connect_timeout: Duration) -
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .http1_writev(false)
         .build(http)
 }
 

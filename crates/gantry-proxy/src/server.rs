@@ -223,19 +223,23 @@ impl Proxy {
         let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut accepters = JoinSet::new();
+        // Client traffic: one worker thread per core (`worker`), each on a
+        // duplicate of every listener; `max_connections` is one cap for all.
         let cap = config
             .max_connections
             .map(|n| Arc::new(Semaphore::new(n.max(1))));
-        for (listener, kind) in listeners {
-            accepters.spawn(accept_traffic(
-                listener,
-                kind,
-                cap.clone(),
-                admin.shared.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
-            ));
+        let mut std_listeners = Vec::with_capacity(listeners.len());
+        for (l, kind) in listeners {
+            let addr = l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let l = l
+                .into_std()
+                .map_err(|source| ProxyError::Listen { addr, source })?;
+            std_listeners.push((l, addr, kind));
         }
+        let mut workers =
+            crate::worker::start(std_listeners, cap, admin.shared.clone(), stop_rx.clone())?;
         if let Some((listener, _)) = metrics {
             accepters.spawn(crate::metrics::accept(
                 listener,
@@ -272,6 +276,7 @@ impl Proxy {
             tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}
         let _ = acme.await;
+        // The workers finish their connections meanwhile.
         match Arc::try_unwrap(graceful) {
             Ok(graceful) => {
                 if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
@@ -280,13 +285,15 @@ impl Proxy {
                 {
                     tracing::warn!(
                         timeout = ?config.shutdown_timeout,
-                        "requests still open after the shutdown timeout; closing them"
+                        "admin or metrics requests still open after the shutdown timeout"
                     );
                 }
             }
             Err(_) => tracing::warn!("connections still referenced at shutdown"),
         }
+        workers.drained().await;
         let _ = tunnels.await;
+        workers.finish().await;
         // After an upgrade the socket file belongs to the new process.
         if !admin.upgrade.handed_over() {
             let _ = std::fs::remove_file(&config.admin_socket);
@@ -342,7 +349,7 @@ fn backoff_on_accept_error(e: &std::io::Error) -> Duration {
     Duration::from_millis(50)
 }
 
-async fn accept_traffic(
+pub(crate) async fn accept_traffic(
     listener: TcpListener,
     kind: Kind,
     cap: Option<Arc<Semaphore>>,
@@ -357,7 +364,8 @@ async fn accept_traffic(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(max_header_size);
+        .max_buf_size(max_header_size)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gantry_proxy::{AdminClientError, Maintenance};
@@ -752,6 +753,69 @@ async fn access_log_writes_json_lines() {
     assert_eq!(line["bytes"].as_u64(), Some(r.body.len() as u64));
     assert!(line["duration_ms"].is_number());
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
+}
+
+/// Client connections are spread over the proxy's worker threads (one per
+/// core); a shutdown waits for the open requests of every worker, and the
+/// proxy stops accepting meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_open_requests_of_every_worker() {
+    use http_body_util::BodyExt;
+    const OPEN: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b").await;
+    let p = TestProxy::start(dir.path()).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "r",
+            &["*"],
+            "/",
+            vec![set("s", 100, &[b.addr])],
+        )]))
+        .await
+        .unwrap();
+    // One client (so one connection) per request.
+    let slow: Vec<_> = (0..OPEN)
+        .map(|i| {
+            let c = client();
+            let uri = p.url(&format!("/hold/{i}"));
+            tokio::spawn(async move {
+                let mut req = hyper::Request::new(http_body_util::Full::new(Bytes::new()));
+                *req.uri_mut() = uri.parse().unwrap();
+                let resp = c.request(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    b.wait_entered(OPEN).await;
+    let addr = p.addr;
+    let stopping = tokio::spawn(p.stop());
+    // No new connection is served once the proxy is stopping (the accept
+    // loops end; a connection the kernel still queued is closed unserved).
+    let refused = async {
+        loop {
+            let c = client();
+            let mut req = hyper::Request::new(http_body_util::Full::new(Bytes::new()));
+            *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
+            if c.request(req).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("the stopping proxy still served new connections after 30 s");
+    assert!(!stopping.is_finished(), "stopped with requests still open");
+    b.release();
+    for s in slow {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.is_empty());
+    }
+    stopping.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
