@@ -45,6 +45,11 @@ pub(crate) struct Shared {
     /// Open WebSocket tunnels, closed at shutdown.
     pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
     pub(crate) tls: Arc<crate::tls::TlsState>,
+    /// Set once a successor proxy serves (hitless upgrade): HTTP/1.1
+    /// answers carry `Connection: close`, so clients move to new
+    /// connections after a complete response instead of having an idle
+    /// keep-alive connection closed under a request they are sending.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
 /// Methods a connect failure may retry on another instance.

@@ -156,7 +156,16 @@ async fn handle(
     } else if let Some(resp) = before_routing(&shared, &req) {
         return resp;
     }
-    forward::handle(shared, req, peer, peer_ip).await
+    // Read at the start: a request that began before the hand-off ends
+    // long before the linger does.
+    let close = req.version() <= hyper::Version::HTTP_11
+        && shared.closing.load(std::sync::atomic::Ordering::Relaxed);
+    let mut resp = forward::handle(shared, req, peer, peer_ip).await;
+    if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Plain HTTP only: the ACME HTTP-01 answer, or the redirect to HTTPS.

@@ -164,6 +164,7 @@ impl Proxy {
             config: config.clone(),
             tunnels: Default::default(),
             tls,
+            closing: Default::default(),
         });
         let admin = Arc::new(Admin {
             shared,
@@ -268,6 +269,13 @@ impl Proxy {
                 tracing::info!("proxy shutting down: no new connections; finishing open requests");
             }
             _ = async { upgraded.wait_for(|d| *d).await.is_ok() } => {
+                // Both processes accept now. For a moment, this one answers
+                // HTTP/1.1 with `Connection: close`: busy keep-alive clients
+                // leave after a full response, so the graceful close below
+                // finds idle connections only (no request lost in a race
+                // with the close).
+                admin.shared.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(HANDOFF_LINGER.min(config.shutdown_timeout)).await;
                 tracing::info!("handed over to the new proxy: no new connections; finishing open requests");
             }
         }
@@ -314,6 +322,11 @@ impl Proxy {
         Ok(())
     }
 }
+
+/// After a hand-off, how long the old proxy keeps serving with
+/// `Connection: close` before it stops accepting and closes idle
+/// connections.
+const HANDOFF_LINGER: Duration = Duration::from_secs(1);
 
 /// Binds the admin socket with mode 0600, replacing a stale socket file
 /// but never a live proxy's.
