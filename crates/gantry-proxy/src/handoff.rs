@@ -128,8 +128,9 @@ pub(crate) async fn notify_ready() {
 
 /// What a running proxy needs to start its successor.
 pub(crate) struct Upgrade {
-    /// Duplicates of the listening sockets, in hand-off order.
-    fds: Vec<OwnedFd>,
+    /// Duplicates of the listening sockets, in hand-off order; emptied at
+    /// shutdown (`close_sockets`).
+    fds: std::sync::Mutex<Vec<OwnedFd>>,
     plain: usize,
     tls: usize,
     state_dir: PathBuf,
@@ -152,13 +153,20 @@ impl Upgrade {
         }
         fds.push(admin.as_fd().try_clone_to_owned()?);
         Ok(Upgrade {
-            fds,
+            fds: std::sync::Mutex::new(fds),
             plain,
             tls: traffic.len() - plain,
             state_dir,
             lock: tokio::sync::Mutex::new(()),
             done: watch::Sender::new(false),
         })
+    }
+
+    /// Closes this process's copies of the listening sockets, once it stops
+    /// accepting: the kernel then refuses new connections instead of
+    /// queueing them for nobody (a successor holds its own copies).
+    pub(crate) fn close_sockets(&self) {
+        self.fds.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub(crate) fn handed_over(&self) -> bool {
@@ -198,17 +206,23 @@ impl Upgrade {
         notify_path: &std::path::Path,
     ) -> Result<u32, String> {
         let mut mappings = Vec::new();
-        for (i, fd) in self.fds.iter().enumerate() {
-            mappings.push(FdMapping {
-                parent_fd: fd
-                    .try_clone()
-                    .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?,
-                child_fd: 3 + i32::try_from(i).map_err(|e| e.to_string())?,
-            });
+        {
+            let fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
+            if fds.is_empty() {
+                return Err("this proxy is shutting down".into());
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                mappings.push(FdMapping {
+                    parent_fd: fd
+                        .try_clone()
+                        .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?,
+                    child_fd: 3 + i32::try_from(i).map_err(|e| e.to_string())?,
+                });
+            }
         }
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(&args)
-            .env("LISTEN_FDS", self.fds.len().to_string())
+            .env("LISTEN_FDS", mappings.len().to_string())
             .env("LISTEN_FDS_FIRST_FD", "3")
             .env_remove("LISTEN_PID")
             .env(INHERIT_ENV, format!("{},{}", self.plain, self.tls))

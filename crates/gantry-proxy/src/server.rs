@@ -280,6 +280,7 @@ impl Proxy {
             }
         }
         let _ = stop_tx.send(true);
+        admin.upgrade.close_sockets();
         let tunnels =
             tokio::spawn((admin.shared.tunnels.clone()).shutdown(config.websocket_drain_grace));
         while accepters.join_next().await.is_some() {}

@@ -167,9 +167,15 @@ impl Drop for Backend {
 }
 
 /// An address where nothing listens (connection refused).
+/// An address nothing answers on, for good: a socket bound but never
+/// listening (connections are refused), kept for the whole test process so
+/// no other test's listener can take the port meanwhile.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::mem::forget(s);
+    addr
 }
 
 // === Table builders ===
