@@ -1,6 +1,7 @@
 //! `gantry check headers`: the real binary against a real `gantry proxy`
 //! (its default policy passes) and a real backend without security
-//! headers (fails), and an address where nothing listens (exit 3).
+//! headers (fails), the proxy over HTTPS (HSTS graded), and an address
+//! where nothing listens (exit 3).
 
 mod support;
 
@@ -138,6 +139,23 @@ csp = "default-src 'self'; object-src 'none'"
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("FAIL  Content-Security-Policy"), "{out}");
     assert!(!out.contains("X-Frame-Options"), "{out}");
+
+    // Over HTTPS (the proxy's TLS listener, a self-signed certificate
+    // trusted with --ca-file): HSTS is graded too, and passes.
+    let tls_state = tempfile::tempdir().unwrap();
+    let (tls_proxy, _, tls_port, _) = support::start_proxy_with_tls(tls_state.path(), "localhost");
+    let tls_admin = gantry_proxy::AdminClient::new(tls_state.path().join("admin.sock"));
+    rt.block_on(tls_admin.set_table(&table)).unwrap();
+    let ca = tls_state.path().join("app.crt");
+    let via_https = format!("https://localhost:{tls_port}/");
+    let (code, out, err) = check(&[&via_https, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("PASS  Strict-Transport-Security"), "{out}");
+    // Without trusting the certificate: it cannot be fetched.
+    let (code, _, err) = check(&[&via_https]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot fetch"), "{err}");
+    drop(tls_proxy);
 
     let nothing = format!("http://127.0.0.1:{}/", free_port());
     let (code, _, err) = check(&[&nothing]);

@@ -131,58 +131,6 @@ async fn client(
     }
 }
 
-/// `gantry proxy` with a plain and a TLS listener (a self-signed default
-/// certificate for `app`); the ports and the certificate.
-fn start_proxy_with_tls(state: &std::path::Path) -> (support::ProxyProcess, u16, u16, Vec<u8>) {
-    use std::io::BufRead;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["app".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (crt_path, key_path) = (state.join("app.crt"), state.join("app.key"));
-    std::fs::write(&crt_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let mut child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--access-log", "off", "--state-dir"])
-        .arg(state)
-        .arg("--tls-cert")
-        .arg(&crt_path)
-        .arg("--tls-key")
-        .arg(&key_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gantry proxy");
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let port_of = |a: &str| a.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    let (mut plain, mut tls) = (None, None);
-    while plain.is_none() || tls.is_none() {
-        let line = lines.next().expect("proxy printed its addresses").unwrap();
-        if let Some(a) = line.trim().strip_prefix("listen: http://") {
-            plain = Some(port_of(a));
-        }
-        if let Some(a) = line.trim().strip_prefix("tls:    https://") {
-            tls = Some(port_of(a));
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let port = plain.unwrap();
-    (
-        support::ProxyProcess { child, port },
-        port,
-        tls.unwrap(),
-        cert.der().to_vec(),
-    )
-}
-
 /// One HTTPS request for `app` (HTTP/1.1, trusting `cert`); the body.
 async fn tls_get(port: u16, cert: &[u8]) -> String {
     let mut roots = rustls::RootCertStore::empty();
@@ -223,7 +171,7 @@ fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
     let state = tempfile::tempdir().unwrap();
     let backend_port = free_port();
     let mut backend = app(backend_port);
-    let (proxy, port, tls_port, cert) = start_proxy_with_tls(state.path());
+    let (proxy, port, tls_port, cert) = support::start_proxy_with_tls(state.path(), "app");
     let socket = state.path().join("admin.sock");
     let admin = gantry_proxy::AdminClient::new(&socket);
     let table = gantry_proxy::Table::from_json(

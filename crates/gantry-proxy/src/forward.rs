@@ -94,7 +94,10 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody> {
     // Phase 1 records the route's security headers here; every answer of
     // the route, the backend's or the proxy's own, gets them.
-    let https = req.uri().scheme() == Some(&Scheme::HTTPS);
+    // Over a TLS listener (HTTP/1.1 has no scheme in the URI), or an h2
+    // request that says https.
+    let https = crate::listener::proto(req.extensions()) == "https"
+        || req.uri().scheme() == Some(&Scheme::HTTPS);
     let mut security_headers = None;
     // Boxed: the request's state machine is several KiB; boxed, hyper moves
     // a pointer instead of copying it on its way into the connection task.
@@ -232,7 +235,8 @@ async fn handle_routed(
     let negotiated = route
         .compress
         .then(|| crate::compress::negotiate(&parts.method, &parts.headers));
-    let https = uri.scheme() == Some(&Scheme::HTTPS);
+    let https = crate::listener::proto(&parts.extensions) == "https"
+        || uri.scheme() == Some(&Scheme::HTTPS);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.restore(&mut parts.headers);

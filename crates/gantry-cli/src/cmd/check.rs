@@ -1,9 +1,9 @@
 //! `gantry check headers URL`: fetch a live URL and grade its security
 //! headers against the app spec's policy (or the strict defaults).
 //!
-//! Plain `http://` URLs only for now: the workspace has no TLS client yet;
-//! an `https://` URL gets a clear error (exit 1). HSTS is graded on HTTPS
-//! only, so over HTTP it is reported as skipped.
+//! `http://` and `https://` URLs (rustls, the system's root certificates,
+//! or `--ca-file` for a private CA). HSTS is graded on HTTPS only, so over
+//! HTTP it is reported as skipped.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,8 +34,12 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct HeadersArgs {
-    /// The page to fetch (`http://`).
+    /// The page to fetch (`http://` or `https://`).
     url: String,
+    /// Trust this PEM CA certificate (or self-signed certificate) for
+    /// https, instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Grade against the security headers of this gantry.toml.
     #[arg(long, value_name = "FILE")]
     policy_from: Option<PathBuf>,
@@ -81,16 +85,13 @@ fn headers(ctx: &Ctx, a: HeadersArgs) -> anyhow::Result<ExitCode> {
         .url
         .parse()
         .with_context(|| format!("`{}` is not a URL (e.g. http://app.example.com/)", a.url))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!(
-            "`{}`: https URLs are not supported by this build yet (no TLS client); check the \
-             http:// URL, or the app behind the proxy",
-            a.url
-        ),
-        _ => bail!("`{}` must start with http://", a.url),
-    }
-    let fetched = block_on(fetch(uri));
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => bail!("`{}` must start with http:// or https://", a.url),
+    };
+    let tls = tls_config(a.ca_file.as_deref())?;
+    let fetched = block_on(fetch(uri, tls));
     let (status, got) = match fetched {
         Ok(r) => r,
         Err(e) => {
@@ -98,7 +99,7 @@ fn headers(ctx: &Ctx, a: HeadersArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
     };
-    let checks = grade(&got, false, &policy);
+    let checks = grade(&got, https, &policy);
     let passed = checks.iter().all(|c| c.result != "fail");
     let report = Report {
         url: a.url,
@@ -132,8 +133,50 @@ fn headers(ctx: &Ctx, a: HeadersArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn fetch(uri: hyper::Uri) -> anyhow::Result<(u16, HeaderMap)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// TLS client settings trusting only `ca_file`'s certificates; none: the
+/// system's roots (loaded by the connector).
+fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<Option<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read the CA file `{}`", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.with_context(|| format!("`{}` is not a PEM certificate file", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("`{}`: unusable certificate", path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("`{}` holds no certificate", path.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Some(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS set-up")?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+async fn fetch(
+    uri: hyper::Uri,
+    tls: Option<rustls::ClientConfig>,
+) -> anyhow::Result<(u16, HeaderMap)> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match tls {
+        Some(config) => builder.with_tls_config(config),
+        None => builder
+            .with_native_roots()
+            .context("cannot load the system's root certificates; pass --ca-file")?,
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
     let mut req = hyper::Request::new(Empty::new());
     *req.uri_mut() = uri;
     req.headers_mut().insert(

@@ -385,3 +385,55 @@ pub fn start_proxy(state: &Path) -> ProxyProcess {
     std::thread::spawn(move || for _ in lines {});
     ProxyProcess { child, port }
 }
+
+/// `gantry proxy` with a plain and a TLS listener (a self-signed default
+/// certificate for `name`, its PEM in `state/app.crt`); the proxy, its
+/// plain and TLS ports, and the certificate (DER).
+pub fn start_proxy_with_tls(state: &Path, name: &str) -> (ProxyProcess, u16, u16, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt_path, key_path) = (state.join("app.crt"), state.join("app.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--access-log", "off", "--state-dir"])
+        .arg(state)
+        .arg("--tls-cert")
+        .arg(&crt_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port_of = |a: &str| a.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (mut plain, mut tls) = (None, None);
+    while plain.is_none() || tls.is_none() {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            plain = Some(port_of(a));
+        }
+        if let Some(a) = line.trim().strip_prefix("tls:    https://") {
+            tls = Some(port_of(a));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let port = plain.unwrap();
+    (
+        ProxyProcess { child, port },
+        port,
+        tls.unwrap(),
+        cert.der().to_vec(),
+    )
+}
