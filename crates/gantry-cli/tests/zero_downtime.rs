@@ -124,8 +124,6 @@ fn sixty_deploys_and_rollbacks_under_load_fail_no_request() {
         admin.to_str().unwrap(),
         "--proxy-addr",
         &proxy_addr,
-        "--port-range",
-        "41000-41199",
     ]);
     let mut m = Marathon {
         server,

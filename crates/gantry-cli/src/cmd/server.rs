@@ -54,6 +54,29 @@ enum LogFormat {
     Json,
 }
 
+/// Instance ports inside the kernel's ephemeral range can be taken by any
+/// outgoing connection on the host, and an instance then cannot bind.
+fn warn_if_ephemeral(ports: &std::ops::RangeInclusive<u16>) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u16>().ok());
+    if let (Some(lo), Some(hi)) = (it.next(), it.next())
+        && *ports.start() <= hi
+        && *ports.end() >= lo
+    {
+        tracing::warn!(
+            "the instance port range {}-{} overlaps the kernel's ephemeral ports {lo}-{hi}: \
+             an outgoing connection may take an instance's port; use a range below {lo} \
+             (--port-range)",
+            ports.start(),
+            ports.end()
+        );
+    }
+}
+
 pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -65,6 +88,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    warn_if_ephemeral(&args.port_range);
     let opts = gantry_server::ServerOptions {
         data_dir: ctx.data_dir.clone(),
         socket: args.socket,
