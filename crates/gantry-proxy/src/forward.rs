@@ -91,13 +91,13 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
+    over_tls: bool,
 ) -> Response<ResponseBody> {
     // Phase 1 records the route's security headers here; every answer of
     // the route, the backend's or the proxy's own, gets them.
     // Over a TLS listener (HTTP/1.1 has no scheme in the URI), or an h2
     // request that says https.
-    let https = crate::listener::proto(req.extensions()) == "https"
-        || req.uri().scheme() == Some(&Scheme::HTTPS);
+    let https = over_tls || req.uri().scheme() == Some(&Scheme::HTTPS);
     let mut security_headers = None;
     // Boxed: the request's state machine is several KiB; boxed, hyper moves
     // a pointer instead of copying it on its way into the connection task.
@@ -106,6 +106,7 @@ pub(crate) async fn handle(
         req,
         peer,
         peer_ip,
+        (over_tls, https),
         &mut security_headers,
     ))
     .await;
@@ -120,6 +121,7 @@ async fn handle_routed(
     req: Request<Incoming>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
+    (over_tls, https): (bool, bool),
     security_headers: &mut Option<Arc<crate::policy::CompiledHeaders>>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
@@ -235,8 +237,6 @@ async fn handle_routed(
     let negotiated = route
         .compress
         .then(|| crate::compress::negotiate(&parts.method, &parts.headers));
-    let https = crate::listener::proto(&parts.extensions) == "https"
-        || uri.scheme() == Some(&Scheme::HTTPS);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.restore(&mut parts.headers);
@@ -246,7 +246,7 @@ async fn handle_routed(
         &mut parts.headers,
         &peer_ip,
         host_value.clone(),
-        crate::listener::proto(&parts.extensions),
+        if over_tls { "https" } else { "http" },
         shared.config.trust_forwarded,
     );
     // After the hop-by-hop strip, which may have removed it.

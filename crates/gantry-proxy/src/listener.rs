@@ -29,20 +29,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ACME_PATH: &str = "/.well-known/acme-challenge/";
 
-/// Marks a request that came over TLS (a request extension), so that
-/// `X-Forwarded-Proto` says `https`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct OverTls;
-
-/// `https` for requests that came over TLS, else `http`.
-pub(crate) fn proto(extensions: &hyper::http::Extensions) -> &'static str {
-    if extensions.get::<OverTls>().is_some() {
-        "https"
-    } else {
-        "http"
-    }
-}
-
 /// How a traffic listener treats its connections.
 #[derive(Clone, Copy)]
 pub(crate) struct Kind {
@@ -146,21 +132,19 @@ async fn serve<I>(
 
 async fn handle(
     shared: Arc<Shared>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
     over_tls: bool,
 ) -> Response<ResponseBody> {
-    if over_tls {
-        req.extensions_mut().insert(OverTls);
-    } else if let Some(resp) = before_routing(&shared, &req) {
+    if !over_tls && let Some(resp) = before_routing(&shared, &req) {
         return resp;
     }
     // Read at the start: a request that began before the hand-off ends
     // long before the linger does.
     let close = req.version() <= hyper::Version::HTTP_11
         && shared.closing.load(std::sync::atomic::Ordering::Relaxed);
-    let mut resp = forward::handle(shared, req, peer, peer_ip).await;
+    let mut resp = forward::handle(shared, req, peer, peer_ip, over_tls).await;
     if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

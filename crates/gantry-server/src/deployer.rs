@@ -180,10 +180,7 @@ impl Deployer {
         let (version, secrets, rel) = db(&self.store, move |s| {
             Ok((
                 // The config it started with, whatever was applied since.
-                match pinned {
-                    Some(v) => s.config_version(&a, &e, v)?,
-                    None => s.current_config(&a, &e)?,
-                },
+                config_at(s, &a, &e, pinned)?,
                 s.secret_values(&a, &e)?,
                 s.release(&a, n)?,
             ))
@@ -196,10 +193,9 @@ impl Deployer {
         // A migration or hook the dead control plane was running must not
         // run on beside what the deploy does next.
         if let Some(line) = crate::shell::stop_orphan(&command_marker(self.store.dir(), rec.id)) {
-            let (id, st, ph, h) = (rec.id, rec.state.clone(), rec.phase.clone(), holder.clone());
-            let now = gantry_store::now_ms();
+            let (id, phase, at) = (rec.id, rec.phase.clone(), gantry_store::now_ms());
             db(&self.store, move |s| {
-                s.save_deploy_as(id, &st, &ph, None, &[(now, line)], Some(&h))
+                s.add_deploy_event(id, at, &phase, &line)
             })
             .await?;
         }
@@ -254,10 +250,7 @@ impl Deployer {
                 .into_iter()
                 .find(|d| d.outcome.as_deref() == Some("succeeded"));
             Ok((
-                match config_version {
-                    Some(v) => s.config_version(&a, &e, v)?,
-                    None => s.current_config(&a, &e)?,
-                },
+                config_at(s, &a, &e, config_version)?,
                 s.secret_values(&a, &e)?,
                 s.release(&a, release)?,
                 last,
@@ -424,26 +417,21 @@ impl Deployer {
                     Action::SetWeight { new } => Some(new),
                     _ => None,
                 };
-                let acting = Instant::now();
                 let next = self.act(&job, action).await;
                 if let (Some(w), None) = (weight, &next) {
                     // After the fact, so it never delays the switch.
-                    let line = match &job.old_set {
-                        Some(old) if w < 100 => format!(
-                            "traffic: {w} % to {}, {} % to {old} (the proxy applied it {:.1} ms after the decision)",
-                            job.new_set,
-                            100 - w,
-                            (gantry_store::now_ms() - now) as f64
-                        ),
-                        _ => format!(
-                            "traffic: all to {} (the proxy applied it {:.1} ms after the decision; route change {:.1} ms)",
-                            job.new_set,
-                            (gantry_store::now_ms() - now) as f64,
-                            acting.elapsed().as_secs_f64() * 1000.0
-                        ),
-                    };
-                    let (id, phase) = (job.id, saved_phase.clone());
                     let at = gantry_store::now_ms();
+                    let split = match &job.old_set {
+                        Some(old) if w < 100 => {
+                            format!("{w} % to {}, {} % to {old}", job.new_set, 100 - w)
+                        }
+                        _ => format!("all to {}", job.new_set),
+                    };
+                    let line = format!(
+                        "traffic: {split} (the proxy applied it {} ms after the decision)",
+                        at - now
+                    );
+                    let (id, phase) = (job.id, saved_phase.clone());
                     let _ = db(&self.store, move |s| {
                         s.add_deploy_event(id, at, &phase, &line)
                     })
@@ -771,6 +759,19 @@ impl Deployer {
         let out =
             crate::shell::run_marked(cmd, &job.dir, Some(env), timeout, 2000, Some(&marker)).await;
         (out.ok, out.summary(cmd))
+    }
+}
+
+/// The environment's config at `version`, or its current one.
+fn config_at(
+    s: &Store,
+    app: &str,
+    env: &str,
+    version: Option<i64>,
+) -> gantry_store::Result<gantry_store::config::ConfigVersion> {
+    match version {
+        Some(v) => s.config_version(app, env, v),
+        None => s.current_config(app, env),
     }
 }
 

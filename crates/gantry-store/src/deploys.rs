@@ -288,16 +288,30 @@ impl Store {
     }
 
     pub fn deploy_events(&self, id: i64) -> Result<Vec<DeployEvent>> {
+        Ok(self
+            .deploy_events_from(id, id)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// The timelines of deploys `first..=last` in one query, as
+    /// (deploy id, event), by deploy then time.
+    pub fn deploy_events_from(&self, first: i64, last: i64) -> Result<Vec<(i64, DeployEvent)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT at, phase, message FROM deploy_events WHERE deploy_id=?1 ORDER BY at, rowid",
+            "SELECT deploy_id, at, phase, message FROM deploy_events
+             WHERE deploy_id BETWEEN ?1 AND ?2 ORDER BY deploy_id, at, rowid",
         )?;
-        let rows = stmt.query_map([id], |r| {
-            Ok(DeployEvent {
-                at: r.get(0)?,
-                phase: r.get(1)?,
-                message: r.get(2)?,
-            })
+        let rows = stmt.query_map([first, last], |r| {
+            Ok((
+                r.get(0)?,
+                DeployEvent {
+                    at: r.get(1)?,
+                    phase: r.get(2)?,
+                    message: r.get(3)?,
+                },
+            ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -120,18 +120,26 @@ pub(crate) async fn list(
 ) -> ApiResult<Vec<DeployInfo>> {
     let rows = state
         .db(move |s| {
-            s.deploys(Some((&app, &env)), 100)?
-                .into_iter()
-                .map(|d| {
-                    let events = s.deploy_events(d.id)?;
-                    Ok((d, events))
-                })
-                .collect::<gantry_store::Result<Vec<_>>>()
+            let deploys = s.deploys(Some((&app, &env)), 100)?;
+            // One query for all their timelines (ids are ascending in time;
+            // other environments' events in the range are skipped below).
+            let (first, last) = (
+                deploys.last().map_or(0, |d| d.id),
+                deploys.first().map_or(0, |d| d.id),
+            );
+            Ok((deploys, s.deploy_events_from(first, last)?))
         })
         .await?;
+    let (deploys, events) = rows;
+    let mut by_deploy: std::collections::HashMap<i64, Vec<_>> = std::collections::HashMap::new();
+    for (id, e) in events {
+        by_deploy.entry(id).or_default().push(e);
+    }
     Ok(Json(
-        rows.into_iter()
-            .map(|(d, events)| {
+        deploys
+            .into_iter()
+            .map(|d| {
+                let events = by_deploy.remove(&d.id).unwrap_or_default();
                 let mut i = info(d, timeline(events));
                 // The list carries phase durations, not whole timelines.
                 i.timeline = Vec::new();
