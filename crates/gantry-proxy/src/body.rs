@@ -222,10 +222,52 @@ impl Drop for Guard {
     }
 }
 
+// === impl Upstream ===
+
+/// A backend's response body: from hyper's client, or from the proxy's own
+/// HTTP/1.1 path (`h1`).
+pub(crate) enum Upstream {
+    Hyper(Incoming),
+    H1(crate::h1::Body),
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Upstream::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+            Upstream::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Hyper(b) => b.is_end_stream(),
+            Upstream::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(b) => b.size_hint(),
+            Upstream::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 // === impl ResponseBody ===
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(Upstream),
     /// The upstream body, compressed as it streams (`compress`).
     Compressed(Box<crate::compress::Compressed>),
     Full(Option<Bytes>),
@@ -242,7 +284,7 @@ pub(crate) struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming, guard: Guard) -> Self {
+    pub(crate) fn upstream(body: Upstream, guard: Guard) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             guard: Some(guard),
@@ -283,9 +325,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Compressed(c) => c
                 .poll_data(cx)
                 .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),

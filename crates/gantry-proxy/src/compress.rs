@@ -25,7 +25,6 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder};
 use bytes::Bytes;
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncRead;
@@ -220,7 +219,7 @@ pub(crate) fn prepare<B>(resp: &mut Response<B>, negotiated: Negotiated) -> Opti
 // === the body ===
 
 /// The upstream body's data as a stream of byte chunks (trailers dropped).
-struct DataStream(Incoming);
+struct DataStream(crate::body::Upstream);
 
 impl futures_core::Stream for DataStream {
     type Item = io::Result<Bytes>;
@@ -248,7 +247,7 @@ pub(crate) struct Compressed {
 }
 
 impl Compressed {
-    pub(crate) fn new(body: Incoming, coding: Coding) -> Compressed {
+    pub(crate) fn new(body: crate::body::Upstream, coding: Coding) -> Compressed {
         let reader = StreamReader::new(DataStream(body));
         let encoder: Pin<Box<dyn AsyncRead + Send>> = match coding {
             Coding::Gzip => Box::pin(GzipEncoder::with_quality(reader, Level::Precise(6))),

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::balance::pick;
-use crate::body::{Guard, ResponseBody, SharedBody, UpstreamBody};
+use crate::body::{Guard, ResponseBody, SharedBody, Upstream, UpstreamBody};
 use crate::config::ProxyConfig;
 use crate::csp_report::receive;
 use crate::headers::{
@@ -58,6 +58,17 @@ fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// True for a request that carries no body: its stream already ended and
+/// it declares no length but 0.
+fn bodyless(headers: &hyper::HeaderMap, body: &Incoming) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream()
+        && headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
 }
 
 /// Resolves once the set has been retired for `grace`; never while it is in
@@ -259,9 +270,29 @@ async fn handle_routed(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // Phases 3 and 4: pick an instance, send, retry a connect failure.
+    if !path_and_query.as_str().starts_with('/') {
+        // `*` (OPTIONS *) has no origin-form to forward.
+        let detail = format!("The request path `{path_and_query}` cannot be forwarded.");
+        return page(
+            StatusCode::BAD_REQUEST,
+            &request_id,
+            &detail,
+            None,
+            Some(guard),
+        );
+    }
+    // A request without a body or upgrade takes the proxy's own HTTP/1.1
+    // path on a worker (`h1`); others take hyper's client.
+    let own_h1 = upgrade.is_none()
+        && parts.method != Method::CONNECT
+        && bodyless(&parts.headers, &body)
+        && crate::h1::available();
+    let connect_timeout = route
+        .connect_timeout
+        .unwrap_or(shared.config.connect_timeout);
     let body = SharedBody::new(body, route.policy.max_body);
     // This worker's own pool (`worker`).
-    let client = crate::worker::client(&shared, route.connect_timeout);
+    let client = (!own_h1).then(|| crate::worker::client(&shared, route.connect_timeout));
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -271,47 +302,52 @@ async fn handle_routed(
         tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
-        let mut uri_parts = hyper::http::uri::Parts::default();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = instance.authority.clone();
-        uri_parts.path_and_query = Some(path_and_query.clone());
-        let built = if path_and_query.as_str().starts_with('/') {
-            Uri::from_parts(uri_parts).ok()
-        } else {
-            None // `*` (OPTIONS *) has no origin-form to forward
-        };
-        let uri = match built {
-            Some(u) => u,
-            None => {
-                let detail = format!("The request path `{path_and_query}` cannot be forwarded.");
-                return page(
-                    StatusCode::BAD_REQUEST,
-                    &request_id,
-                    &detail,
-                    None,
-                    Some(guard),
-                );
+        let exchange = async {
+            let Some(client) = &client else {
+                let head = crate::h1::Head {
+                    method: &parts.method,
+                    path: &path_and_query,
+                    headers: &parts.headers,
+                    authority: instance.authority.as_ref().map_or("", |a| a.as_str()),
+                };
+                return match crate::h1::send(
+                    instance.addr,
+                    connect_timeout,
+                    head,
+                    idempotent(&parts.method),
+                )
+                .await
+                {
+                    Ok(resp) => Ok(resp.map(Upstream::H1)),
+                    Err(e) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+                    Err(e) => Err(Failure::Other(e.to_string())),
+                };
+            };
+            let mut uri_parts = hyper::http::uri::Parts::default();
+            uri_parts.scheme = Some(Scheme::HTTP);
+            uri_parts.authority = instance.authority.clone();
+            uri_parts.path_and_query = Some(path_and_query.clone());
+            let uri = Uri::from_parts(uri_parts)
+                .map_err(|e| Failure::Other(format!("cannot build the backend URI: {e}")))?;
+            let mut upstream = Request::new(UpstreamBody::new(body.clone(), set.stats.clone()));
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            // No other instance is left to retry on: hand the headers over
+            // instead of copying them.
+            *upstream.headers_mut() = if tried.len() >= set.instances.len() {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            match client.request(upstream).await {
+                Ok(resp) => Ok(resp.map(Upstream::Hyper)),
+                Err(e) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
+                Err(e) => Err(Failure::Other(error_chain(&e))),
             }
         };
-        let mut upstream = Request::new(UpstreamBody::new(body.clone(), set.stats.clone()));
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.version_mut() = Version::HTTP_11;
-        // No other instance is left to retry on: hand the headers over
-        // instead of copying them.
-        *upstream.headers_mut() = if tried.len() >= set.instances.len() {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
-
         let result = tokio::select! {
-            r = tokio::time::timeout_at(deadline, client.request(upstream)) => match r {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
-                Ok(Err(e)) => Err(Failure::Other(error_chain(&e))),
-                Err(_) => Err(Failure::Timeout),
-            },
+            r = tokio::time::timeout_at(deadline, exchange) => r.unwrap_or(Err(Failure::Timeout)),
             _ = drain_deadline(set.stats.retired(), shared.config.drain_timeout) => Err(Failure::Drained),
         };
         match result {
@@ -320,17 +356,28 @@ async fn handle_routed(
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
                 let mut resp = resp;
+                // Upgrades always take hyper's client (`own_h1` is false).
                 if let Some(up) = upgrade.take() {
-                    let drain = crate::upgrade::Drain {
-                        retired: set.stats.retired(),
-                        grace: shared.config.websocket_drain_grace,
-                        tunnels: shared.tunnels.clone(),
+                    let (head, body) = resp.into_parts();
+                    resp = match body {
+                        Upstream::Hyper(incoming) => {
+                            let drain = crate::upgrade::Drain {
+                                retired: set.stats.retired(),
+                                grace: shared.config.websocket_drain_grace,
+                                tunnels: shared.tunnels.clone(),
+                            };
+                            let stats = set.stats.clone();
+                            let resp = Response::from_parts(head, incoming);
+                            match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {
+                                Ok(answer) => return answer,
+                                Err((r, g)) => {
+                                    guard = g;
+                                    r.map(Upstream::Hyper)
+                                }
+                            }
+                        }
+                        other => Response::from_parts(head, other),
                     };
-                    let stats = set.stats.clone();
-                    match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {
-                        Ok(answer) => return answer,
-                        Err((r, g)) => (resp, guard) = (r, g),
-                    }
                 }
                 let mut response = respond(resp, guard, request_id_value.as_ref());
                 if let Some(n) = negotiated
@@ -496,7 +543,7 @@ fn select<'r>(
 }
 
 fn respond(
-    resp: Response<Incoming>,
+    resp: Response<Upstream>,
     mut guard: Guard,
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {

@@ -124,6 +124,7 @@ mod config;
 mod csp_report;
 mod error;
 mod forward;
+mod h1;
 mod handoff;
 mod headers;
 mod limits;

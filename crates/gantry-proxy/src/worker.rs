@@ -93,6 +93,7 @@ pub(crate) fn start(
             .spawn(move || {
                 runtime.block_on(async move {
                     install(&shared.config);
+                    crate::h1::install(shared.config.pool_max_idle_per_host);
                     // Per worker: its connections poll it, so it is never
                     // shared across threads.
                     let graceful = Arc::new(GracefulShutdown::new());
