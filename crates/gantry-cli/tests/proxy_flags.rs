@@ -1,11 +1,14 @@
 //! `gantry proxy` flags of the streaming features: `--metrics-listen`
 //! serves Prometheus text over TCP; a bad `--websocket-drain-grace` is
-//! refused with a clear message.
+//! refused with a clear message. PROXY protocol per listener
+//! (`--proxy-protocol-on`), also across `gantry proxy upgrade`.
 
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn metrics_listen_serves_prometheus_text() {
@@ -58,4 +61,179 @@ fn a_bad_drain_grace_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`soon` is not a duration"), "{err}");
+}
+
+#[test]
+fn proxy_protocol_on_an_address_that_is_no_listener_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(support::BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--access-log", "off"])
+        .args(["--proxy-protocol-on", "10.0.0.5:8080", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: PROXY protocol is configured for 10.0.0.5:8080"),
+        "{err}"
+    );
+    assert!(err.contains("listen: 127.0.0.1:0"), "{err}");
+    assert!(
+        err.contains("add it with --listen/--tls-listen or drop it"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+}
+
+/// Sends `bytes` to `addr`, reads until the proxy closes (5 s at most).
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The marked listener reads PROXY headers, the other one does not: with
+/// no route, a request that got through the listener is answered 404.
+fn check_per_listener(direct: SocketAddr, behind_lb: SocketAddr, when: &str) {
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.2 40000 8080\r\n".to_vec();
+    v1.extend_from_slice(request);
+    let answer = exchange(behind_lb, &v1);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{when}: {answer}");
+    assert_eq!(
+        exchange(behind_lb, request),
+        "",
+        "{when}: no header, no answer"
+    );
+    let answer = exchange(direct, request);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{when}: {answer}");
+    let answer = exchange(direct, &v1);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{when}: a PROXY line on the direct listener: {answer}"
+    );
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// The successor of `gantry proxy upgrade` is started with the same
+/// arguments and takes the sockets in listener order, so each listener
+/// keeps its PROXY protocol setting.
+#[test]
+fn proxy_protocol_per_listener_survives_an_upgrade() {
+    let state = tempfile::tempdir().unwrap();
+    let child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.2:0",
+        ])
+        .args(["--proxy-protocol-on", "127.0.0.2:0", "--access-log", "off"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut proxy = support::ProxyProcess { child, port: 0 };
+    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
+    let mut listen = Vec::new();
+    while listen.len() < 2 {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            listen.push(a.parse::<SocketAddr>().unwrap());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (direct, behind_lb) = (listen[0], listen[1]);
+    assert_eq!(behind_lb.ip().to_string(), "127.0.0.2");
+    check_per_listener(direct, behind_lb, "before the upgrade");
+
+    let out = Command::new(support::BIN)
+        .args(["proxy", "upgrade", "--admin-socket"])
+        .arg(state.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_pid: u32 = stdout
+        .trim()
+        .rsplit_once("new pid ")
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+    let successor = Successor(new_pid);
+    // The old process leaves (it has no open connection), so every
+    // connection from now on reaches the new one.
+    let _ = proxy.child.wait();
+    check_per_listener(direct, behind_lb, "after the upgrade");
+    drop(successor);
+}
+
+/// The upgraded proxy (not this test's child): stopped when dropped, also
+/// when an assertion failed.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        while alive(self.0) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `--proxy-protocol` marks every listener; with `--proxy-protocol-on`
+/// naming one of them too, the union is used (no duplicate, no error).
+#[test]
+fn proxy_protocol_without_a_value_marks_every_listener() {
+    let state = tempfile::tempdir().unwrap();
+    let child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.2:0",
+        ])
+        .args(["--proxy-protocol", "--proxy-protocol-on", "127.0.0.2:0"])
+        .args(["--access-log", "off", "--state-dir"])
+        .arg(state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut proxy = support::ProxyProcess { child, port: 0 };
+    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
+    let mut listen = Vec::new();
+    while listen.len() < 2 {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            listen.push(a.parse::<SocketAddr>().unwrap());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    for addr in listen {
+        let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.1 40000 80\r\n".to_vec();
+        v1.extend_from_slice(request);
+        let answer = exchange(addr, &v1);
+        assert!(answer.starts_with("HTTP/1.1 404"), "{addr}: {answer}");
+        assert_eq!(exchange(addr, request), "", "{addr}: no header, no answer");
+    }
+    drop(proxy);
 }

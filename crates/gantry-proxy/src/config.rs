@@ -91,10 +91,17 @@ pub struct ProxyConfig {
     /// Renew when less than this remains; `None`: when less than a third of
     /// the certificate's lifetime remains.
     pub acme_renew_before: Option<Duration>,
-    /// Expect a PROXY protocol (v1 or v2) header on every traffic
-    /// connection (plain and TLS); its source address is the client's.
-    /// Connections without a valid header are closed.
-    pub proxy_protocol: bool,
+    /// The listen addresses (from `listen` or `tls_listen`, compared as
+    /// configured, not as bound) whose connections must start with a PROXY
+    /// protocol (v1 or v2) header, e.g. the one behind a load balancer that
+    /// sends it; its source address is then the client's. On a TLS
+    /// listener the header comes before the handshake. Connections there
+    /// without a valid header are closed; on the other listeners a PROXY
+    /// header is not read (it is just a bad request). An address that is no
+    /// listener's is a startup error ([`crate::ProxyError::ProxyProtocolAddr`]).
+    /// An address with port 0 marks every listener configured with it.
+    /// Empty (the default): no listener reads PROXY headers.
+    pub proxy_protocol: Vec<SocketAddr>,
     /// At most this many client connections (plain + TLS) at once; further
     /// ones wait in the kernel's accept queue. `None`: no cap.
     pub max_connections: Option<usize>,
@@ -121,7 +128,7 @@ impl ProxyConfig {
     /// ejection after 3 connect failures for 10 s, up to 512 idle
     /// connections per instance, 10 s to send request headers, 90 s idle
     /// timeout for client connections, 64 KiB request heads, 30 s WebSocket
-    /// drain grace, no metrics listener.
+    /// drain grace, no metrics listener, no PROXY protocol.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -150,7 +157,7 @@ impl ProxyConfig {
             acme_challenge: AcmeChallenge::Http01,
             acme_check_interval: Duration::from_secs(3600),
             acme_renew_before: None,
-            proxy_protocol: false,
+            proxy_protocol: Vec::new(),
             max_connections: None,
         }
     }

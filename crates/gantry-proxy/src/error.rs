@@ -62,6 +62,19 @@ pub enum ProxyError {
     #[error("the proxy has no listen address; give at least one")]
     NoListener,
     #[error(
+        "PROXY protocol is configured for {addr}, but no listener has that address \
+         (listen: {listen}; TLS listen: {tls_listen})\n  hint: add it with --listen/--tls-listen \
+         or drop it (addresses must match as written, e.g. 0.0.0.0:8080 is not 127.0.0.1:8080)"
+    )]
+    ProxyProtocolAddr {
+        /// The configured address that is no listener's.
+        addr: std::net::SocketAddr,
+        /// The plain listen addresses, comma-separated (`none` when empty).
+        listen: String,
+        /// The TLS listen addresses, comma-separated (`none` when empty).
+        tls_listen: String,
+    },
+    #[error(
         "cannot start the proxy's worker threads: {source}\n  hint: check the process and \
          thread limits (ulimit -u)"
     )]

@@ -17,7 +17,9 @@
 //!    `GANTRY_PROXY_INHERIT=<plain>,<tls>` (the split), and
 //!    `GANTRY_PROXY_READY=<path of the one-shot socket>`.
 //! 3. The new process takes the sockets instead of binding (it refuses to
-//!    start when the counts differ from its own configuration), loads the
+//!    start when the counts differ from its own configuration; having the
+//!    same arguments, it pairs each socket with the same listener settings,
+//!    TLS and PROXY protocol, as the old one did), loads the
 //!    persisted table, starts its accept loops, then connects to the
 //!    one-shot socket and writes `ready <pid>\n`.
 //! 4. The old process answers the admin call with both pids, refuses

@@ -51,6 +51,33 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// Every `proxy_protocol` address must be a configured listen address:
+/// a typo would otherwise leave the load balancer's listener reading PROXY
+/// headers as requests, and the client addresses would be lost.
+fn check_proxy_protocol(config: &ProxyConfig) -> Result<(), ProxyError> {
+    let list = |addrs: &[SocketAddr]| {
+        if addrs.is_empty() {
+            "none".to_string()
+        } else {
+            addrs
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    for addr in &config.proxy_protocol {
+        if !config.listen.contains(addr) && !config.tls_listen.contains(addr) {
+            return Err(ProxyError::ProxyProtocolAddr {
+                addr: *addr,
+                listen: list(&config.listen),
+                tls_listen: list(&config.tls_listen),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Binds, then serves until `shutdown` resolves; see [`Proxy::serve`].
 pub async fn run(
     config: ProxyConfig,
@@ -66,6 +93,7 @@ impl Proxy {
         if config.listen.is_empty() && config.tls_listen.is_empty() {
             return Err(ProxyError::NoListener);
         }
+        check_proxy_protocol(&config)?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -112,7 +140,8 @@ impl Proxy {
                 if over_tls { &mut tls_local } else { &mut local }.push(bound);
                 let kind = Kind {
                     tls: over_tls,
-                    proxy_protocol: config.proxy_protocol,
+                    // The configured address, not the bound one: port 0 stays 0.
+                    proxy_protocol: config.proxy_protocol.contains(addr),
                 };
                 listeners.push((l, kind));
             }
@@ -451,5 +480,42 @@ async fn accept_admin(
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &[&str], tls: &[&str], pp: &[&str]) -> ProxyConfig {
+        let addrs = |a: &[&str]| a.iter().map(|s| s.parse().unwrap()).collect::<Vec<_>>();
+        let mut c = ProxyConfig::new(
+            addrs(listen),
+            "/nonexistent/a.sock".into(),
+            "/nonexistent".into(),
+        );
+        c.tls_listen = addrs(tls);
+        c.proxy_protocol = addrs(pp);
+        c
+    }
+
+    #[test]
+    fn proxy_protocol_addresses_must_be_listeners() {
+        let ok = config(
+            &["0.0.0.0:80", "10.0.0.5:8080"],
+            &["0.0.0.0:443"],
+            &["10.0.0.5:8080", "0.0.0.0:443"],
+        );
+        assert!(check_proxy_protocol(&ok).is_ok());
+        assert!(check_proxy_protocol(&config(&["0.0.0.0:80"], &[], &[])).is_ok());
+
+        let bad = config(&["0.0.0.0:80"], &[], &["127.0.0.1:80"]);
+        let msg = check_proxy_protocol(&bad).unwrap_err().to_string();
+        assert!(msg.contains("127.0.0.1:80"), "{msg}");
+        assert!(
+            msg.contains("listen: 0.0.0.0:80; TLS listen: none"),
+            "{msg}"
+        );
+        assert!(msg.contains("--listen/--tls-listen or drop it"), "{msg}");
     }
 }

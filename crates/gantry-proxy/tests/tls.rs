@@ -258,11 +258,25 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
+/// A PROXY protocol v2 header: PROXY command, TCP over IPv6 from
+/// `source`:`port` to [::1]:80.
+fn proxy_v2_tcp6(source: &str, port: u16) -> Vec<u8> {
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([0x21, 0x21, 0x00, 36]); // PROXY, TCP over IPv6
+    v2.extend(source.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend("::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend(port.to_be_bytes());
+    v2.extend(80u16.to_be_bytes());
+    v2
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_v1_and_v2_headers_give_the_client_address() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::config(dir.path());
-    config.proxy_protocol = true;
+    // `Running::start` configures 127.0.0.1:0 for both the plain and the
+    // TLS listener: both are marked.
+    config.proxy_protocol = vec!["127.0.0.1:0".parse().unwrap()];
     let log = dir.path().join("access.log");
     config.access_log = true;
     config.access_log_path = Some(log.clone());
@@ -281,17 +295,7 @@ async fn proxy_protocol_v1_and_v2_headers_give_the_client_address() {
         "{answer}"
     );
 
-    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    v2.extend([0x21, 0x21, 0x00, 36]); // PROXY, TCP over IPv6
-    v2.extend(
-        "2001:db8::7"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    v2.extend("::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    v2.extend(40001u16.to_be_bytes());
-    v2.extend(80u16.to_be_bytes());
+    let mut v2 = proxy_v2_tcp6("2001:db8::7", 40001);
     v2.extend_from_slice(request);
     let answer = raw_exchange(proxy.plain, &v2).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -330,6 +334,112 @@ async fn proxy_protocol_v1_and_v2_headers_give_the_client_address() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("203.0.113.5"), "{log}");
     assert!(log.contains("2001:db8::7"), "{log}");
+}
+
+/// A proxy on 0.0.0.0:80 for direct clients and on 10.0.0.5:8080 behind a
+/// load balancer, in small: two plain listeners, only the second one
+/// expects PROXY headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_only_on_the_listeners_configured_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    // Two configured addresses that differ (both port 0): 127.0.0.2 is
+    // loopback too on Linux.
+    let direct: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let behind_lb: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    config.listen = vec![direct, behind_lb];
+    config.proxy_protocol = vec![behind_lb];
+    let log = dir.path().join("access.log");
+    config.access_log = true;
+    config.access_log_path = Some(log.clone());
+    let proxy = Proxy::bind(config).await.unwrap();
+    let (direct, behind_lb) = (proxy.local_addrs()[0], proxy.local_addrs()[1]);
+    assert_eq!(behind_lb.ip().to_string(), "127.0.0.2");
+    let admin = proxy.admin_client();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(proxy.serve(async move {
+        let _ = rx.await;
+    }));
+    let backend = Backend::start("app").await;
+    let r = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
+    admin.set_table(&table(vec![r])).await.unwrap();
+    let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+
+    // Behind the load balancer: v1 and v2 headers give the client address.
+    let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.2 40000 8080\r\n".to_vec();
+    v1.extend_from_slice(request);
+    let answer = raw_exchange(behind_lb, &v1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"203.0.113.5\""),
+        "{answer}"
+    );
+    let mut v2 = proxy_v2_tcp6("2001:db8::7", 40001);
+    v2.extend_from_slice(request);
+    let answer = raw_exchange(behind_lb, &v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"2001:db8::7\""),
+        "{answer}"
+    );
+    // There, a connection without a header is closed without an answer.
+    let answer = raw_exchange(behind_lb, request).await;
+    assert_eq!(answer, "");
+
+    // Direct clients: a plain request works, with the connection's address.
+    let answer = raw_exchange(direct, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"127.0.0.1\""),
+        "{answer}"
+    );
+    // A PROXY line there is no header but a bad request line: 400 (or a
+    // close), and its address is never taken as the client's.
+    let mut spoofed = b"PROXY TCP4 198.51.100.66 127.0.0.1 40003 80\r\n".to_vec();
+    spoofed.extend_from_slice(request);
+    let answer = raw_exchange(direct, &spoofed).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    assert!(!answer.contains("198.51.100.66"), "{answer}");
+    // Nor is a v2 header.
+    let mut spoofed = proxy_v2_tcp6("2001:db8::66", 40004);
+    spoofed.extend_from_slice(request);
+    let answer = raw_exchange(direct, &spoofed).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    assert!(!answer.contains("2001:db8::66"), "{answer}");
+
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("203.0.113.5"), "{log}");
+    assert!(log.contains("2001:db8::7"), "{log}");
+    assert!(!log.contains("198.51.100.66"), "{log}");
+    assert!(!log.contains("2001:db8::66"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_address_that_is_no_listener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.proxy_protocol = vec!["127.0.0.1:8443".parse().unwrap()];
+    let err = Proxy::bind(config).await.unwrap_err();
+    assert!(
+        matches!(&err, ProxyError::ProxyProtocolAddr { addr, .. } if addr.port() == 8443),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("127.0.0.1:8443"), "{msg}");
+    assert!(
+        msg.contains("add it with --listen/--tls-listen or drop it"),
+        "{msg}"
+    );
+    // Nothing was created or bound: the state directory does not exist.
+    assert!(!dir.path().join("state").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

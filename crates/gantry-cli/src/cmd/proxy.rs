@@ -68,10 +68,17 @@ pub(crate) struct Args {
     /// Renew when less than this validity remains (default: a third of the lifetime).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     acme_renew_before: Option<std::time::Duration>,
-    /// Expect a PROXY protocol v1/v2 header on every client connection
-    /// (plain and TLS); connections without one are closed.
+    /// Expect a PROXY protocol v1/v2 header on every traffic listener
+    /// (all --listen and --tls-listen addresses); connections without one
+    /// are closed. For some listeners only, use --proxy-protocol-on.
     #[arg(long)]
     proxy_protocol: bool,
+    /// Expect a PROXY protocol v1/v2 header on the listener at ADDR only, as
+    /// given to --listen or --tls-listen (repeatable), e.g. the one behind a
+    /// load balancer: `--listen 0.0.0.0:80 --listen 10.0.0.5:8080
+    /// --proxy-protocol-on 10.0.0.5:8080`. Other listeners read no header.
+    #[arg(long, value_name = "ADDR")]
+    proxy_protocol_on: Vec<SocketAddr>,
     /// At most this many client connections at once; more wait in the accept queue.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
@@ -118,6 +125,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let admin = args
         .admin_socket
         .unwrap_or_else(|| state_dir.join("admin.sock"));
+    // --proxy-protocol marks every listener; --proxy-protocol-on adds single
+    // ones (the proxy refuses to start when one is no listener's).
+    let mut proxy_protocol = args.proxy_protocol_on;
+    if args.proxy_protocol {
+        proxy_protocol.extend(args.listen.iter().chain(&args.tls_listen));
+    }
+    proxy_protocol.sort_unstable();
+    proxy_protocol.dedup();
     let mut config = gantry_proxy::ProxyConfig::new(args.listen, admin, state_dir);
     config.trust_forwarded = args.trust_forwarded;
     config.header_read_timeout = args.header_read_timeout;
@@ -140,7 +155,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         config.acme_check_interval = d;
     }
     config.acme_renew_before = args.acme_renew_before;
-    config.proxy_protocol = args.proxy_protocol;
+    config.proxy_protocol = proxy_protocol;
     config.max_connections = args.max_connections.map(|n| n as usize);
     if let Some(d) = args.shutdown_timeout {
         config.shutdown_timeout = d;
