@@ -371,7 +371,9 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
         }
     };
     if parsed.status == 101 {
-        return Err(protocol("101 Switching Protocols to a request without an upgrade"));
+        return Err(protocol(
+            "101 Switching Protocols to a request without an upgrade",
+        ));
     }
     let status = StatusCode::from_u16(parsed.status)
         .map_err(|_| protocol(format!("invalid status {}", parsed.status)))?;
@@ -389,25 +391,25 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     } else {
         !has_token(&headers, header::CONNECTION, "close")
     };
-    let framing = if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Len(0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            keep_alive = false; // both: Transfer-Encoding wins, then close
-        }
-        if last_coding_is_chunked(&headers) {
-            Framing::Chunked(Chunked::default())
+    let framing =
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Len(0)
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                keep_alive = false; // both: Transfer-Encoding wins, then close
+            }
+            if last_coding_is_chunked(&headers) {
+                Framing::Chunked(Chunked::default())
+            } else {
+                keep_alive = false;
+                Framing::Close
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Len(content_length(&headers)?)
         } else {
             keep_alive = false;
             Framing::Close
-        }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Framing::Len(content_length(&headers)?)
-    } else {
-        keep_alive = false;
-        Framing::Close
-    };
+        };
 
     let body = match framing {
         Framing::Len(n) if n <= conn.buf.len() as u64 => {
@@ -448,8 +450,7 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .next_back()
+        .rfind(|t| !t.is_empty())
         .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
 }
 
@@ -546,7 +547,10 @@ impl Stream {
                     Ok(Decoded::More) => {}
                     Err(why) => {
                         self.conn = None;
-                        return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))));
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            why,
+                        ))));
                     }
                 },
                 Framing::Len(_) | Framing::Close => {}
@@ -802,7 +806,11 @@ mod tests {
             b"ffffffffffffffffff\r\n",
             b"0\r\nbad header line without colon\r\n\r\n",
         ] {
-            assert!(decode_in_steps(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_in_steps(bad, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 10];
         assert!(decode_in_steps(&long, 4096).is_err());
@@ -847,7 +855,10 @@ mod tests {
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("-1"));
         assert!(content_length(&h).is_err());
         let mut h = HeaderMap::new();
-        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
         assert!(last_coding_is_chunked(&h));
         h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         assert!(!last_coding_is_chunked(&h));
