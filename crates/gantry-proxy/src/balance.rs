@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::shard::Sharded;
 use crate::stats::InstanceSnapshot;
 
 fn now_ms() -> u64 {
@@ -26,7 +27,8 @@ pub(crate) struct Instance {
     pub(crate) addr: SocketAddr,
     /// `addr` as a URI authority, made once (not per request).
     pub(crate) authority: Option<hyper::http::uri::Authority>,
-    outstanding: AtomicU64,
+    /// Per worker (`shard`): each worker's requests count on its own line.
+    outstanding: Sharded<AtomicI64>,
     consecutive_failures: AtomicU32,
     /// `now_ms()` value until which the instance is ejected; 0 = not.
     ejected_until: AtomicU64,
@@ -38,7 +40,7 @@ impl Instance {
         Instance {
             addr,
             authority: hyper::http::uri::Authority::try_from(addr.to_string()).ok(),
-            outstanding: AtomicU64::new(0),
+            outstanding: Sharded::default(),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -55,12 +57,13 @@ impl Instance {
     }
 
     pub(crate) fn outstanding(&self) -> u64 {
-        self.outstanding.load(Relaxed)
+        let n: i64 = self.outstanding.iter().map(|o| o.load(Relaxed)).sum();
+        n.max(0) as u64
     }
 
     /// Counts one outstanding request until the lease is dropped.
     pub(crate) fn lease(self: &Arc<Self>) -> Lease {
-        self.outstanding.fetch_add(1, Relaxed);
+        self.outstanding.local().fetch_add(1, Relaxed);
         Lease(self.clone())
     }
 
@@ -94,7 +97,7 @@ pub(crate) struct Lease(Arc<Instance>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Relaxed);
+        self.0.outstanding.local().fetch_sub(1, Relaxed);
     }
 }
 

@@ -152,7 +152,11 @@ async fn handle_routed(
         peer.ip(),
     );
     let (request_id, new_id) = ensure_request_id(&mut parts.headers);
-    guard.request_id = request_id.clone();
+    // The guard keeps these for the access log only.
+    let logging = shared.log.enabled();
+    if logging {
+        guard.request_id = request_id.clone();
+    }
     let request_id_value = parts.headers.get(X_REQUEST_ID).cloned();
 
     // The Host header (a cheap clone of its value), else the URI authority
@@ -179,7 +183,9 @@ async fn handle_routed(
         Ok(chosen) => chosen,
         Err(refusal) => return refusal.page(&request_id, guard),
     };
-    guard.route = Some(route.id.clone());
+    if logging {
+        guard.route = Some(route.id.clone());
+    }
     *security_headers = route.policy.headers.clone();
     // Request policy: rate limit, CSP reports, declared body size.
     match route.policy.check(
@@ -227,7 +233,9 @@ async fn handle_routed(
             Ok(chosen) => chosen,
             Err(refusal) => return refusal.page(&request_id, guard),
         };
-        guard.route = Some(route.id.clone());
+        if logging {
+            guard.route = Some(route.id.clone());
+        }
         guard.enter_set(set.stats.clone());
     }
     // Sticky sessions: the cookie may pin the set and the first instance.

@@ -136,6 +136,7 @@ mod policy;
 mod rate_limit;
 mod router;
 mod server;
+mod shard;
 mod stats;
 mod sticky;
 mod table;

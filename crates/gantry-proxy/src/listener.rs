@@ -166,6 +166,9 @@ fn before_routing(shared: &Shared, req: &Request<Incoming>) -> Option<Response<R
         }
         return None;
     }
+    if !shared.tls.any_redirects() {
+        return None;
+    }
     let host = req
         .headers()
         .get(header::HOST)

@@ -12,12 +12,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::shard::Sharded;
 
 const SLOT_SECS: u64 = 10;
 const SLOTS: usize = 6;
@@ -118,12 +120,10 @@ impl Window {
         slot
     }
 
-    fn record_latency(&self, us: u64) {
-        self.slot_for_now().buckets[fine_index(us)].fetch_add(1, Relaxed);
-    }
-
-    fn record_status(&self, status: u16) {
-        self.slot_for_now().classes[class_index(status)].fetch_add(1, Relaxed);
+    fn record(&self, status: u16, us: u64) {
+        let slot = self.slot_for_now();
+        slot.classes[class_index(status)].fetch_add(1, Relaxed);
+        slot.buckets[fine_index(us)].fetch_add(1, Relaxed);
     }
 
     fn live_slots(&self) -> impl Iterator<Item = &Slot> {
@@ -134,9 +134,8 @@ impl Window {
         })
     }
 
-    fn summary(&self) -> (LatencySummary, ClassCounts) {
-        let mut merged = vec![0u64; FINE_BUCKETS];
-        let mut classes = [0u64; 5];
+    /// Adds this window's live slots to `merged` and `classes`.
+    fn merge_into(&self, merged: &mut [u64], classes: &mut [u64; 5]) {
         for slot in self.live_slots() {
             for (m, b) in merged.iter_mut().zip(slot.buckets.iter()) {
                 *m += b.load(Relaxed);
@@ -145,40 +144,46 @@ impl Window {
                 *c += s.load(Relaxed);
             }
         }
-        let count: u64 = merged.iter().sum();
-        let quantile = |q: f64| -> Option<f64> {
-            if count == 0 {
-                return None;
-            }
-            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0;
-            for (i, n) in merged.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    return Some(fine_upper(i) as f64 / 1000.0);
-                }
-            }
-            None
-        };
-        (
-            LatencySummary {
-                count,
-                p50: quantile(0.50),
-                p90: quantile(0.90),
-                p99: quantile(0.99),
-            },
-            ClassCounts::from_array(classes),
-        )
     }
+}
+
+/// Quantiles and class counts of windows (one per shard) taken together.
+fn summary<'w>(windows: impl Iterator<Item = &'w Window>) -> (LatencySummary, ClassCounts) {
+    let mut merged = vec![0u64; FINE_BUCKETS];
+    let mut classes = [0u64; 5];
+    for w in windows {
+        w.merge_into(&mut merged, &mut classes);
+    }
+    let count: u64 = merged.iter().sum();
+    let quantile = |q: f64| -> Option<f64> {
+        if count == 0 {
+            return None;
+        }
+        let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+        let mut seen = 0;
+        for (i, n) in merged.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(fine_upper(i) as f64 / 1000.0);
+            }
+        }
+        None
+    };
+    (
+        LatencySummary {
+            count,
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+        },
+        ClassCounts::from_array(classes),
+    )
 }
 
 // === impl SetStats ===
 
-/// The counters of one (route, set). They outlive routing tables, so a set
-/// swapped out and back keeps its history, and a retired set can be drained.
-pub(crate) struct SetStats {
-    pub(crate) route: String,
-    pub(crate) set: String,
+/// What one worker counts for a set (`shard`).
+struct Counters {
     in_flight: AtomicI64,
     classes: [AtomicU64; 5],
     bytes_in: AtomicU64,
@@ -186,15 +191,11 @@ pub(crate) struct SetStats {
     prom_buckets: [AtomicU64; PROM_LE.len() + 1],
     latency_sum_us: AtomicU64,
     window: Window,
-    /// `true` while the set is absent from the current table.
-    retired: watch::Sender<bool>,
 }
 
-impl SetStats {
-    fn new(route: &str, set: &str) -> Self {
-        SetStats {
-            route: route.to_string(),
-            set: set.to_string(),
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
             in_flight: AtomicI64::new(0),
             classes: Default::default(),
             bytes_in: AtomicU64::new(0),
@@ -202,63 +203,101 @@ impl SetStats {
             prom_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             window: Window::new(),
-            retired: watch::Sender::new(false),
+        }
+    }
+}
+
+/// The counters of one (route, set). They outlive routing tables, so a set
+/// swapped out and back keeps its history, and a retired set can be drained.
+/// Each worker writes its own shard of them (`shard`).
+pub(crate) struct SetStats {
+    pub(crate) route: String,
+    pub(crate) set: String,
+    counters: Sharded<Counters>,
+    /// `true` while the set is absent from the current table.
+    retired_now: AtomicBool,
+    /// The same, to wait on: one channel per shard, so a request's wait
+    /// touches only its own worker's channel.
+    retired: Sharded<watch::Sender<bool>>,
+}
+
+impl SetStats {
+    fn new(route: &str, set: &str) -> Self {
+        SetStats {
+            route: route.to_string(),
+            set: set.to_string(),
+            counters: Sharded::default(),
+            retired_now: AtomicBool::new(false),
+            retired: Sharded::new_with(|| watch::Sender::new(false)),
         }
     }
 
+    fn sum(&self, get: impl Fn(&Counters) -> u64) -> u64 {
+        self.counters.iter().map(get).sum()
+    }
+
     pub(crate) fn begin(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.counters.local().in_flight.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn end(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.counters.local().in_flight.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed).max(0) as u64
+        let n: i64 = self
+            .counters
+            .iter()
+            .map(|c| c.in_flight.load(Relaxed))
+            .sum();
+        n.max(0) as u64
     }
 
     /// Status and latency to the response headers.
     pub(crate) fn record_response(&self, status: u16, latency: Duration) {
-        self.classes[class_index(status)].fetch_add(1, Relaxed);
-        self.window.record_status(status);
+        let c = self.counters.local();
+        c.classes[class_index(status)].fetch_add(1, Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.window.record_latency(us);
+        c.window.record(status, us);
         let secs = latency.as_secs_f64();
         let idx = PROM_LE
             .iter()
             .position(|le| secs <= *le)
             .unwrap_or(PROM_LE.len());
-        self.prom_buckets[idx].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+        c.prom_buckets[idx].fetch_add(1, Relaxed);
+        c.latency_sum_us.fetch_add(us, Relaxed);
     }
 
     pub(crate) fn add_bytes_in(&self, n: u64) {
-        self.bytes_in.fetch_add(n, Relaxed);
+        self.counters.local().bytes_in.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_bytes_out(&self, n: u64) {
-        self.bytes_out.fetch_add(n, Relaxed);
+        self.counters.local().bytes_out.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn set_retired(&self, retired: bool) {
-        self.retired.send_if_modified(|r| {
-            let changed = *r != retired;
-            *r = retired;
-            changed
-        });
+        self.retired_now.store(retired, Relaxed);
+        for tx in self.retired.iter() {
+            tx.send_if_modified(|r| {
+                let changed = *r != retired;
+                *r = retired;
+                changed
+            });
+        }
     }
 
     pub(crate) fn is_retired(&self) -> bool {
-        *self.retired.borrow()
+        self.retired_now.load(Relaxed)
     }
 
+    /// Changes of [`SetStats::is_retired`], on this worker's channel.
     pub(crate) fn retired(&self) -> watch::Receiver<bool> {
-        self.retired.subscribe()
+        self.retired.local().subscribe()
     }
 
     fn snapshot(&self, weight: Option<u32>) -> SetStatsSnapshot {
-        let (latency_ms, recent) = self.window.summary();
+        let (latency_ms, recent) = summary(self.counters.iter().map(|c| &c.window));
         SetStatsSnapshot {
             route: self.route.clone(),
             set: self.set.clone(),
@@ -266,12 +305,12 @@ impl SetStats {
             weight,
             in_flight: self.in_flight(),
             requests: ClassCounts::from_array(std::array::from_fn(|i| {
-                self.classes[i].load(Relaxed)
+                self.sum(|c| c.classes[i].load(Relaxed))
             })),
             recent,
             latency_ms,
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
+            bytes_in: self.sum(|c| c.bytes_in.load(Relaxed)),
+            bytes_out: self.sum(|c| c.bytes_out.load(Relaxed)),
         }
     }
 }
@@ -354,7 +393,7 @@ impl Registry {
                 let _ = writeln!(
                     out,
                     "gantry_proxy_requests_total{{{l},class=\"{class}\"}} {}",
-                    s.classes[i].load(Relaxed)
+                    s.sum(|c| c.classes[i].load(Relaxed))
                 );
             }
         }
@@ -367,14 +406,14 @@ impl Registry {
             let l = labels(s);
             let mut cumulative = 0;
             for (i, le) in PROM_LE.iter().enumerate() {
-                cumulative += s.prom_buckets[i].load(Relaxed);
+                cumulative += s.sum(|c| c.prom_buckets[i].load(Relaxed));
                 let _ = writeln!(
                     out,
                     "gantry_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {cumulative}"
                 );
             }
-            cumulative += s.prom_buckets[PROM_LE.len()].load(Relaxed);
-            let sum = s.latency_sum_us.load(Relaxed) as f64 / 1e6;
+            cumulative += s.sum(|c| c.prom_buckets[PROM_LE.len()].load(Relaxed));
+            let sum = s.sum(|c| c.latency_sum_us.load(Relaxed)) as f64 / 1e6;
             let _ = writeln!(
                 out,
                 "gantry_proxy_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} \
@@ -462,11 +501,11 @@ impl Registry {
 }
 
 fn s_bytes_in(s: &SetStats) -> u64 {
-    s.bytes_in.load(Relaxed)
+    s.sum(|c| c.bytes_in.load(Relaxed))
 }
 
 fn s_bytes_out(s: &SetStats) -> u64 {
-    s.bytes_out.load(Relaxed)
+    s.sum(|c| c.bytes_out.load(Relaxed))
 }
 
 pub(crate) fn escape_label(v: &str) -> String {

@@ -294,6 +294,12 @@ impl TlsState {
         });
     }
 
+    /// True when some route redirects plain HTTP (checked before looking
+    /// up the route of every plain request).
+    pub(crate) fn any_redirects(&self) -> bool {
+        !self.redirect.load().is_empty()
+    }
+
     pub(crate) fn redirects(&self, route_id: &str) -> bool {
         self.redirect.load().contains(route_id)
     }

@@ -92,6 +92,7 @@ pub(crate) fn start(
             .name(format!("gantry-proxy-{w}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    crate::shard::enter(w);
                     install(&shared.config);
                     crate::h1::install(shared.config.pool_max_idle_per_host);
                     // Per worker: its connections poll it, so it is never
