@@ -378,7 +378,9 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     let status = StatusCode::from_u16(parsed.status)
         .map_err(|_| protocol(format!("invalid status {}", parsed.status)))?;
     let raw = conn.buf.split_to(parsed.len).freeze();
-    let mut headers = HeaderMap::with_capacity(parsed.fields.len());
+    // Room for what the proxy adds to an answer (request id, security
+    // headers, a sticky cookie) without growing the map.
+    let mut headers = HeaderMap::with_capacity(parsed.fields.len() + 8);
     for (name, start, end) in parsed.fields {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
             .map_err(|_| protocol(format!("invalid value of header `{name}`")))?;
