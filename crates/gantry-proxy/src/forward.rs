@@ -358,9 +358,19 @@ async fn handle_routed(
                 Err(e) => Err(Failure::Other(error_chain(&e))),
             }
         };
+        let drain = async {
+            if shared.config.drain_timeout < timeout {
+                drain_deadline(set.stats.retired(), shared.config.drain_timeout).await
+            } else {
+                // The set was in the table when the request started, so
+                // its drain deadline comes after the response deadline:
+                // no need to watch it (the default: both 30 s).
+                std::future::pending().await
+            }
+        };
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline, exchange) => r.unwrap_or(Err(Failure::Timeout)),
-            _ = drain_deadline(set.stats.retired(), shared.config.drain_timeout) => Err(Failure::Drained),
+            _ = drain => Err(Failure::Drained),
         };
         match result {
             Ok(resp) => {
