@@ -19,9 +19,12 @@
 //!    `X-Request-Id` and W3C `traceparent` when absent.
 //! 3. `balance`  — pick an instance of the set by power-of-two-choices over
 //!    outstanding requests, skipping passively ejected instances.
-//! 4. `forward`  — send through the pooled client with the response timeout
-//!    and the drain deadline; a connect failure retries another instance of
-//!    the same set for idempotent methods when no body byte was sent.
+//! 4. `forward`  — send with the response timeout and the drain deadline:
+//!    a request without a body or upgrade over the proxy's own HTTP/1.1
+//!    client (`h1`: written and parsed in the request's task, per-worker
+//!    pool), others over hyper's pooled client; a connect failure retries
+//!    another instance of the same set for idempotent methods when no body
+//!    byte was sent.
 //! 5. `body`     — the response body streams back wrapped in a guard that
 //!    counts bytes and, when dropped, ends the in-flight count and writes
 //!    the access log line (`access_log`). Error answers come from `pages`.
@@ -36,7 +39,8 @@
 //! a request, its client connection and its backend connection live on one
 //! thread (no cross-thread wake-ups), like nginx's worker processes. What
 //! the workers share is lock-free or nearly so: the table (`ArcSwap`), the
-//! per-set stats (atomics), the access log queue. The admin socket and the
+//! per-set stats (atomics, one shard per worker: `shard`), the access log
+//! queue. The admin socket and the
 //! metrics listener run on the runtime that calls [`Proxy::serve`].
 //!
 //! # Atomic table swap
@@ -107,8 +111,7 @@
 //!
 //! # Not here yet
 //!
-//! PROXY protocol per listener (it is one flag for all traffic
-//! listeners), DNS-01 (so no ACME wildcard certificates). Counters of sets
+//! DNS-01 (so no ACME wildcard certificates). Counters of sets
 //! that left the table are kept (Prometheus counters must not go back),
 //! never pruned.
 #![forbid(unsafe_code)]
