@@ -157,12 +157,7 @@ fn eligible(status: StatusCode, headers: &HeaderMap) -> bool {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let no_transform = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
+    let no_transform = crate::headers::has_token(headers, header::CACHE_CONTROL, "no-transform");
     let tiny = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -176,15 +171,8 @@ fn eligible(status: StatusCode, headers: &HeaderMap) -> bool {
 
 /// Adds `Accept-Encoding` to `Vary` unless it (or `*`) is there.
 fn add_vary(headers: &mut HeaderMap) {
-    let present = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim();
-            t == "*" || t.eq_ignore_ascii_case("accept-encoding")
-        });
+    let present = crate::headers::tokens(headers, header::VARY)
+        .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"));
     if !present {
         headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }

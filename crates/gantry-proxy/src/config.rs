@@ -42,7 +42,9 @@ pub struct ProxyConfig {
     /// multiplex many streams, each of which needs its own HTTP/1.1
     /// upstream connection); below that, connections are closed after use
     /// and reopened on the next burst. Idle ones are closed after 60 s.
-    /// Per worker thread (one per core): each worker keeps its own pool.
+    /// Per worker thread (one per core) and per client: each worker keeps
+    /// its own pools, and body-less requests (the proxy's own HTTP/1.1
+    /// client) and requests with a body (hyper's) pool separately.
     pub pool_max_idle_per_host: usize,
     /// A client must send its whole request head (HTTP/1.1) within this
     /// after it starts, or between keep-alive requests; then the

@@ -1,12 +1,13 @@
 //! Phase 4, and the driver of all phases: one client request in, one
 //! response out.
 //!
-//! The upstream client is hyper-util's pooled `legacy::Client` over an
-//! `HttpConnector`: keep-alive pooling per instance address, idle reaping,
-//! and a typed "could not connect" error (`is_connect`) that the retry
-//! below needs. Each worker thread has its own clients (`worker::client`),
-//! so a backend connection's task runs on the thread of the requests that
-//! use it.
+//! Two upstream clients, both pooled per worker thread, both with a typed
+//! "could not connect" error (`is_connect`) that the retry below needs:
+//! - requests without a body or upgrade (nearly all GET/HEAD traffic) go
+//!   over the proxy's own HTTP/1.1 client, `h1`, which writes the request
+//!   and parses the answer in the request's own task;
+//! - the others over hyper-util's `legacy::Client` (`worker::client`),
+//!   whose backend connections each run as a task on the worker's thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -570,6 +571,11 @@ fn respond(
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
+    // With both, Transfer-Encoding framed the body and the length is not
+    // its length (RFC 9112 section 6.3): forwarding it would cut the answer.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(X_REQUEST_ID)
         && let Some(v) = request_id

@@ -29,7 +29,10 @@
 //!   still fails before any byte of the answer came back is retried once
 //!   on a new connection, for idempotent methods only.
 //! - Idle connections are closed after [`IDLE_TIMEOUT`] (a sweep per
-//!   worker), and at most `pool_max_idle_per_host` stay per instance.
+//!   worker), and at most `pool_max_idle_per_host` stay per instance (per
+//!   worker, and apart from hyper's pool for requests with a body).
+//! - A request that could not be written at all is sent again on a new
+//!   connection whatever its method: the backend got nothing to act on.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -48,12 +51,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::headers::{has_token, tokens};
+
 /// How long an unused backend connection stays in the pool.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest response head (status line and headers) accepted from a backend.
-const MAX_HEAD: usize = 64 << 10;
-/// Most headers in one response head.
-const MAX_HEADERS: usize = 128;
+/// Largest response head (status line and headers) accepted from a
+/// backend: hyper's client default, so that a request gets the same limit
+/// whichever client carries it.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Most headers in one response head (hyper's client default too).
+const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// What one read asks the kernel for at least.
@@ -69,6 +76,10 @@ pub(crate) enum Error {
     Connect(io::Error),
     #[error("tcp connect error: timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The request could not be written: the backend got nothing usable
+    /// (at most an incomplete head), so any method may be sent again.
+    #[error("the backend connection failed while sending the request: {0}")]
+    Unsent(io::Error),
     /// The connection broke before any byte of the answer came back.
     #[error("the backend closed the connection before answering: {0}")]
     Closed(io::Error),
@@ -85,6 +96,10 @@ impl Error {
 
 fn protocol(why: impl Into<String>) -> Error {
     Error::Protocol(why.into())
+}
+
+fn head_too_large() -> Error {
+    protocol(format!("the response head is larger than {MAX_HEAD} bytes"))
 }
 
 // === the pool ===
@@ -252,7 +267,7 @@ pub(crate) async fn send(
     if let Some(conn) = take(addr) {
         match exchange(conn, &wire, head_only).await {
             Err(Error::Closed(e)) if !retry_stale => return Err(Error::Closed(e)),
-            Err(Error::Closed(e)) => {
+            Err(Error::Closed(e) | Error::Unsent(e)) => {
                 tracing::debug!(%addr, error = %e, "pooled backend connection was closed; retrying on a new one");
             }
             other => return other,
@@ -342,7 +357,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
 
 async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Response<Body>, Error> {
     if let Err(e) = conn.stream.write_all(wire).await {
-        return Err(Error::Closed(e));
+        return Err(Error::Unsent(e));
     }
     let mut answered = !conn.buf.is_empty();
     let parsed = loop {
@@ -353,10 +368,9 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
                     let _ = conn.buf.split_to(p.len);
                     continue;
                 }
+                Some(p) if p.len > MAX_HEAD => return Err(head_too_large()),
                 Some(p) => break p,
-                None if conn.buf.len() > MAX_HEAD => {
-                    return Err(protocol("the response head is larger than 64 KiB"));
-                }
+                None if conn.buf.len() > MAX_HEAD => return Err(head_too_large()),
                 None => {}
             }
         }
@@ -396,6 +410,9 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Len(0)
+        } else if headers.contains_key(header::TRANSFER_ENCODING) && parsed.http10 {
+            // RFC 9112 section 6.1: the framing is faulty (hyper refuses it too).
+            return Err(protocol("an HTTP/1.0 answer with Transfer-Encoding"));
         } else if headers.contains_key(header::TRANSFER_ENCODING) {
             if headers.contains_key(header::CONTENT_LENGTH) {
                 keep_alive = false; // both: Transfer-Encoding wins, then close
@@ -435,24 +452,9 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     Ok(resp)
 }
 
-/// Whether a comma-separated header names `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|t| !t.is_empty())
+    tokens(headers, header::TRANSFER_ENCODING)
+        .last()
         .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
 }
 
@@ -737,7 +739,7 @@ impl Chunked {
                             Ok(Decoded::Trailers(map))
                         }
                         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                            Err("trailer section larger than 64 KiB".into())
+                            Err(format!("trailer section larger than {MAX_HEAD} bytes"))
                         }
                         Ok(httparse::Status::Partial) => Ok(Decoded::More),
                         Err(e) => Err(format!("invalid trailer section: {e}")),
@@ -846,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn content_lengths_must_agree() {
+    fn content_lengths_must_agree_and_chunked_must_come_last() {
         let mut h = HeaderMap::new();
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12, 12"));

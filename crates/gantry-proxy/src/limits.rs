@@ -174,7 +174,7 @@ pub(crate) fn upstream_client(config: &ProxyConfig, connect_timeout: Duration) -
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(crate::h1::IDLE_TIMEOUT)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
         .http1_writev(false)
         .build(http)

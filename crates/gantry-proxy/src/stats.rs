@@ -12,7 +12,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -190,7 +193,6 @@ struct Counters {
     bytes_out: AtomicU64,
     prom_buckets: [AtomicU64; PROM_LE.len() + 1],
     latency_sum_us: AtomicU64,
-    window: Window,
 }
 
 impl Default for Counters {
@@ -202,7 +204,6 @@ impl Default for Counters {
             bytes_out: AtomicU64::new(0),
             prom_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
-            window: Window::new(),
         }
     }
 }
@@ -214,6 +215,9 @@ pub(crate) struct SetStats {
     pub(crate) route: String,
     pub(crate) set: String,
     counters: Sharded<Counters>,
+    /// The recent window (`/stats` quantiles): one per set, not per shard
+    /// (~12 KiB each, and sets are kept for their counters' sake).
+    window: Window,
     /// `true` while the set is absent from the current table.
     retired_now: AtomicBool,
     /// The same, to wait on: one channel per shard, so a request's wait
@@ -227,6 +231,7 @@ impl SetStats {
             route: route.to_string(),
             set: set.to_string(),
             counters: Sharded::default(),
+            window: Window::new(),
             retired_now: AtomicBool::new(false),
             retired: Sharded::new_with(|| watch::Sender::new(false)),
         }
@@ -236,8 +241,11 @@ impl SetStats {
         self.counters.iter().map(get).sum()
     }
 
+    /// SeqCst, paired with [`SetStats::set_retired`]: a request that
+    /// counted itself in and then reads "not retired" is seen by whoever
+    /// retires the set and then reads the in-flight count.
     pub(crate) fn begin(&self) {
-        self.counters.local().in_flight.fetch_add(1, Relaxed);
+        self.counters.local().in_flight.fetch_add(1, SeqCst);
     }
 
     pub(crate) fn end(&self) {
@@ -245,11 +253,7 @@ impl SetStats {
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
-        let n: i64 = self
-            .counters
-            .iter()
-            .map(|c| c.in_flight.load(Relaxed))
-            .sum();
+        let n: i64 = self.counters.iter().map(|c| c.in_flight.load(SeqCst)).sum();
         n.max(0) as u64
     }
 
@@ -258,7 +262,7 @@ impl SetStats {
         let c = self.counters.local();
         c.classes[class_index(status)].fetch_add(1, Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        c.window.record(status, us);
+        self.window.record(status, us);
         let secs = latency.as_secs_f64();
         let idx = PROM_LE
             .iter()
@@ -277,7 +281,7 @@ impl SetStats {
     }
 
     pub(crate) fn set_retired(&self, retired: bool) {
-        self.retired_now.store(retired, Relaxed);
+        self.retired_now.store(retired, SeqCst);
         for tx in self.retired.iter() {
             tx.send_if_modified(|r| {
                 let changed = *r != retired;
@@ -288,7 +292,7 @@ impl SetStats {
     }
 
     pub(crate) fn is_retired(&self) -> bool {
-        self.retired_now.load(Relaxed)
+        self.retired_now.load(SeqCst)
     }
 
     /// Changes of [`SetStats::is_retired`], on this worker's channel.
@@ -297,7 +301,7 @@ impl SetStats {
     }
 
     fn snapshot(&self, weight: Option<u32>) -> SetStatsSnapshot {
-        let (latency_ms, recent) = summary(self.counters.iter().map(|c| &c.window));
+        let (latency_ms, recent) = summary(std::iter::once(&self.window));
         SetStatsSnapshot {
             route: self.route.clone(),
             set: self.set.clone(),

@@ -112,12 +112,7 @@ fn websocket_key() -> HeaderValue {
 }
 
 fn connection_has_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    crate::headers::has_token(headers, header::CONNECTION, "upgrade")
 }
 
 fn set_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
