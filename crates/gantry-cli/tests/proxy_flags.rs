@@ -148,15 +148,23 @@ fn proxy_protocol_per_listener_survives_an_upgrade() {
     let mut proxy = support::ProxyProcess { child, port: 0 };
     let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
     let mut listen = Vec::new();
-    while listen.len() < 2 {
+    let marked = loop {
         let line = lines.next().expect("proxy printed its addresses").unwrap();
         if let Some(a) = line.trim().strip_prefix("listen: http://") {
             listen.push(a.parse::<SocketAddr>().unwrap());
         }
-    }
+        if let Some(m) = line
+            .trim()
+            .strip_prefix("PROXY protocol header expected on: ")
+        {
+            break m.to_string();
+        }
+    };
     std::thread::spawn(move || for _ in lines {});
     let (direct, behind_lb) = (listen[0], listen[1]);
     assert_eq!(behind_lb.ip().to_string(), "127.0.0.2");
+    // The start-up lines say which listener expects the header.
+    assert_eq!(marked, behind_lb.to_string());
     check_per_listener(direct, behind_lb, "before the upgrade");
 
     let out = Command::new(support::BIN)

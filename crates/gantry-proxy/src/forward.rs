@@ -571,11 +571,6 @@ fn respond(
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    // With both, Transfer-Encoding framed the body and the length is not
-    // its length (RFC 9112 section 6.3): forwarding it would cut the answer.
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(X_REQUEST_ID)
         && let Some(v) = request_id

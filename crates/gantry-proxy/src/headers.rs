@@ -41,7 +41,7 @@ pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header
-/// names.
+/// names, and a `Content-Length` that came with `Transfer-Encoding`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names (comparing
     // standard names is an integer compare) instead of a hash lookup per
@@ -51,6 +51,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"));
     if !any {
         return;
+    }
+    // With both, Transfer-Encoding framed the body and the length is not
+    // its length: it must not be forwarded (RFC 9112 section 6.3), or it
+    // would cut the message.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
@@ -263,6 +269,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn a_length_that_came_with_transfer_encoding_goes_too() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        // Alone, the length stays.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
     }
 
     #[test]

@@ -174,6 +174,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = crate::cmd::server::shutdown_signal()?;
+        // Which bound listeners expect a PROXY header (matched on the
+        // configured address, as the proxy does).
+        let expects: Vec<bool> = config
+            .listen
+            .iter()
+            .chain(&config.tls_listen)
+            .map(|a| config.proxy_protocol.contains(a))
+            .collect();
         let proxy = gantry_proxy::Proxy::bind(config).await?;
         println!("gantry proxy ready");
         for a in proxy.local_addrs() {
@@ -181,6 +189,17 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         }
         for a in proxy.tls_addrs() {
             println!("  tls:    https://{a}");
+        }
+        let marked: Vec<String> = proxy
+            .local_addrs()
+            .iter()
+            .chain(proxy.tls_addrs().iter())
+            .zip(&expects)
+            .filter(|(_, e)| **e)
+            .map(|(a, _)| a.to_string())
+            .collect();
+        if !marked.is_empty() {
+            println!("  PROXY protocol header expected on: {}", marked.join(", "));
         }
         println!("  admin:  unix:{}", proxy.admin_socket().display());
         if let Some(a) = proxy.metrics_addr() {
