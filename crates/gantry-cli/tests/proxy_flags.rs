@@ -130,37 +130,8 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn proxy_protocol_per_listener_survives_an_upgrade() {
     let state = tempfile::tempdir().unwrap();
-    let child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.2:0",
-        ])
-        .args(["--proxy-protocol-on", "127.0.0.2:0", "--access-log", "off"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gantry proxy");
-    let mut proxy = support::ProxyProcess { child, port: 0 };
-    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
-    let mut listen = Vec::new();
-    let marked = loop {
-        let line = lines.next().expect("proxy printed its addresses").unwrap();
-        if let Some(a) = line.trim().strip_prefix("listen: http://") {
-            listen.push(a.parse::<SocketAddr>().unwrap());
-        }
-        if let Some(m) = line
-            .trim()
-            .strip_prefix("PROXY protocol header expected on: ")
-        {
-            break m.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut proxy, listen, marked) =
+        two_listener_proxy(state.path(), &["--proxy-protocol-on", "127.0.0.2:0"]);
     let (direct, behind_lb) = (listen[0], listen[1]);
     assert_eq!(behind_lb.ip().to_string(), "127.0.0.2");
     // The start-up lines say which listener expects the header.
@@ -191,6 +162,47 @@ fn proxy_protocol_per_listener_survives_an_upgrade() {
     drop(successor);
 }
 
+/// `gantry proxy` on 127.0.0.1:0 and 127.0.0.2:0 with `extra` flags; its
+/// two bound addresses and its "PROXY protocol header expected on" line.
+fn two_listener_proxy(
+    state: &std::path::Path,
+    extra: &[&str],
+) -> (support::ProxyProcess, Vec<SocketAddr>, String) {
+    let child = Command::new(support::BIN)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.2:0",
+        ])
+        .args(extra)
+        .args(["--access-log", "off", "--state-dir"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry proxy");
+    let mut proxy = support::ProxyProcess { child, port: 0 };
+    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
+    let mut listen = Vec::new();
+    let marked = loop {
+        let line = lines.next().expect("proxy printed its addresses").unwrap();
+        if let Some(a) = line.trim().strip_prefix("listen: http://") {
+            listen.push(a.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(m) = line
+            .trim()
+            .strip_prefix("PROXY protocol header expected on: ")
+        {
+            break m.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(listen.len(), 2, "{listen:?}");
+    (proxy, listen, marked)
+}
+
 /// The upgraded proxy (not this test's child): stopped when dropped, also
 /// when an assertion failed.
 struct Successor(u32);
@@ -210,31 +222,12 @@ impl Drop for Successor {
 #[test]
 fn proxy_protocol_without_a_value_marks_every_listener() {
     let state = tempfile::tempdir().unwrap();
-    let child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.2:0",
-        ])
-        .args(["--proxy-protocol", "--proxy-protocol-on", "127.0.0.2:0"])
-        .args(["--access-log", "off", "--state-dir"])
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gantry proxy");
-    let mut proxy = support::ProxyProcess { child, port: 0 };
-    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
-    let mut listen = Vec::new();
-    while listen.len() < 2 {
-        let line = lines.next().expect("proxy printed its addresses").unwrap();
-        if let Some(a) = line.trim().strip_prefix("listen: http://") {
-            listen.push(a.parse::<SocketAddr>().unwrap());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let (proxy, listen, marked) = two_listener_proxy(
+        state.path(),
+        &["--proxy-protocol", "--proxy-protocol-on", "127.0.0.2:0"],
+    );
+    // Both listeners, once each.
+    assert_eq!(marked, format!("{}, {}", listen[0], listen[1]));
     let request = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
     for addr in listen {
         let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.1 40000 80\r\n".to_vec();

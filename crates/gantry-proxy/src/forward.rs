@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
-use crate::balance::pick;
+use crate::balance::{Instance, pick};
 use crate::body::{Guard, ResponseBody, SharedBody, Upstream, UpstreamBody};
 use crate::config::ProxyConfig;
 use crate::csp_report::receive;
@@ -316,47 +316,21 @@ async fn handle_routed(
         let instance = &set.instances[i];
         let lease = instance.lease();
         let exchange = async {
-            let Some(client) = &client else {
-                let head = crate::h1::Head {
-                    method: &parts.method,
-                    path: &path_and_query,
-                    headers: &parts.headers,
-                    authority: instance.authority.as_ref().map_or("", |a| a.as_str()),
-                };
-                return match crate::h1::send(
-                    instance.addr,
-                    connect_timeout,
-                    head,
-                    idempotent(&parts.method),
-                )
-                .await
-                {
-                    Ok(resp) => Ok(resp.map(Upstream::H1)),
-                    Err(e) if e.is_connect() => Err(Failure::Connect(e.to_string())),
-                    Err(e) => Err(Failure::Other(e.to_string())),
-                };
-            };
-            let mut uri_parts = hyper::http::uri::Parts::default();
-            uri_parts.scheme = Some(Scheme::HTTP);
-            uri_parts.authority = instance.authority.clone();
-            uri_parts.path_and_query = Some(path_and_query.clone());
-            let uri = Uri::from_parts(uri_parts)
-                .map_err(|e| Failure::Other(format!("cannot build the backend URI: {e}")))?;
-            let mut upstream = Request::new(UpstreamBody::new(body.clone(), set.stats.clone()));
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
-            // No other instance is left to retry on: hand the headers over
-            // instead of copying them.
-            *upstream.headers_mut() = if tried.len() >= set.instances.len() {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            match client.request(upstream).await {
-                Ok(resp) => Ok(resp.map(Upstream::Hyper)),
-                Err(e) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
-                Err(e) => Err(Failure::Other(error_chain(&e))),
+            match &client {
+                None => send_h1(instance, connect_timeout, &parts, &path_and_query).await,
+                Some(client) => {
+                    let body = UpstreamBody::new(body.clone(), set.stats.clone());
+                    let last_try = tried.len() >= set.instances.len();
+                    send_hyper(
+                        client,
+                        instance,
+                        &mut parts,
+                        &path_and_query,
+                        body,
+                        last_try,
+                    )
+                    .await
+                }
             }
         };
         let drain = async {
@@ -511,6 +485,65 @@ async fn handle_routed(
         None,
         Some(guard),
     )
+}
+
+/// One attempt over the proxy's own HTTP/1.1 client (`h1`).
+async fn send_h1(
+    instance: &Instance,
+    connect_timeout: Duration,
+    parts: &hyper::http::request::Parts,
+    path: &PathAndQuery,
+) -> Result<Response<Upstream>, Failure> {
+    let head = crate::h1::Head {
+        method: &parts.method,
+        path,
+        headers: &parts.headers,
+        authority: instance.authority.as_ref().map_or("", |a| a.as_str()),
+    };
+    match crate::h1::send(
+        instance.addr,
+        connect_timeout,
+        head,
+        idempotent(&parts.method),
+    )
+    .await
+    {
+        Ok(resp) => Ok(resp.map(Upstream::H1)),
+        Err(e) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+        Err(e) => Err(Failure::Other(e.to_string())),
+    }
+}
+
+/// One attempt over hyper's client. On the last try (no other instance
+/// is left to retry on) the headers are handed over instead of copied.
+async fn send_hyper(
+    client: &crate::limits::UpstreamClient,
+    instance: &Instance,
+    parts: &mut hyper::http::request::Parts,
+    path: &PathAndQuery,
+    body: UpstreamBody,
+    last_try: bool,
+) -> Result<Response<Upstream>, Failure> {
+    let mut uri_parts = hyper::http::uri::Parts::default();
+    uri_parts.scheme = Some(Scheme::HTTP);
+    uri_parts.authority = instance.authority.clone();
+    uri_parts.path_and_query = Some(path.clone());
+    let uri = Uri::from_parts(uri_parts)
+        .map_err(|e| Failure::Other(format!("cannot build the backend URI: {e}")))?;
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method.clone();
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = if last_try {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    match client.request(upstream).await {
+        Ok(resp) => Ok(resp.map(Upstream::Hyper)),
+        Err(e) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
+        Err(e) => Err(Failure::Other(error_chain(&e))),
+    }
 }
 
 /// Why phase 1 answers the request itself.

@@ -137,8 +137,10 @@ impl Window {
         })
     }
 
-    /// Adds this window's live slots to `merged` and `classes`.
-    fn merge_into(&self, merged: &mut [u64], classes: &mut [u64; 5]) {
+    /// Quantiles and class counts of the live slots.
+    fn summary(&self) -> (LatencySummary, ClassCounts) {
+        let mut merged = vec![0u64; FINE_BUCKETS];
+        let mut classes = [0u64; 5];
         for slot in self.live_slots() {
             for (m, b) in merged.iter_mut().zip(slot.buckets.iter()) {
                 *m += b.load(Relaxed);
@@ -147,40 +149,31 @@ impl Window {
                 *c += s.load(Relaxed);
             }
         }
-    }
-}
-
-/// Quantiles and class counts of windows (one per shard) taken together.
-fn summary<'w>(windows: impl Iterator<Item = &'w Window>) -> (LatencySummary, ClassCounts) {
-    let mut merged = vec![0u64; FINE_BUCKETS];
-    let mut classes = [0u64; 5];
-    for w in windows {
-        w.merge_into(&mut merged, &mut classes);
-    }
-    let count: u64 = merged.iter().sum();
-    let quantile = |q: f64| -> Option<f64> {
-        if count == 0 {
-            return None;
-        }
-        let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
-        let mut seen = 0;
-        for (i, n) in merged.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(fine_upper(i) as f64 / 1000.0);
+        let count: u64 = merged.iter().sum();
+        let quantile = |q: f64| -> Option<f64> {
+            if count == 0 {
+                return None;
             }
-        }
-        None
-    };
-    (
-        LatencySummary {
-            count,
-            p50: quantile(0.50),
-            p90: quantile(0.90),
-            p99: quantile(0.99),
-        },
-        ClassCounts::from_array(classes),
-    )
+            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+            let mut seen = 0;
+            for (i, n) in merged.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Some(fine_upper(i) as f64 / 1000.0);
+                }
+            }
+            None
+        };
+        (
+            LatencySummary {
+                count,
+                p50: quantile(0.50),
+                p90: quantile(0.90),
+                p99: quantile(0.99),
+            },
+            ClassCounts::from_array(classes),
+        )
+    }
 }
 
 // === impl SetStats ===
@@ -301,7 +294,7 @@ impl SetStats {
     }
 
     fn snapshot(&self, weight: Option<u32>) -> SetStatsSnapshot {
-        let (latency_ms, recent) = summary(std::iter::once(&self.window));
+        let (latency_ms, recent) = self.window.summary();
         SetStatsSnapshot {
             route: self.route.clone(),
             set: self.set.clone(),

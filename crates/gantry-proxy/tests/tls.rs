@@ -260,6 +260,28 @@ async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// A PROXY protocol v2 header: PROXY command, TCP over IPv6 from
 /// `source`:`port` to [::1]:80.
+/// A v1 and a v2 PROXY header on `addr` each reach the backend (the echo
+/// app) as the client address: 203.0.113.5 and 2001:db8::7.
+async fn proxy_headers_give_the_client_address(addr: SocketAddr) {
+    let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.1 40000 80\r\n".to_vec();
+    v1.extend_from_slice(request);
+    let answer = raw_exchange(addr, &v1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"203.0.113.5\""),
+        "{answer}"
+    );
+    let mut v2 = proxy_v2_tcp6("2001:db8::7", 40001);
+    v2.extend_from_slice(request);
+    let answer = raw_exchange(addr, &v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"x-forwarded-for\":\"2001:db8::7\""),
+        "{answer}"
+    );
+}
+
 fn proxy_v2_tcp6(source: &str, port: u16) -> Vec<u8> {
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     v2.extend([0x21, 0x21, 0x00, 36]); // PROXY, TCP over IPv6
@@ -286,23 +308,7 @@ async fn proxy_protocol_v1_and_v2_headers_give_the_client_address() {
     proxy.admin.set_table(&table(vec![r])).await.unwrap();
     let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
 
-    let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.1 40000 80\r\n".to_vec();
-    v1.extend_from_slice(request);
-    let answer = raw_exchange(proxy.plain, &v1).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.contains("\"x-forwarded-for\":\"203.0.113.5\""),
-        "{answer}"
-    );
-
-    let mut v2 = proxy_v2_tcp6("2001:db8::7", 40001);
-    v2.extend_from_slice(request);
-    let answer = raw_exchange(proxy.plain, &v2).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.contains("\"x-forwarded-for\":\"2001:db8::7\""),
-        "{answer}"
-    );
+    proxy_headers_give_the_client_address(proxy.plain).await;
 
     // Without a header the connection is closed without an answer.
     let answer = raw_exchange(proxy.plain, request).await;
@@ -366,22 +372,7 @@ async fn proxy_protocol_only_on_the_listeners_configured_for_it() {
     let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
 
     // Behind the load balancer: v1 and v2 headers give the client address.
-    let mut v1 = b"PROXY TCP4 203.0.113.5 127.0.0.2 40000 8080\r\n".to_vec();
-    v1.extend_from_slice(request);
-    let answer = raw_exchange(behind_lb, &v1).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.contains("\"x-forwarded-for\":\"203.0.113.5\""),
-        "{answer}"
-    );
-    let mut v2 = proxy_v2_tcp6("2001:db8::7", 40001);
-    v2.extend_from_slice(request);
-    let answer = raw_exchange(behind_lb, &v2).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.contains("\"x-forwarded-for\":\"2001:db8::7\""),
-        "{answer}"
-    );
+    proxy_headers_give_the_client_address(behind_lb).await;
     // There, a connection without a header is closed without an answer.
     let answer = raw_exchange(behind_lb, request).await;
     assert_eq!(answer, "");
