@@ -24,11 +24,49 @@ use crate::access_log::{AccessLog, Entry, duration_ms, format_time};
 use crate::balance::Lease;
 use crate::stats::SetStats;
 
+// === impl RequestBody ===
+
+/// The client's request body: hyper's, or none at all (the proxy's own
+/// HTTP/1.1 server, `serve1`, takes only requests without one).
+pub(crate) enum RequestBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 // === impl UpstreamBody ===
 
 /// The request body, held where a failed attempt cannot take it away.
 pub(crate) struct SharedBody {
-    slot: Mutex<Option<Incoming>>,
+    slot: Mutex<Option<RequestBody>>,
     sent: AtomicU64,
     /// Set once any frame was taken from the client body.
     touched: std::sync::atomic::AtomicBool,
@@ -38,7 +76,7 @@ pub(crate) struct SharedBody {
 }
 
 impl SharedBody {
-    pub(crate) fn new(body: Incoming, limit: Option<u64>) -> Arc<SharedBody> {
+    pub(crate) fn new(body: RequestBody, limit: Option<u64>) -> Arc<SharedBody> {
         Arc::new(SharedBody {
             slot: Mutex::new(Some(body)),
             sent: AtomicU64::new(0),

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -81,7 +80,7 @@ pub(crate) async fn receive(
     reports: &Reports,
     method: &Method,
     headers: &HeaderMap,
-    body: Incoming,
+    body: crate::body::RequestBody,
     client_ip: IpAddr,
 ) -> Result<usize, Refused> {
     if method != Method::POST {

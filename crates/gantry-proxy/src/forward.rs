@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::balance::{Instance, pick};
-use crate::body::{Guard, ResponseBody, SharedBody, Upstream, UpstreamBody};
+use crate::body::{Guard, RequestBody, ResponseBody, SharedBody, Upstream, UpstreamBody};
 use crate::config::ProxyConfig;
 use crate::csp_report::receive;
 use crate::headers::{
@@ -63,7 +62,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// True for a request that carries no body: its stream already ended and
 /// it declares no length but 0.
-fn bodyless(headers: &hyper::HeaderMap, body: &Incoming) -> bool {
+fn bodyless(headers: &hyper::HeaderMap, body: &RequestBody) -> bool {
     use http_body::Body as _;
     body.is_end_stream()
         && headers
@@ -100,7 +99,7 @@ enum Failure {
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
     over_tls: bool,
@@ -130,7 +129,7 @@ pub(crate) async fn handle(
 
 async fn handle_routed(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
     (over_tls, https): (bool, bool),

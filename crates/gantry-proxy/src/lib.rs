@@ -138,6 +138,7 @@ mod persist;
 mod policy;
 mod rate_limit;
 mod router;
+mod serve1;
 mod server;
 mod shard;
 mod stats;

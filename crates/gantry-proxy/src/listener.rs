@@ -1,6 +1,8 @@
 //! One accepted client connection, before and around HTTP: the PROXY
 //! protocol header (when configured), the TLS handshake (on TLS
-//! listeners), then hyper's HTTP/1.1 + HTTP/2 server. Also the answers the
+//! listeners), then HTTP: the proxy's own HTTP/1.1 server (`serve1`),
+//! which hands anything but plain body-less HTTP/1.1 requests to hyper's
+//! HTTP/1.1 + HTTP/2 server; an `h2` ALPN goes to hyper directly. Also the answers the
 //! proxy gives on the plain listener before routing: ACME HTTP-01 tokens
 //! and `redirect_http`.
 
@@ -9,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -18,9 +19,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::forward::{self, Shared};
 use crate::tls::ACME_TLS_ALPN;
 
@@ -36,6 +37,14 @@ pub(crate) struct Kind {
     pub(crate) proxy_protocol: bool,
 }
 
+/// hyper's server for a connection, and the graceful-shutdown watcher
+/// and stop signal of the worker that accepted it.
+pub(crate) struct Http {
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) watcher: Watcher,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
 /// Serves one accepted connection on its own task: PROXY header → TLS →
 /// HTTP. `permit` (the `max_connections` cap) is held until it ends.
 pub(crate) fn accept_conn(
@@ -43,8 +52,7 @@ pub(crate) fn accept_conn(
     peer: SocketAddr,
     kind: Kind,
     shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    http: Http,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -67,7 +75,7 @@ pub(crate) fn accept_conn(
             }
         }
         if !kind.tls {
-            return serve(stream, peer, false, shared, builder, watcher).await;
+            return crate::serve1::serve(stream, peer, false, shared, http).await;
         }
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -94,11 +102,15 @@ pub(crate) fn accept_conn(
             let _ = tls.shutdown().await;
             return;
         }
-        serve(tls, peer, true, shared, builder, watcher).await
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return serve_hyper(tls, peer, true, shared, http.builder, http.watcher).await;
+        }
+        crate::serve1::serve(tls, peer, true, shared, http).await
     });
 }
 
-async fn serve<I>(
+/// hyper's HTTP/1.1 + HTTP/2 server for the rest of a connection.
+pub(crate) async fn serve_hyper<I>(
     io: I,
     peer: SocketAddr,
     over_tls: bool,
@@ -116,6 +128,7 @@ async fn serve<I>(
         let peer_ip = peer_ip.clone();
         let busy = activity.begin();
         async move {
+            let req = req.map(RequestBody::Hyper);
             let resp = handle(shared, req, peer, peer_ip, over_tls).await;
             drop(busy);
             Ok::<_, Infallible>(resp)
@@ -130,9 +143,9 @@ async fn serve<I>(
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
     over_tls: bool,
@@ -153,7 +166,7 @@ async fn handle(
 }
 
 /// Plain HTTP only: the ACME HTTP-01 answer, or the redirect to HTTPS.
-fn before_routing(shared: &Shared, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+fn before_routing(shared: &Shared, req: &Request<RequestBody>) -> Option<Response<ResponseBody>> {
     let path = req.uri().path();
     if let Some(token) = path.strip_prefix(ACME_PATH) {
         if let Some(key_auth) = shared.tls.http_challenge(token) {

@@ -437,15 +437,12 @@ pub(crate) async fn accept_traffic(
                 _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
             },
         };
-        accept_conn(
-            stream,
-            peer,
-            kind,
-            shared.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            permit,
-        );
+        let http = crate::listener::Http {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stop: stop.clone(),
+        };
+        accept_conn(stream, peer, kind, shared.clone(), http, permit);
     }
 }
 

@@ -209,6 +209,31 @@ async fn trailers_of_a_chunked_answer_reach_an_h2_client() {
 }
 
 #[tokio::test]
+async fn trailers_reach_an_http1_client_only_if_it_asks_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = RawBackend::start().await;
+    let p = proxy_to(&b, dir.path()).await;
+    for (te, trailer) in [("te: trailers\r\n", true), ("", false)] {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let req =
+            format!("GET /chunked HTTP/1.1\r\nhost: raw.test\r\n{te}connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let expected = if trailer {
+            "5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 7\r\n\r\n"
+        } else {
+            "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        };
+        assert_eq!(body, expected);
+    }
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn backend_connections_are_reused_unless_closed() {
     let dir = tempfile::tempdir().unwrap();
     let b = RawBackend::start().await;
