@@ -97,37 +97,17 @@ enum Failure {
     Drained,
 }
 
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    req: Request<RequestBody>,
-    peer: SocketAddr,
-    peer_ip: HeaderValue,
-    over_tls: bool,
-) -> Response<ResponseBody> {
-    // Phase 1 records the route's security headers here; every answer of
-    // the route, the backend's or the proxy's own, gets them.
-    // Over a TLS listener (HTTP/1.1 has no scheme in the URI), or an h2
-    // request that says https.
-    let https = over_tls || req.uri().scheme() == Some(&Scheme::HTTPS);
-    let mut security_headers = None;
-    // Boxed: the request's state machine is several KiB; boxed, hyper moves
-    // a pointer instead of copying it on its way into the connection task.
-    let mut resp = Box::pin(handle_routed(
-        shared,
-        req,
-        peer,
-        peer_ip,
-        (over_tls, https),
-        &mut security_headers,
-    ))
-    .await;
-    if let Some(h) = security_headers {
-        h.apply(resp.headers_mut(), https);
-    }
-    resp
+/// True for a request that came over TLS: a TLS listener (HTTP/1.1 has
+/// no scheme in the URI), or an h2 request that says https.
+pub(crate) fn https(over_tls: bool, req: &Request<RequestBody>) -> bool {
+    over_tls || req.uri().scheme() == Some(&Scheme::HTTPS)
 }
 
-async fn handle_routed(
+/// Routes and forwards one request. Phase 1 records the route's security
+/// headers in `security_headers`: the caller applies them to every answer
+/// of the route, the backend's or the proxy's own. (The caller, not a
+/// wrapper here: each async layer copies the request's state once more.)
+pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<RequestBody>,
     peer: SocketAddr,
@@ -207,7 +187,15 @@ async fn handle_routed(
         } => return page(status, &request_id, &detail, retry_after, Some(guard)),
         Check::CspReport => {
             let reports = &route.policy.state.reports;
-            return match receive(reports, &parts.method, &parts.headers, body, peer.ip()).await {
+            // Boxed: a rare path; its state would make every request's larger.
+            let received = Box::pin(receive(
+                reports,
+                &parts.method,
+                &parts.headers,
+                body,
+                peer.ip(),
+            ));
+            return match received.await {
                 Ok(_) => {
                     guard.respond(204);
                     let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
@@ -320,21 +308,28 @@ async fn handle_routed(
                 Some(client) => {
                     let body = UpstreamBody::new(body.clone(), set.stats.clone());
                     let last_try = tried.len() >= set.instances.len();
-                    send_hyper(
+                    // Boxed, as the drain watch below: the common request
+                    // takes neither, and their state would make every
+                    // request's future larger (it is moved when it starts).
+                    Box::pin(send_hyper(
                         client,
                         instance,
                         &mut parts,
                         &path_and_query,
                         body,
                         last_try,
-                    )
+                    ))
                     .await
                 }
             }
         };
         let drain = async {
             if shared.config.drain_timeout < timeout {
-                drain_deadline(set.stats.retired(), shared.config.drain_timeout).await
+                Box::pin(drain_deadline(
+                    set.stats.retired(),
+                    shared.config.drain_timeout,
+                ))
+                .await
             } else {
                 // The set was in the table when the request started, so
                 // its drain deadline comes after the response deadline:

@@ -11,17 +11,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-/// `Proxy-*` headers are removed by prefix. Typed names: removing by `&str`
-/// would parse each name again on every request.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// A header that describes one connection, not the message (RFC 9110
+/// 7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, and every `Proxy-*`. Standard names
+/// compare as integers; only the rest are looked at as text.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
 
 /// The items of a comma-separated header (every field of that name),
 /// trimmed, empty ones skipped.
@@ -43,39 +45,37 @@ pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names, and a `Content-Length` that came with `Transfer-Encoding`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over the names (comparing
-    // standard names is an integer compare) instead of a hash lookup per
-    // hop-by-hop name.
-    let any = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"));
-    if !any {
-        return;
+    // One pass over the names; most messages have none, or only a
+    // `Connection` (`keep-alive`), which then costs one removal.
+    let (mut connection, mut te, mut others) = (false, false, false);
+    for k in headers.keys() {
+        if *k == header::CONNECTION {
+            connection = true;
+        } else if *k == header::TRANSFER_ENCODING {
+            te = true;
+        } else if is_hop_by_hop(k) {
+            others = true;
+        }
     }
     // With both, Transfer-Encoding framed the body and the length is not
     // its length: it must not be forwarded (RFC 9112 section 6.3), or it
     // would cut the message.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if te {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
+    if connection {
+        // The names it lists (hop-by-hop ones are removed below anyway).
+        let listed: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !is_hop_by_hop(n))
+            .collect();
+        for name in listed {
             headers.remove(name);
         }
+        headers.remove(header::CONNECTION);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
+    if te || others {
+        while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
             headers.remove(name);
         }
     }
@@ -97,7 +97,8 @@ fn random_hex32() -> String {
         if v != 0 {
             let mut buf = [0u8; 32];
             hex_into(&mut buf, v);
-            return buf.iter().map(|&b| b as char).collect();
+            // Hex digits only: always UTF-8.
+            return String::from_utf8_lossy(&buf).into_owned();
         }
     }
 }

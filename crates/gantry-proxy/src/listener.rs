@@ -129,7 +129,10 @@ pub(crate) async fn serve_hyper<I>(
         let busy = activity.begin();
         async move {
             let req = req.map(RequestBody::Hyper);
-            let resp = handle(shared, req, peer, peer_ip, over_tls).await;
+            // Boxed: the request's state machine is a few KiB; boxed, hyper
+            // moves a pointer instead of copying it on its way into the
+            // connection task. (The own HTTP/1.1 server awaits it in place.)
+            let resp = Box::pin(handle(shared, req, peer, peer_ip, over_tls)).await;
             drop(busy);
             Ok::<_, Infallible>(resp)
         }
@@ -157,7 +160,20 @@ pub(crate) async fn handle(
     // long before the linger does.
     let close = req.version() <= hyper::Version::HTTP_11
         && shared.closing.load(std::sync::atomic::Ordering::Relaxed);
-    let mut resp = forward::handle(shared, req, peer, peer_ip, over_tls).await;
+    let https = forward::https(over_tls, &req);
+    let mut security_headers = None;
+    let mut resp = forward::handle(
+        shared,
+        req,
+        peer,
+        peer_ip,
+        (over_tls, https),
+        &mut security_headers,
+    )
+    .await;
+    if let Some(h) = security_headers {
+        h.apply(resp.headers_mut(), https);
+    }
     if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

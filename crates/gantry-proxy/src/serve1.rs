@@ -32,7 +32,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -173,6 +173,8 @@ struct Conn<I> {
     ranges: Vec<[usize; 4]>,
     timer: Pin<Box<Sleep>>,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// For a look at the stop signal without waiting (no waker swap).
+    stop_now: tokio::sync::watch::Receiver<bool>,
     stopped: bool,
 }
 
@@ -182,7 +184,9 @@ enum Fill {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
-    fn new(io: I, mut stop: tokio::sync::watch::Receiver<bool>) -> Self {
+    fn new(io: I, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        let stop_now = stop.clone();
+        let mut stop = stop;
         Conn {
             io,
             buf: BytesMut::with_capacity(READ_SIZE),
@@ -194,6 +198,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             stop: Box::pin(async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),
+            stop_now,
             stopped: false,
         }
     }
@@ -208,7 +213,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// The stop signal, without waiting for it.
     fn stopped_now(&mut self) -> bool {
-        self.poll_stop(&mut Context::from_waker(Waker::noop()))
+        if !self.stopped && (*self.stop_now.borrow() || !self.stop_now.has_changed().is_ok()) {
+            self.stopped = true;
+        }
+        self.stopped
     }
 
     /// True once `deadline` passed; else the timer wakes this task by then.
