@@ -213,7 +213,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// The stop signal, without waiting for it.
     fn stopped_now(&mut self) -> bool {
-        if !self.stopped && (*self.stop_now.borrow() || !self.stop_now.has_changed().is_ok()) {
+        if !self.stopped && (*self.stop_now.borrow() || self.stop_now.has_changed().is_err()) {
             self.stopped = true;
         }
         self.stopped
