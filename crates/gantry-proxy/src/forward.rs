@@ -291,55 +291,62 @@ pub(crate) async fn handle(
         .connect_timeout
         .unwrap_or(shared.config.connect_timeout);
     let body = SharedBody::new(body, route.policy.max_body);
-    // This worker's own pool (`worker`).
-    let client = (!own_h1).then(|| crate::worker::client(&shared, route.connect_timeout));
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
+    // The set was in the table when the request started, so when its drain
+    // timeout is not the shorter one (the default: both 30 s), it ends
+    // after the response deadline: no need to watch it.
+    let watch_drain = shared.config.drain_timeout < timeout;
     let mut tried = Vec::new();
     let mut last_failure = None;
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
         tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
-        let exchange = async {
-            match &client {
-                None => send_h1(instance, connect_timeout, &parts, &path_and_query).await,
-                Some(client) => {
-                    let body = UpstreamBody::new(body.clone(), set.stats.clone());
-                    let last_try = tried.len() >= set.instances.len();
-                    // Boxed, as the drain watch below: the common request
-                    // takes neither, and their state would make every
-                    // request's future larger (it is moved when it starts).
-                    Box::pin(send_hyper(
-                        client,
-                        instance,
-                        &mut parts,
-                        &path_and_query,
-                        body,
-                        last_try,
-                    ))
-                    .await
+        // Others than the common request (own client, no drain watch) are
+        // boxed: their state would make every request's future larger, and
+        // it is copied when it starts.
+        let result = if own_h1 && !watch_drain {
+            tokio::time::timeout_at(
+                deadline,
+                send_h1(instance, connect_timeout, &parts, &path_and_query),
+            )
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+        } else {
+            let last_try = tried.len() >= set.instances.len();
+            let exchange = async {
+                if own_h1 {
+                    return send_h1(instance, connect_timeout, &parts, &path_and_query).await;
                 }
-            }
-        };
-        let drain = async {
-            if shared.config.drain_timeout < timeout {
-                Box::pin(drain_deadline(
-                    set.stats.retired(),
-                    shared.config.drain_timeout,
-                ))
+                // This worker's own pool (`worker`).
+                let client = crate::worker::client(&shared, route.connect_timeout);
+                let body = UpstreamBody::new(body.clone(), set.stats.clone());
+                send_hyper(
+                    &client,
+                    instance,
+                    &mut parts,
+                    &path_and_query,
+                    body,
+                    last_try,
+                )
                 .await
-            } else {
-                // The set was in the table when the request started, so
-                // its drain deadline comes after the response deadline:
-                // no need to watch it (the default: both 30 s).
-                std::future::pending().await
-            }
-        };
-        let result = tokio::select! {
-            r = tokio::time::timeout_at(deadline, exchange) => r.unwrap_or(Err(Failure::Timeout)),
-            _ = drain => Err(Failure::Drained),
+            };
+            let drain = async {
+                if watch_drain {
+                    drain_deadline(set.stats.retired(), shared.config.drain_timeout).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            Box::pin(async {
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, exchange) => r.unwrap_or(Err(Failure::Timeout)),
+                    _ = drain => Err(Failure::Drained),
+                }
+            })
+            .await
         };
         match result {
             Ok(resp) => {

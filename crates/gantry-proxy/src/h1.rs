@@ -273,7 +273,9 @@ pub(crate) async fn send(
             other => return other,
         }
     }
-    let conn = Conn::connect(addr, connect_timeout).await?;
+    // Boxed: most requests find a pooled connection, and the connect state
+    // would make every request's future larger.
+    let conn = Box::pin(Conn::connect(addr, connect_timeout)).await?;
     exchange(conn, &wire, head_only).await
 }
 

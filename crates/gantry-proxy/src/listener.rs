@@ -146,39 +146,77 @@ pub(crate) async fn serve_hyper<I>(
     }
 }
 
-pub(crate) async fn handle(
+/// hyper's path through the proxy for one request; the own HTTP/1.1
+/// server (`serve1`) takes the same steps without this async layer.
+async fn handle(
     shared: Arc<Shared>,
     req: Request<RequestBody>,
     peer: SocketAddr,
     peer_ip: HeaderValue,
     over_tls: bool,
 ) -> Response<ResponseBody> {
-    if !over_tls && let Some(resp) = before_routing(&shared, &req) {
-        return resp;
-    }
-    // Read at the start: a request that began before the hand-off ends
-    // long before the linger does.
-    let close = req.version() <= hyper::Version::HTTP_11
-        && shared.closing.load(std::sync::atomic::Ordering::Relaxed);
-    let https = forward::https(over_tls, &req);
+    let finish = match start(&shared, &req, over_tls) {
+        Ok(finish) => finish,
+        Err(answer) => return answer,
+    };
     let mut security_headers = None;
     let mut resp = forward::handle(
         shared,
         req,
         peer,
         peer_ip,
-        (over_tls, https),
+        (over_tls, finish.https),
         &mut security_headers,
     )
     .await;
-    if let Some(h) = security_headers {
-        h.apply(resp.headers_mut(), https);
-    }
-    if close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+    finish.apply(&mut resp, security_headers);
     resp
+}
+
+/// What the answer of a forwarded request still needs.
+pub(crate) struct Finish {
+    pub(crate) https: bool,
+    /// `Connection: close` (HTTP/1.x while a successor proxy takes over).
+    close: bool,
+}
+
+impl Finish {
+    /// The route's security headers (phase 1 records them; every answer of
+    /// the route, the backend's or the proxy's own, gets them) and the
+    /// hand-off's `Connection: close`.
+    pub(crate) fn apply(
+        self,
+        resp: &mut Response<ResponseBody>,
+        security_headers: Option<Arc<crate::policy::CompiledHeaders>>,
+    ) {
+        if let Some(h) = security_headers {
+            h.apply(resp.headers_mut(), self.https);
+        }
+        if self.close && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+/// Before routing: the proxy's own answer (plain HTTP: ACME HTTP-01, the
+/// redirect to HTTPS), or what the forwarded answer will need.
+pub(crate) fn start(
+    shared: &Shared,
+    req: &Request<RequestBody>,
+    over_tls: bool,
+) -> Result<Finish, Response<ResponseBody>> {
+    if !over_tls && let Some(resp) = before_routing(shared, req) {
+        return Err(resp);
+    }
+    // Read at the start: a request that began before the hand-off ends
+    // long before the linger does.
+    let close = req.version() <= hyper::Version::HTTP_11
+        && shared.closing.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Finish {
+        https: forward::https(over_tls, req),
+        close,
+    })
 }
 
 /// Plain HTTP only: the ACME HTTP-01 answer, or the redirect to HTTPS.

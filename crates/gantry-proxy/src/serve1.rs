@@ -4,7 +4,7 @@
 //! - One loop per connection, in the connection's task: read until a
 //!   request head is complete (`httparse`), build the `http::Request` (its
 //!   URI and header values share the read buffer), call the proxy's
-//!   handler (`listener::handle`), write the answer's head and body, go on
+//!   handler (`listener::start`, `forward::handle`), write the answer's head and body, go on
 //!   with the next request (pipelined bytes stay in the buffer).
 //! - Everything else goes to hyper for the rest of the connection, with
 //!   the bytes read so far put back in front ([`Prefixed`]): an HTTP/2
@@ -110,8 +110,25 @@ pub(crate) async fn serve<I>(
             trailers,
         } = head;
         let is_head = request.method() == Method::HEAD;
-        let resp =
-            crate::listener::handle(shared.clone(), request, peer, peer_ip.clone(), over_tls).await;
+        // `listener::handle`'s steps, without its async layer (each one
+        // copies the request's state once more).
+        let resp = match crate::listener::start(&shared, &request, over_tls) {
+            Err(answer) => answer,
+            Ok(finish) => {
+                let mut security_headers = None;
+                let mut resp = crate::forward::handle(
+                    shared.clone(),
+                    request,
+                    peer,
+                    peer_ip.clone(),
+                    (over_tls, finish.https),
+                    &mut security_headers,
+                )
+                .await;
+                finish.apply(&mut resp, security_headers);
+                resp
+            }
+        };
         let answer = Answer {
             is_head,
             keep_alive: keep_alive && !conn.stopped_now(),
