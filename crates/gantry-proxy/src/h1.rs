@@ -36,6 +36,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -51,7 +52,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::headers::{has_token, tokens};
+use crate::headers::tokens;
 
 /// How long an unused backend connection stays in the pool.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -111,8 +112,26 @@ struct Idle {
 
 /// One worker's idle backend connections, by instance address.
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>,
     max_per_host: usize,
+}
+
+/// A multiply-rotate hash for the pool's keys: backend addresses from the
+/// routing table, not client input, so SipHash's flooding resistance buys
+/// nothing here, and it was two SipHash runs per request.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 thread_local! {
@@ -125,7 +144,7 @@ thread_local! {
 pub(crate) fn install(max_per_host: usize) {
     POOL.with(|p| {
         *p.borrow_mut() = Some(Pool {
-            idle: HashMap::new(),
+            idle: HashMap::default(),
             max_per_host,
         })
     });
@@ -331,6 +350,11 @@ struct Parsed {
     http10: bool,
     /// Names and the value ranges in `buf`.
     fields: Vec<(HeaderName, usize, usize)>,
+    /// Seen while parsing, so framing needs no lookups in the map.
+    transfer_encoding: bool,
+    content_length: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
 }
 
 fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
@@ -349,9 +373,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
     };
     let base = buf.as_ptr().addr();
     let mut fields = Vec::with_capacity(r.headers.len());
+    let (mut te, mut cl, mut close, mut keep_alive) = (false, false, false, false);
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| protocol(format!("invalid header name `{}`", h.name)))?;
+        if name == header::TRANSFER_ENCODING {
+            te = true;
+        } else if name == header::CONTENT_LENGTH {
+            cl = true;
+        } else if name == header::CONNECTION {
+            close |= crate::headers::lists_token(h.value, b"close");
+            keep_alive |= crate::headers::lists_token(h.value, b"keep-alive");
+        }
         let start = h.value.as_ptr().addr() - base;
         fields.push((name, start, start + h.value.len()));
     }
@@ -360,6 +393,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
         status: r.code.unwrap_or(0),
         http10: r.version == Some(0),
         fields,
+        transfer_encoding: te,
+        content_length: cl,
+        connection_close: close,
+        connection_keep_alive: keep_alive,
     }))
 }
 
@@ -403,6 +440,7 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     // Room for what the proxy adds to an answer (request id, security
     // headers, a sticky cookie) without growing the map.
     let mut headers = HeaderMap::with_capacity(parsed.fields.len() + 8);
+    let (te, cl) = (parsed.transfer_encoding, parsed.content_length);
     for (name, start, end) in parsed.fields {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
             .map_err(|_| protocol(format!("invalid value of header `{name}`")))?;
@@ -411,18 +449,18 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
 
     // RFC 9112 section 6.3.
     let mut keep_alive = if parsed.http10 {
-        has_token(&headers, header::CONNECTION, "keep-alive")
+        parsed.connection_keep_alive
     } else {
-        !has_token(&headers, header::CONNECTION, "close")
+        !parsed.connection_close
     };
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Len(0)
-        } else if headers.contains_key(header::TRANSFER_ENCODING) && parsed.http10 {
+        } else if te && parsed.http10 {
             // RFC 9112 section 6.1: the framing is faulty (hyper refuses it too).
             return Err(protocol("an HTTP/1.0 answer with Transfer-Encoding"));
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            if headers.contains_key(header::CONTENT_LENGTH) {
+        } else if te {
+            if cl {
                 keep_alive = false; // both: Transfer-Encoding wins, then close
             }
             if last_coding_is_chunked(&headers) {
@@ -431,7 +469,7 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
                 keep_alive = false;
                 Framing::Close
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
+        } else if cl {
             Framing::Len(content_length(&headers)?)
         } else {
             keep_alive = false;

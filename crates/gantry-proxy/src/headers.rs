@@ -37,6 +37,14 @@ pub(crate) fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Ite
         .filter(|t| !t.is_empty())
 }
 
+/// Whether one comma-separated header value lists `token`
+/// (case-insensitive), on raw bytes as a parser sees them.
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether a comma-separated header names `token` (case-insensitive).
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
@@ -98,7 +106,9 @@ fn random_hex32() -> String {
             let mut buf = [0u8; 32];
             hex_into(&mut buf, v);
             // Hex digits only: always UTF-8.
-            return String::from_utf8_lossy(&buf).into_owned();
+            return std::str::from_utf8(&buf)
+                .map(str::to_owned)
+                .unwrap_or_default();
         }
     }
 }

@@ -157,7 +157,7 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let finish = match start(&shared, &req, over_tls) {
         Ok(finish) => finish,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let mut security_headers = None;
     let mut resp = forward::handle(
@@ -205,9 +205,10 @@ pub(crate) fn start(
     shared: &Shared,
     req: &Request<RequestBody>,
     over_tls: bool,
-) -> Result<Finish, Response<ResponseBody>> {
+) -> Result<Finish, Box<Response<ResponseBody>>> {
+    // Boxed: rare, and the answer is large.
     if !over_tls && let Some(resp) = before_routing(shared, req) {
-        return Err(resp);
+        return Err(Box::new(resp));
     }
     // Read at the start: a request that began before the hand-off ends
     // long before the linger does.

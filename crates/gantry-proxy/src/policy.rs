@@ -154,8 +154,9 @@ impl CompiledHeaders {
     /// Adds each header the response lacks; HSTS only when `https`.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, https: bool) {
         for (name, value) in &self.always {
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
+            // One lookup: the app's own header wins.
+            if let hyper::header::Entry::Vacant(slot) = headers.entry(name) {
+                slot.insert(value.clone());
             }
         }
         if https

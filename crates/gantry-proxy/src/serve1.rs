@@ -44,6 +44,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::forward::Shared;
+use crate::headers::lists_token;
 use crate::listener::Http;
 
 /// Headers per request head, as hyper's server allows.
@@ -113,7 +114,7 @@ pub(crate) async fn serve<I>(
         // `listener::handle`'s steps, without its async layer (each one
         // copies the request's state once more).
         let resp = match crate::listener::start(&shared, &request, over_tls) {
-            Err(answer) => answer,
+            Err(answer) => *answer,
             Ok(finish) => {
                 let mut security_headers = None;
                 let mut resp = crate::forward::handle(
@@ -341,10 +342,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             {
                 return Parsed::Hyper;
             } else if name.eq_ignore_ascii_case(b"connection") {
-                if has_token(value, b"close") {
+                if lists_token(value, b"close") {
                     keep_alive = false;
                 }
-            } else if name.eq_ignore_ascii_case(b"te") && has_token(value, b"trailers") {
+            } else if name.eq_ignore_ascii_case(b"te") && lists_token(value, b"trailers") {
                 trailers = true;
             }
             let n = offset(name);
@@ -614,13 +615,6 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// True if a comma-separated header value lists `token`.
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn far_future() -> Instant {
