@@ -89,7 +89,11 @@
 //! for `X-Forwarded-For` and the access log), the TLS handshake on TLS
 //! listeners (`tls`: certificate by SNI from route files, ACME or the
 //! default; HTTP/2 or HTTP/1.1 by ALPN; the TLS-ALPN-01 challenge
-//! certificate for `acme-tls/1`), then hyper. On plain HTTP, `listener`
+//! certificate for `acme-tls/1`), then HTTP: HTTP/1.1 on the proxy's own
+//! server loop (`serve1`: body-less, non-upgrade requests, which is nearly
+//! all of them), which hands the connection to hyper's HTTP/1.1 + HTTP/2
+//! server for anything else (an h2 preface or ALPN, a request body, an
+//! upgrade, HTTP/1.0, a head it cannot take). On plain HTTP, `listener`
 //! answers ACME HTTP-01 tokens and redirects routes with `redirect_http`
 //! (308 to `https://`). `acme` keeps certificates for routes with
 //! `tls.mode = "acme"`; `handoff` documents the socket hand-off of a
@@ -104,9 +108,10 @@
 //! # Slow clients and sizes
 //!
 //! `ProxyConfig` sets the request head size (431), the time to send it
-//! (hyper's `header_read_timeout`; in hyper 1.12 it also runs between
-//! keep-alive requests) and the idle timeout of client connections
-//! (`limits::IdleIo`). Per route: `max_body` (413; a streamed body is cut
+//! (`header_read_timeout`: on `serve1`, from the first bytes of a head
+//! seen; on hyper's server, hyper's setting, which in hyper 1.12 also runs
+//! between keep-alive requests) and the idle timeout of client connections
+//! (`serve1`'s connection timer; `limits::IdleIo` on hyper's server). Per route: `max_body` (413; a streamed body is cut
 //! when it grows past it) and `connect_timeout_ms`.
 //!
 //! # Not here yet

@@ -6,8 +6,10 @@
 //!   keep-alive and HTTP/2 connections alike. A response body that stalls
 //!   longer than `idle_timeout` after its headers is cut too, like a
 //!   reverse proxy's send timeout.
-//! - Request header size (431) and header read time (slowloris) are hyper
-//!   settings, applied in `server`.
+//! - Request header size (431) and header read time (slowloris) are
+//!   hyper settings, applied in `server`, and the same limits of the
+//!   proxy's own HTTP/1.1 server (`serve1`, which also keeps its own idle
+//!   timer: `IdleIo` wraps only connections hyper serves).
 //! - [`Clients`] holds one pooled upstream client per connect timeout, so a
 //!   route's `connect_timeout_ms` applies to its connection attempts (off
 //!   the workers; each worker keeps its own set, see `worker`).
