@@ -384,6 +384,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
         } else if name == header::CONNECTION {
             close |= crate::headers::lists_token(h.value, b"close");
             keep_alive |= crate::headers::lists_token(h.value, b"keep-alive");
+            // Hop-by-hop: left out of the map unless it names other headers
+            // (which the hop-by-hop pass then removes), so the common
+            // `Connection: keep-alive` costs no removal later.
+            if crate::headers::only_connection_options(h.value) {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         let start = h.value.as_ptr().addr() - base;
         fields.push((name, start, start + h.value.len()));

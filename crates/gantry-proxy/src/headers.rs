@@ -45,6 +45,15 @@ pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// True for a `Connection` value that lists only `keep-alive` and `close`
+/// (no other header to remove with it).
+pub(crate) fn only_connection_options(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
+}
+
 /// Whether a comma-separated header names `token` (case-insensitive).
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
@@ -259,6 +268,22 @@ fn proto_value(proto: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_values_that_name_no_other_header() {
+        for v in [
+            "keep-alive",
+            "close",
+            "Keep-Alive, close",
+            " keep-alive ,",
+            "",
+        ] {
+            assert!(only_connection_options(v.as_bytes()), "{v:?}");
+        }
+        for v in ["upgrade", "keep-alive, x-hop", "closed"] {
+            assert!(!only_connection_options(v.as_bytes()), "{v:?}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -345,6 +345,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 if lists_token(value, b"close") {
                     keep_alive = false;
                 }
+                // Hop-by-hop, and read here: left out of the request unless
+                // it names other headers (the hop-by-hop pass removes those).
+                if crate::headers::only_connection_options(value) {
+                    continue;
+                }
+            } else if name.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
             } else if name.eq_ignore_ascii_case(b"te") && lists_token(value, b"trailers") {
                 trailers = true;
             }
