@@ -300,8 +300,9 @@ pub(crate) async fn handle(
     let watch_drain = shared.config.drain_timeout < timeout;
     let mut tried = Vec::new();
     let mut last_failure = None;
+    // The instances tried so far (pushed on a retry only: the common
+    // request allocates nothing for it).
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
-        tried.push(i);
         let instance = &set.instances[i];
         let lease = instance.lease();
         // Others than the common request (own client, no drain watch) are
@@ -315,7 +316,7 @@ pub(crate) async fn handle(
             .await
             .unwrap_or(Err(Failure::Timeout))
         } else {
-            let last_try = tried.len() >= set.instances.len();
+            let last_try = tried.len() + 1 >= set.instances.len();
             let exchange = async {
                 if own_h1 {
                     return send_h1(instance, connect_timeout, &parts, &path_and_query).await;
@@ -405,6 +406,7 @@ pub(crate) async fn handle(
                 if !(idempotent(&parts.method) && body.untouched()) {
                     break;
                 }
+                tried.push(i);
             }
             Err(Failure::Other(_)) if body.exceeded() => {
                 route.policy.state.body_too_large.fetch_add(1, Relaxed);

@@ -36,7 +36,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -112,26 +111,9 @@ struct Idle {
 
 /// One worker's idle backend connections, by instance address.
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>,
+    /// Keys from the routing table: `fasthash`, not SipHash.
+    idle: HashMap<SocketAddr, Vec<Idle>, crate::fasthash::Fast>,
     max_per_host: usize,
-}
-
-/// A multiply-rotate hash for the pool's keys: backend addresses from the
-/// routing table, not client input, so SipHash's flooding resistance buys
-/// nothing here, and it was two SipHash runs per request.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl std::hash::Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 thread_local! {

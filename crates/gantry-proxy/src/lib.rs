@@ -131,6 +131,7 @@ mod compress;
 mod config;
 mod csp_report;
 mod error;
+mod fasthash;
 mod forward;
 mod h1;
 mod handoff;

@@ -7,6 +7,8 @@
 //! through to the next.
 
 use std::collections::HashMap;
+
+use crate::fasthash::Fast;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,8 +74,9 @@ impl CompiledRoute {
 pub(crate) struct Router {
     pub(crate) table: Table,
     routes: Vec<CompiledRoute>,
-    exact: HashMap<String, Vec<usize>>,
-    wildcard: HashMap<String, Vec<usize>>,
+    // Keys from the table (`fasthash`); looked up with the request's host.
+    exact: HashMap<String, Vec<usize>, Fast>,
+    wildcard: HashMap<String, Vec<usize>, Fast>,
     any: Vec<usize>,
 }
 
@@ -86,8 +89,8 @@ impl Router {
         policies: &PolicyRegistry,
     ) -> Router {
         let mut routes = Vec::with_capacity(table.routes.len());
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut exact: HashMap<String, Vec<usize>, Fast> = HashMap::default();
+        let mut wildcard: HashMap<String, Vec<usize>, Fast> = HashMap::default();
         let mut any = Vec::new();
         for (i, r) in table.routes.iter().enumerate() {
             let sets: Vec<CompiledSet> = r

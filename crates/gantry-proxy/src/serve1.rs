@@ -412,9 +412,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         idle: Duration,
     ) -> bool {
         let (parts, mut body) = resp.into_parts();
-        let keep_alive = answer.keep_alive
-            && !crate::headers::has_token(&parts.headers, header::CONNECTION, "close");
-        let framing = encode_head(&mut self.out, &parts, &answer, keep_alive, &body);
+        let (framing, keep_alive) = encode_head(&mut self.out, &parts, &answer, &body);
         let mut written: u64 = 0;
         let mut trailer_block: Option<HeaderMap> = None;
         let ok = loop {
@@ -562,14 +560,15 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the status line and headers into `out`; the body's framing.
+/// Writes the status line and headers into `out`; the body's framing, and
+/// whether the connection stays open (not if the answer says
+/// `Connection: close`, as the proxy's own answers may).
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &hyper::http::response::Parts,
     answer: &Answer,
-    keep_alive: bool,
     body: &ResponseBody,
-) -> Framing {
+) -> (Framing, bool) {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -578,6 +577,7 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
     let mut length = None;
     let mut date = false;
+    let mut close = false;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this side's to choose.
@@ -589,6 +589,8 @@ fn encode_head(
                 .and_then(|v| v.trim().parse::<u64>().ok());
         } else if name == header::DATE {
             date = true;
+        } else if name == header::CONNECTION {
+            close |= lists_token(value.as_bytes(), b"close");
         }
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -610,11 +612,12 @@ fn encode_head(
     if !date {
         DATE.with(|d| push_header(out, b"date", &d.now()));
     }
-    if !keep_alive {
+    let keep_alive = answer.keep_alive && !close;
+    if !keep_alive && !close {
         push_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, keep_alive)
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -57,6 +57,9 @@ pub(crate) struct Upgrade {
 /// turns into the HTTP/1.1 form); call before the hop-by-hop strip (it
 /// removes `Upgrade`), then [`Upgrade::restore`] after it.
 pub(crate) fn take(parts: &mut request::Parts) -> Option<Upgrade> {
+    // hyper marks every request it could upgrade; most have no mark (and
+    // the own HTTP/1.1 server passes no upgrade requests at all).
+    parts.extensions.get::<OnUpgrade>()?;
     if parts.version == Version::HTTP_2 && parts.method == Method::CONNECT {
         let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
         if !protocol.as_str().eq_ignore_ascii_case("websocket") {
