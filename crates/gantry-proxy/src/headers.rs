@@ -270,6 +270,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hex_digits_are_the_low_bits() {
+        let mut out = [0u8; 32];
+        hex_into(&mut out, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        assert_eq!(&out, b"0123456789abcdeffedcba9876543210");
+        let mut out = [0u8; 5];
+        hex_into(&mut out, 0xabcdef);
+        assert_eq!(&out, b"bcdef");
+    }
+
+    #[test]
     fn connection_values_that_name_no_other_header() {
         for v in [
             "keep-alive",
