@@ -298,10 +298,10 @@ pub(crate) async fn handle(
     // timeout is not the shorter one (the default: both 30 s), it ends
     // after the response deadline: no need to watch it.
     let watch_drain = shared.config.drain_timeout < timeout;
-    let mut tried = Vec::new();
-    let mut last_failure = None;
     // The instances tried so far (pushed on a retry only: the common
     // request allocates nothing for it).
+    let mut tried = Vec::new();
+    let mut last_failure = None;
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
         let instance = &set.instances[i];
         let lease = instance.lease();

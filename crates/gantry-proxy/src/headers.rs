@@ -56,7 +56,10 @@ pub(crate) fn only_connection_options(value: &[u8]) -> bool {
 
 /// Whether a comma-separated header names `token` (case-insensitive).
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| lists_token(v.as_bytes(), token.as_bytes()))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header
