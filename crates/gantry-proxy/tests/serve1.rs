@@ -2,7 +2,8 @@
 //! pipelining, keep-alive and `Connection: close`, answers framed by
 //! length or chunked and flushed as they stream, HEAD, a request with a
 //! body (hyper takes the connection over mid-way), a head that parses but
-//! names no valid URI, and graceful shutdown of idle and busy connections.
+//! names no valid URI, graceful shutdown of idle and busy connections, and
+//! an answer body that stalls past the idle timeout.
 
 mod support;
 
@@ -320,4 +321,34 @@ async fn shutdown_closes_idle_connections_and_lets_busy_ones_finish() {
     assert_eq!(a.headers["connection"], "close");
     assert!(busy.closed().await);
     stopped.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_answer_body_that_stalls_past_the_idle_timeout_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("web").await;
+    let mut cfg = config(dir.path());
+    cfg.idle_timeout = std::time::Duration::from_millis(300);
+    let p = TestProxy::start_with(cfg).await;
+    p.admin
+        .set_table(&table(vec![route(
+            "app/web",
+            &["app.test"],
+            "/",
+            vec![set("s", 100, &[b.addr])],
+        )]))
+        .await
+        .unwrap();
+    let mut w = Wire::connect(&p).await;
+    w.send(b"GET /stream HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await;
+    let (status, headers) = w.head().await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["transfer-encoding"], "chunked");
+    assert_eq!(w.chunk().await.0, b"first");
+    // The backend holds the rest for good: the proxy closes the connection
+    // without the last chunk (the client sees a cut answer, not a whole one).
+    assert!(w.closed().await);
+    b.release();
+    p.stop().await.unwrap();
 }
