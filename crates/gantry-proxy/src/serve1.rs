@@ -27,7 +27,7 @@
 //!   worker's shutdown waits for this connection as for hyper's.
 
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -470,8 +470,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 break false;
             }
             if framing == Framing::Chunked {
-                self.out
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // Into the buffer, no string per chunk.
+                let _ = write!(self.out, "{:x}\r\n", data.len());
             }
             if data.len() >= COPY_LIMIT {
                 if !self.flush_out().await || !self.write(&data).await {
@@ -603,7 +603,7 @@ fn encode_head(
     } else if let Some(n) = length {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact() {
-        push_header(out, b"content-length", n.to_string().as_bytes());
+        let _ = write!(out, "content-length: {n}\r\n");
         Framing::Length(n)
     } else {
         push_header(out, b"transfer-encoding", b"chunked");

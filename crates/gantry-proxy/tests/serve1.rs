@@ -149,7 +149,11 @@ fn json(a: &Answer) -> serde_json::Value {
 }
 
 async fn proxy(dir: &std::path::Path, backend: &Backend) -> TestProxy {
-    let p = TestProxy::start(dir).await;
+    proxy_with(config(dir), backend).await
+}
+
+async fn proxy_with(cfg: gantry_proxy::ProxyConfig, backend: &Backend) -> TestProxy {
+    let p = TestProxy::start_with(cfg).await;
     p.admin
         .set_table(&table(vec![route(
             "app/web",
@@ -329,16 +333,7 @@ async fn an_answer_body_that_stalls_past_the_idle_timeout_is_cut() {
     let b = Backend::start("web").await;
     let mut cfg = config(dir.path());
     cfg.idle_timeout = std::time::Duration::from_millis(300);
-    let p = TestProxy::start_with(cfg).await;
-    p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
-        .await
-        .unwrap();
+    let p = proxy_with(cfg, &b).await;
     let mut w = Wire::connect(&p).await;
     w.send(b"GET /stream HTTP/1.1\r\nhost: app.test\r\n\r\n")
         .await;
