@@ -141,7 +141,15 @@ pub(crate) async fn handle(
     if logging {
         guard.request_id = request_id.clone();
     }
-    let request_id_value = parts.headers.get(X_REQUEST_ID).cloned();
+    // The answer's copy is marked sensitive: HPACK then sends it as a
+    // never-indexed literal. A value unique per request would otherwise be
+    // inserted into the h2 connection's header table on every answer, and
+    // each lookup walks every earlier id still in it.
+    let request_id_value = parts.headers.get(X_REQUEST_ID).map(|v| {
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        v
+    });
 
     // The Host header (a cheap clone of its value), else the URI authority
     // (h2 `:authority`).

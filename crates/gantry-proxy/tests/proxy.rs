@@ -492,12 +492,18 @@ async fn h2c_clients_are_served() {
         .await
         .unwrap();
     let c = h2_client();
+    let mut ids = std::collections::HashSet::new();
     for _ in 0..3 {
         let r = get(&c, &p, "app.test", "/h2").await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.backend(), "b");
         assert_eq!(r.json()["path"], "/h2");
         assert_eq!(r.seen("host").as_deref(), Some("app.test"));
+        // Each answer carries its own request id (sent never-indexed, so
+        // the connection's HPACK table does not fill up with them).
+        let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(r.seen("x-request-id").as_deref(), Some(id.as_str()));
+        assert!(ids.insert(id), "request ids repeat: {ids:?}");
     }
     // An upload over h2 reaches an HTTP/1.1 backend intact.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
