@@ -154,16 +154,14 @@ pub(crate) async fn handle(
     // The Host header (a cheap clone of its value), else the URI authority
     // (h2 `:authority`).
     let host_header = parts.headers.get(header::HOST).cloned();
-    let host_owned;
     let (host, host_value) = match host_header
         .as_ref()
         .and_then(|v| Some((v.to_str().ok()?, v)))
     {
         Some((h, v)) => (h, Some(v.clone())),
         None => {
-            host_owned = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            let v = HeaderValue::from_str(&host_owned).ok();
-            (host_owned.as_str(), v)
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            (authority, HeaderValue::from_str(authority).ok())
         }
     };
     let host_value = host_value.filter(|_| !host.is_empty());
