@@ -64,6 +64,20 @@ fn a_bad_drain_grace_is_refused() {
 }
 
 #[test]
+fn a_bad_https_port_is_refused() {
+    for (port, says) in [("0", "0 is not in 1..=65535"), ("https", "invalid digit")] {
+        let out = Command::new(support::BIN)
+            .args(["proxy", "--https-port", port])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--https-port <PORT>"), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
 fn proxy_protocol_on_an_address_that_is_no_listener_is_refused() {
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(support::BIN)

@@ -107,6 +107,10 @@ pub struct ProxyConfig {
     /// At most this many client connections (plain + TLS) at once; further
     /// ones wait in the kernel's accept queue. `None`: no cap.
     pub max_connections: Option<usize>,
+    /// The port in the `Location` of a route's HTTP → HTTPS redirect (left
+    /// out of the URL when 443). Set it when clients reach the TLS listener
+    /// on another port, e.g. 8443.
+    pub https_port: u16,
 }
 
 /// The ACME challenge type the proxy answers.
@@ -130,7 +134,8 @@ impl ProxyConfig {
     /// ejection after 3 connect failures for 10 s, up to 512 idle
     /// connections per instance, 10 s to send request headers, 90 s idle
     /// timeout for client connections, 64 KiB request heads, 30 s WebSocket
-    /// drain grace, no metrics listener, no PROXY protocol.
+    /// drain grace, no metrics listener, no PROXY protocol, redirects to
+    /// HTTPS on port 443.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -161,6 +166,7 @@ impl ProxyConfig {
             acme_renew_before: None,
             proxy_protocol: Vec::new(),
             max_connections: None,
+            https_port: 443,
         }
     }
 }

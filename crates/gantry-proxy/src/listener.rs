@@ -250,9 +250,13 @@ fn before_routing(shared: &Shared, req: &Request<RequestBody>) -> Option<Respons
     }
     let bare = strip_port(&host);
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = HeaderValue::from_str(&format!("https://{bare}{pq}")).ok()?;
+    let url = match shared.config.https_port {
+        443 => format!("https://{bare}{pq}"),
+        port => format!("https://{bare}:{port}{pq}"),
+    };
+    let location = HeaderValue::from_str(&url).ok()?;
     let mut resp = Response::new(ResponseBody::full(
-        format!("308 Permanent Redirect\n\nThis site is served over HTTPS: https://{bare}{pq}\n"),
+        format!("308 Permanent Redirect\n\nThis site is served over HTTPS: {url}\n"),
         None,
     ));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -249,6 +249,23 @@ async fn redirect_http_answers_308_except_acme_challenge_paths() {
     proxy.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_names_the_https_port_when_it_is_not_443() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path());
+    config.https_port = 8443;
+    let proxy = Running::start(config).await;
+    let backend = Backend::start("app").await;
+    let mut ra = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
+    ra.redirect_http = true;
+    proxy.admin.set_table(&table(vec![ra])).await.unwrap();
+    let (status, headers, body) = plain_get(proxy.plain, "a.test:8080", "/p?q=1").await;
+    assert_eq!(status, 308);
+    assert_eq!(headers["location"], "https://a.test:8443/p?q=1");
+    assert!(body.contains("https://a.test:8443/p?q=1"), "{body}");
+    proxy.stop().await;
+}
+
 /// Sends raw bytes, reads until the proxy closes (`Connection: close`).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -82,6 +82,10 @@ pub(crate) struct Args {
     /// At most this many client connections at once; more wait in the accept queue.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// The HTTPS port that routes with `redirect_http` send plain-HTTP
+    /// clients to (use it when the TLS listener is reached on another port).
+    #[arg(long, value_name = "PORT", default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
+    https_port: u16,
     /// On shutdown or upgrade, how long open requests may still run, e.g. `30s`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     shutdown_timeout: Option<std::time::Duration>,
@@ -157,6 +161,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     config.acme_renew_before = args.acme_renew_before;
     config.proxy_protocol = proxy_protocol;
     config.max_connections = args.max_connections.map(|n| n as usize);
+    config.https_port = args.https_port;
     if let Some(d) = args.shutdown_timeout {
         config.shutdown_timeout = d;
     }
