@@ -47,6 +47,16 @@ fn metrics_listen_serves_prometheus_text() {
         body.contains("# TYPE gantry_proxy_requests_total counter"),
         "{body}"
     );
+    // The same families as the admin socket's /metrics: certificates and
+    // connections too.
+    assert!(
+        body.contains("# TYPE gantry_proxy_tls_cert_expiry_seconds gauge"),
+        "{body}"
+    );
+    assert!(
+        body.contains("gantry_proxy_open_connections{worker=\"0\"} "),
+        "{body}"
+    );
     let (status, _) = support::http_get(metrics_port, "/table");
     assert_eq!(status, 404);
     drop(proxy);

@@ -84,7 +84,7 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
         }
         (Method::GET, "/certs") => json(StatusCode::OK, &admin.shared.tls.statuses()),
         (Method::GET, "/metrics") => {
-            let text = routing.prometheus() + &admin.shared.tls.prometheus();
+            let text = admin.shared.prometheus();
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -50,6 +50,19 @@ pub(crate) struct Shared {
     /// connections after a complete response instead of having an idle
     /// keep-alive connection closed under a request they are sending.
     pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// The workers' open connections, and their inboxes (`spread`).
+    pub(crate) spread: Arc<crate::spread::Spread>,
+}
+
+impl Shared {
+    /// `GET /metrics` (admin socket and metrics listener alike): requests,
+    /// policies, certificates, connections.
+    pub(crate) fn prometheus(&self) -> String {
+        let mut out = self.routing.prometheus();
+        out.push_str(&self.tls.prometheus());
+        self.spread.render_prometheus(&mut out);
+        out
+    }
 }
 
 /// Methods a connect failure may retry on another instance.

@@ -147,6 +147,7 @@ mod router;
 mod serve1;
 mod server;
 mod shard;
+mod spread;
 mod stats;
 mod sticky;
 mod table;

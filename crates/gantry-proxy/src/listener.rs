@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::forward::{self, Shared};
@@ -46,18 +46,19 @@ pub(crate) struct Http {
 }
 
 /// Serves one accepted connection on its own task: PROXY header → TLS →
-/// HTTP. `permit` (the `max_connections` cap) is held until it ends.
+/// HTTP. `held` (the `max_connections` permit, the worker's open count) is
+/// held until it ends.
 pub(crate) fn accept_conn(
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
     shared: Arc<Shared>,
     http: Http,
-    permit: Option<OwnedSemaphorePermit>,
+    held: crate::spread::Held,
 ) {
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _held = held;
         let mut stream = stream;
         let mut peer = peer;
         if kind.proxy_protocol {

@@ -53,7 +53,7 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            shared.routing.prometheus(),
+            shared.prometheus(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), plain),

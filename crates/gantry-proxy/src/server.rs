@@ -12,8 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::access_log::AccessLog;
@@ -26,6 +26,7 @@ use crate::handoff::Upgrade;
 use crate::listener::{Kind, accept_conn};
 use crate::persist;
 use crate::router::Routing;
+use crate::spread::{Held, Moved, Spread};
 use crate::tls::TlsState;
 
 /// A proxy whose sockets are bound and whose persisted table is loaded;
@@ -40,6 +41,8 @@ pub struct Proxy {
     log_writer: Option<std::thread::JoinHandle<()>>,
     /// The `metrics_listen` listener and its bound address.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// Each worker's inbox of connections placed on it (`spread`).
+    inboxes: Vec<mpsc::UnboundedReceiver<Moved>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -185,6 +188,7 @@ impl Proxy {
 
         let client = crate::limits::upstream_client(&config, config.connect_timeout);
 
+        let (spread, inboxes) = Spread::new(crate::worker::count());
         let shared = Arc::new(Shared {
             routing: Routing::new(table),
             client,
@@ -194,6 +198,7 @@ impl Proxy {
             tunnels: Default::default(),
             tls,
             closing: Default::default(),
+            spread,
         });
         let admin = Arc::new(Admin {
             shared,
@@ -209,6 +214,7 @@ impl Proxy {
             admin,
             log_writer,
             metrics,
+            inboxes,
         })
     }
 
@@ -248,6 +254,7 @@ impl Proxy {
             admin,
             log_writer,
             metrics,
+            inboxes,
         } = self;
         let config = admin.shared.config.clone();
         let graceful = Arc::new(GracefulShutdown::new());
@@ -268,8 +275,13 @@ impl Proxy {
                 .map_err(|source| ProxyError::Listen { addr, source })?;
             std_listeners.push((l, addr, kind));
         }
-        let mut workers =
-            crate::worker::start(std_listeners, cap, admin.shared.clone(), stop_rx.clone())?;
+        let mut workers = crate::worker::start(
+            std_listeners,
+            inboxes,
+            cap,
+            admin.shared.clone(),
+            stop_rx.clone(),
+        )?;
         if let Some((listener, _)) = metrics {
             accepters.spawn(crate::metrics::accept(
                 listener,
@@ -392,15 +404,9 @@ fn backoff_on_accept_error(e: &std::io::Error) -> Duration {
     Duration::from_millis(50)
 }
 
-pub(crate) async fn accept_traffic(
-    listener: TcpListener,
-    kind: Kind,
-    cap: Option<Arc<Semaphore>>,
-    shared: Arc<Shared>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let config = &shared.config;
+/// hyper's server settings for client connections (used for what the
+/// own HTTP/1.1 server hands over, and for h2).
+fn http_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
     let max_header_size = config.max_header_size.max(crate::config::MIN_HEADER_SIZE);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -415,6 +421,22 @@ pub(crate) async fn accept_traffic(
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         // RFC 8441 WebSockets over h2 (`upgrade`).
         .enable_connect_protocol();
+    builder
+}
+
+/// One worker's accept loop on one listener. With several workers
+/// (`spread`: the spread and this worker's index), a connection goes to
+/// the worker with the fewest open connections.
+pub(crate) async fn accept_traffic(
+    listener: TcpListener,
+    kind: Kind,
+    cap: Option<Arc<Semaphore>>,
+    shared: Arc<Shared>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    spread: Option<(Arc<Spread>, usize)>,
+) {
+    let builder = http_builder(&shared.config);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -437,12 +459,117 @@ pub(crate) async fn accept_traffic(
                 _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
             },
         };
+        let mut held = Held::new(permit);
+        let mut stream = stream;
+        if let Some((spread, me)) = &spread {
+            let placed = spread.place(*me);
+            let to = placed.worker();
+            held.placed = Some(placed);
+            if to != *me {
+                match move_to_worker(spread, to, stream, peer, kind, held) {
+                    None => continue,
+                    Some((here, mut back)) => {
+                        // Its worker is stopping: serve it here.
+                        if let Some(p) = back.placed.as_mut() {
+                            p.move_to(*me);
+                        }
+                        stream = here;
+                        held = back;
+                    }
+                }
+            }
+        }
         let http = crate::listener::Http {
             builder: builder.clone(),
             watcher: graceful.watcher(),
             stop: stop.clone(),
         };
-        accept_conn(stream, peer, kind, shared.clone(), http, permit);
+        accept_conn(stream, peer, kind, shared.clone(), http, held);
+    }
+}
+
+/// Sends an accepted connection to worker `to`, where it was placed. `None`
+/// when sent (or lost: a socket that cannot leave this reactor is closed);
+/// the connection back, registered here again, when that worker's inbox is
+/// closed.
+fn move_to_worker(
+    spread: &Spread,
+    to: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    held: Held,
+) -> Option<(TcpStream, Held)> {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot move a connection to another worker; closing it");
+            return None;
+        }
+    };
+    let back = spread
+        .send(
+            to,
+            Moved {
+                stream,
+                peer,
+                kind,
+                held,
+            },
+        )
+        .err()?;
+    match TcpStream::from_std(back.stream) {
+        Ok(s) => Some((s, back.held)),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot register a connection; closing it");
+            None
+        }
+    }
+}
+
+/// A worker's inbox: serves the connections other workers placed on it.
+/// At the stop it closes, serves what was already sent, and ends (a later
+/// send fails, and the sender serves the connection itself).
+pub(crate) async fn take_moved(
+    mut inbox: mpsc::UnboundedReceiver<Moved>,
+    shared: Arc<Shared>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = http_builder(&shared.config);
+    let serve = |moved: Moved, stop: &watch::Receiver<bool>| {
+        let Moved {
+            stream,
+            peer,
+            kind,
+            held,
+        } = moved;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let http = crate::listener::Http {
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    stop: stop.clone(),
+                };
+                accept_conn(stream, peer, kind, shared.clone(), http, held);
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot register a moved connection; closing it");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            moved = inbox.recv() => match moved {
+                Some(moved) => serve(moved, &stop),
+                None => return,
+            },
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+        }
+    }
+    inbox.close();
+    while let Ok(moved) = inbox.try_recv() {
+        serve(moved, &stop);
     }
 }
 

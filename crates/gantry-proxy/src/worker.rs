@@ -14,7 +14,9 @@
 //! and every worker registers a duplicate descriptor of it (`try_clone`);
 //! the kernel hands each new connection to one of the workers waiting on
 //! it. One socket per address keeps a listener hand-off to another process
-//! simple.
+//! simple. The accepting worker then places the connection on the worker
+//! with the fewest open connections (`spread`), which serves it from then
+//! on.
 //!
 //! What stays shared: the routing table (`ArcSwap`), the per-set stats
 //! (atomics), the access log queue, the WebSocket tunnel registry and the
@@ -55,18 +57,21 @@ pub(crate) struct Workers {
 }
 
 /// How many workers: one per core.
-fn count() -> usize {
+pub(crate) fn count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Starts the workers; each accepts on every listener until `stop`.
 pub(crate) fn start(
     listeners: Vec<(std::net::TcpListener, SocketAddr, Kind)>,
+    inboxes: Vec<mpsc::UnboundedReceiver<crate::spread::Moved>>,
     cap: Option<Arc<Semaphore>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) -> Result<Workers, ProxyError> {
-    let n = count();
+    let n = inboxes.len();
+    let spread = &shared.spread;
+    let mut inboxes = inboxes.into_iter();
     let (drained_tx, draining) = mpsc::channel::<()>(1);
     let (finish, finish_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(n);
@@ -86,6 +91,9 @@ pub(crate) fn start(
         let shared = shared.clone();
         let cap = cap.clone();
         let stop = stop.clone();
+        // With one worker there is nothing to spread.
+        let spread = (n > 1).then(|| (spread.clone(), w));
+        let inbox = inboxes.next().filter(|_| n > 1);
         let drained_tx = drained_tx.clone();
         let mut finish_rx = finish_rx.clone();
         let thread = std::thread::Builder::new()
@@ -109,6 +117,7 @@ pub(crate) fn start(
                                     shared.clone(),
                                     graceful.clone(),
                                     stop.clone(),
+                                    spread.clone(),
                                 ));
                             }
                             Err(e) => {
@@ -116,6 +125,15 @@ pub(crate) fn start(
                             }
                         }
                     }
+                    if let Some(inbox) = inbox {
+                        accepters.spawn(crate::server::take_moved(
+                            inbox,
+                            shared.clone(),
+                            graceful.clone(),
+                            stop.clone(),
+                        ));
+                    }
+                    drop(spread);
                     let shutdown_timeout = shared.config.shutdown_timeout;
                     drop((shared, stop));
                     while accepters.join_next().await.is_some() {}

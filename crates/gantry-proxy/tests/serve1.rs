@@ -2,8 +2,9 @@
 //! pipelining, keep-alive and `Connection: close`, answers framed by
 //! length or chunked and flushed as they stream, HEAD, a request with a
 //! body (hyper takes the connection over mid-way), a head that parses but
-//! names no valid URI, graceful shutdown of idle and busy connections, and
-//! an answer body that stalls past the idle timeout.
+//! names no valid URI, graceful shutdown of idle and busy connections, an
+//! answer body that stalls past the idle timeout, and connections spread
+//! evenly over the workers (`spread`).
 
 mod support;
 
@@ -298,6 +299,66 @@ async fn a_head_that_names_no_valid_uri_gets_400_and_the_connection_closes() {
     w.send(b"GET /a b c HTTP/1.1\r\nhost: app.test\r\n\r\n")
         .await;
     assert_eq!(w.answer(false).await.status, 400);
+    p.stop().await.unwrap();
+}
+
+/// `gantry_proxy_open_connections` per worker, from the admin metrics.
+async fn open_per_worker(p: &TestProxy) -> Vec<u64> {
+    let text = p.admin.metrics().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("gantry_proxy_open_connections{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Waits (5 s at most) until the open connections add up to `total`.
+async fn until_open(p: &TestProxy, total: u64) -> Vec<u64> {
+    for _ in 0..500 {
+        let open = open_per_worker(p).await;
+        if open.iter().sum::<u64>() == total {
+            return open;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "open connections never added up to {total}: {:?}",
+        open_per_worker(p).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_workers_and_served_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("web").await;
+    let p = proxy(dir.path(), &b).await;
+    let workers = open_per_worker(&p).await.len();
+    assert!(workers >= 1);
+    // A burst of connections: whichever worker accepts them, each goes to
+    // the one with the fewest open.
+    let mut wires = Vec::new();
+    for _ in 0..24 {
+        wires.push(Wire::connect(&p).await);
+    }
+    let open = until_open(&p, 24).await;
+    let (min, max) = (open.iter().min().unwrap(), open.iter().max().unwrap());
+    // Two workers placing at the same instant may both pick the same one.
+    assert!(max - min <= 2, "uneven: {open:?}");
+    // Every connection, moved or not, is served (twice: keep-alive).
+    for w in &mut wires {
+        w.send(
+            b"GET /a HTTP/1.1\r\nhost: app.test\r\n\r\nGET /b HTTP/1.1\r\nhost: app.test\r\n\r\n",
+        )
+        .await;
+    }
+    for w in &mut wires {
+        assert_eq!(json(&w.answer(false).await)["path"], "/a");
+        assert_eq!(json(&w.answer(false).await)["path"], "/b");
+    }
+    // Closed connections leave the counts.
+    wires.truncate(10);
+    until_open(&p, 10).await;
+    drop(wires);
+    until_open(&p, 0).await;
     p.stop().await.unwrap();
 }
 
