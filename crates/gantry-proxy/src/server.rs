@@ -424,9 +424,9 @@ fn http_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// One worker's accept loop on one listener. With several workers
-/// (`spread`: the spread and this worker's index), a connection goes to
-/// the worker with the fewest open connections.
+/// One worker's accept loop on one listener. Through `spread` (the spread
+/// and this worker's index), a connection goes to the worker with the
+/// fewest open connections and is counted there.
 pub(crate) async fn accept_traffic(
     listener: TcpListener,
     kind: Kind,
@@ -434,7 +434,7 @@ pub(crate) async fn accept_traffic(
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
-    spread: Option<(Arc<Spread>, usize)>,
+    (spread, me): (Arc<Spread>, usize),
 ) {
     let builder = http_builder(&shared.config);
     loop {
@@ -461,21 +461,19 @@ pub(crate) async fn accept_traffic(
         };
         let mut held = Held::new(permit);
         let mut stream = stream;
-        if let Some((spread, me)) = &spread {
-            let placed = spread.place(*me);
-            let to = placed.worker();
-            held.placed = Some(placed);
-            if to != *me {
-                match move_to_worker(spread, to, stream, peer, kind, held) {
-                    None => continue,
-                    Some((here, mut back)) => {
-                        // Its worker is stopping: serve it here.
-                        if let Some(p) = back.placed.as_mut() {
-                            p.move_to(*me);
-                        }
-                        stream = here;
-                        held = back;
+        let placed = spread.place(me);
+        let to = placed.worker();
+        held.placed = Some(placed);
+        if to != me {
+            match move_to_worker(&spread, to, stream, peer, kind, held) {
+                None => continue,
+                Some((here, mut back)) => {
+                    // Its worker is stopping: serve it here.
+                    if let Some(p) = back.placed.as_mut() {
+                        p.move_to(me);
                     }
+                    stream = here;
+                    held = back;
                 }
             }
         }

@@ -91,8 +91,8 @@ pub(crate) fn start(
         let shared = shared.clone();
         let cap = cap.clone();
         let stop = stop.clone();
-        // With one worker there is nothing to spread.
-        let spread = (n > 1).then(|| (spread.clone(), w));
+        let spread = (spread.clone(), w);
+        // With one worker nothing is ever moved (but it still counts).
         let inbox = inboxes.next().filter(|_| n > 1);
         let drained_tx = drained_tx.clone();
         let mut finish_rx = finish_rx.clone();
