@@ -42,11 +42,18 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The error and its causes, one "caused by" per line.
+/// The error and its causes, one "caused by" per line. A cause that the
+/// line before already spells out (an error that prints its source in its
+/// own message) gets no line of its own.
 pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
+    let mut before = out.clone();
     for cause in e.chain().skip(1) {
-        out.push_str(&format!("\n  caused by: {cause}"));
+        let text = cause.to_string();
+        if !before.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+        before = text;
     }
     out
 }
@@ -55,4 +62,43 @@ pub(crate) fn error_chain(e: &anyhow::Error) -> String {
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. `30d`, `12h` or `90m`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source in its own message, as the
+    /// library crates' `thiserror` errors do.
+    #[derive(Debug)]
+    struct Listen {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Listen {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot listen on 127.0.0.1:80: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Listen {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(Listen { source: io }).context("the proxy did not start");
+        assert_eq!(
+            error_chain(&e),
+            "the proxy did not start\n  caused by: cannot listen on 127.0.0.1:80: Address already in use"
+        );
+        let e = anyhow::anyhow!("disk full").context("cannot write the table");
+        assert_eq!(
+            error_chain(&e),
+            "cannot write the table\n  caused by: disk full"
+        );
+    }
 }
