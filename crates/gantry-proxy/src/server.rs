@@ -459,22 +459,15 @@ pub(crate) async fn accept_traffic(
                 _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
             },
         };
-        let mut held = Held::new(permit);
-        let mut stream = stream;
         let placed = spread.place(me);
         let to = placed.worker();
-        held.placed = Some(placed);
+        let mut held = Held::new(permit, placed);
+        let mut stream = stream;
         if to != me {
-            match move_to_worker(&spread, to, stream, peer, kind, held) {
+            match move_to_worker(&spread, (me, to), stream, peer, kind, held) {
                 None => continue,
-                Some((here, mut back)) => {
-                    // Its worker is stopping: serve it here.
-                    if let Some(p) = back.placed.as_mut() {
-                        p.move_to(me);
-                    }
-                    stream = here;
-                    held = back;
-                }
+                // Its worker is stopping: served here.
+                Some(back) => (stream, held) = back,
             }
         }
         let http = crate::listener::Http {
@@ -486,13 +479,13 @@ pub(crate) async fn accept_traffic(
     }
 }
 
-/// Sends an accepted connection to worker `to`, where it was placed. `None`
-/// when sent (or lost: a socket that cannot leave this reactor is closed);
-/// the connection back, registered here again, when that worker's inbox is
-/// closed.
+/// Sends a connection accepted by worker `me` to worker `to`, where it was
+/// placed. `None` when sent (or lost: a socket that cannot leave this
+/// reactor is closed); the connection back, registered and counted here
+/// again, when that worker's inbox is closed.
 fn move_to_worker(
     spread: &Spread,
-    to: usize,
+    (me, to): (usize, usize),
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
@@ -516,8 +509,12 @@ fn move_to_worker(
             },
         )
         .err()?;
-    match TcpStream::from_std(back.stream) {
-        Ok(s) => Some((s, back.held)),
+    let Moved {
+        stream, mut held, ..
+    } = back;
+    held.move_to(me);
+    match TcpStream::from_std(stream) {
+        Ok(s) => Some((s, held)),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot register a connection; closing it");
             None

@@ -47,15 +47,21 @@ pub(crate) struct Moved {
 /// its `max_connections` permit and its place in its worker's open count.
 pub(crate) struct Held {
     _permit: Option<OwnedSemaphorePermit>,
-    pub(crate) placed: Option<Placed>,
+    placed: Placed,
 }
 
 impl Held {
-    pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(permit: Option<OwnedSemaphorePermit>, placed: Placed) -> Self {
         Held {
             _permit: permit,
-            placed: None,
+            placed,
         }
+    }
+
+    /// Counts the connection on worker `me` instead (its inbox was closed,
+    /// so the accepting worker serves it).
+    pub(crate) fn move_to(&mut self, me: usize) {
+        self.placed.move_to(me);
     }
 }
 
@@ -137,9 +143,7 @@ impl Placed {
         self.worker
     }
 
-    /// Counts the connection on worker `me` instead (its inbox was closed,
-    /// so the accepting worker serves it).
-    pub(crate) fn move_to(&mut self, me: usize) {
+    fn move_to(&mut self, me: usize) {
         if self.worker != me {
             self.spread.open[me].fetch_add(1, Ordering::Relaxed);
             self.spread.open[self.worker].fetch_sub(1, Ordering::Relaxed);
@@ -182,13 +186,10 @@ mod tests {
                 tls: false,
                 proxy_protocol: false,
             },
-            held: Held {
-                placed: Some(placed),
-                ..Held::new(None)
-            },
+            held: Held::new(None, placed),
         };
         let mut back = spread.send(1, moved).expect_err("inbox is closed");
-        back.held.placed.as_mut().unwrap().move_to(0);
+        back.held.move_to(0);
         assert_eq!((spread.open(0), spread.open(1)), (2, 0));
     }
 }
