@@ -14,16 +14,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing: ${need[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need_tools nginx:nginx python3:python3
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building gantry and the example app (release)"

@@ -29,20 +29,9 @@ HAPROXY_PORT=$((PORT_BASE + 4))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-need_pkgs=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
-command -v valgrind >/dev/null 2>&1 || need_pkgs+=(valgrind)
-command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing: ${need_pkgs[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need_pkgs[@]}"
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need_tools nginx:nginx haproxy:haproxy valgrind:valgrind h2load:nghttp2-client curl:curl
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GANTRY=${GANTRY_BIN:-$TARGET_DIR/release/gantry}
@@ -87,6 +76,16 @@ wait_port() {
     return 1
 }
 
+# Starts "${@:2}" under callgrind in the background, its profile in $1/cg.*
+# and its output in $1/stdout and $1/stderr; sets CG_PID (stopped at exit).
+under_callgrind() {
+    local dir=$1
+    shift
+    valgrind --tool=callgrind --callgrind-out-file="$dir/cg" "$@" >"$dir/stdout" 2>"$dir/stderr" &
+    CG_PID=$!
+    PIDS+=("$CG_PID")
+}
+
 # Runs N requests of protocol $4 (h1 or h2c) against port $1 with
 # callgrind's counters zeroed first; the callgrind process is $2, its output
 # files $3.<dump>; $5 is this dump's number (1 for the first measure of
@@ -113,11 +112,9 @@ wait_port "$BACKEND_PORT"
 
 # Gantry.
 mkdir -p "$TMP/gantry/state"
-GANTRY_DATA_DIR=$TMP/gantry/data valgrind --tool=callgrind --callgrind-out-file="$TMP/gantry/cg" \
-    "$GANTRY" proxy --listen "127.0.0.1:$GANTRY_PORT" --state-dir "$TMP/gantry/state" \
-    --access-log off >"$TMP/gantry/stdout" 2>"$TMP/gantry/stderr" &
-GPID=$!
-PIDS+=($GPID)
+GANTRY_DATA_DIR=$TMP/gantry/data under_callgrind "$TMP/gantry" \
+    "$GANTRY" proxy --listen "127.0.0.1:$GANTRY_PORT" --state-dir "$TMP/gantry/state" --access-log off
+GPID=$CG_PID
 for _ in $(seq 300); do [ -S "$TMP/gantry/state/admin.sock" ] && break; sleep 0.2; done
 curl -fsS --unix-socket "$TMP/gantry/state/admin.sock" -X PUT -H 'content-type: application/json' \
     --data "{\"version\":1,\"routes\":[{\"id\":\"bench/prod\",\"hosts\":[\"*\"],\"sets\":[{\"name\":\"stable\",\"weight\":100,\"instances\":[\"127.0.0.1:$BACKEND_PORT\"]}]}]}" \
@@ -132,10 +129,8 @@ nginx_conf "$TMP/nginx" "$NGINX_PORT" \
     "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 512; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$NGINX_PORT backlog=4096; listen 127.0.0.1:$NGINX_H2_PORT http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host; } }"
-valgrind --tool=callgrind --callgrind-out-file="$TMP/nginx/cg" \
-    nginx -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout" 2>"$TMP/nginx/stderr" &
-NPID=$!
-PIDS+=($NPID)
+under_callgrind "$TMP/nginx" nginx -c "$TMP/nginx/nginx.conf"
+NPID=$CG_PID
 wait_port "$NGINX_PORT"
 log "nginx: $N requests under callgrind, HTTP/1.1 then h2c"
 X1=$(measure "$NGINX_PORT" "$NPID" "$TMP/nginx/cg" h1 1)
@@ -159,10 +154,8 @@ frontend f
 backend b
   server s1 127.0.0.1:$BACKEND_PORT
 EOF
-valgrind --tool=callgrind --callgrind-out-file="$TMP/haproxy/cg" \
-    haproxy -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/stdout" 2>"$TMP/haproxy/stderr" &
-HPID=$!
-PIDS+=($HPID)
+under_callgrind "$TMP/haproxy" haproxy -f "$TMP/haproxy/haproxy.cfg"
+HPID=$CG_PID
 wait_port "$HAPROXY_PORT"
 log "haproxy: $N requests under callgrind, HTTP/1.1 then h2c"
 H1=$(measure "$HAPROXY_PORT" "$HPID" "$TMP/haproxy/cg" h1 1)

@@ -46,20 +46,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # --- 1. tools -------------------------------------------------------------
-need_pkgs=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
-command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
-command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing: ${need_pkgs[*]}"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need_pkgs[@]}"
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need_tools nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl
 # Debian's postinst may start a system nginx/haproxy; we never use or touch it.
 
 # --- 2. build ---------------------------------------------------------------
