@@ -336,6 +336,23 @@ pub struct DeployInfo {
     #[serde(default)]
     pub phases: Vec<PhaseTime>,
     pub timeline: Vec<TimelineEntry>,
+    /// The backend set it starts (`r<release>`, or `r<release>-<deploy>`
+    /// for a redeploy of a release whose set runs) and the one it replaces.
+    #[serde(default)]
+    pub new_set: String,
+    #[serde(default)]
+    pub old_set: Option<String>,
+    /// Blue-green's warm window: until when the previous set stays ready
+    /// for an instant rollback (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_until: Option<i64>,
+    /// What the running deploy is held by (a store that refuses writes, a
+    /// proxy that does not answer, a set that did not stop), retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<String>,
+    /// Set when starting it did nothing: why (the release already serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noop: Option<String>,
 }
 
 /// One phase of a deploy and its duration.

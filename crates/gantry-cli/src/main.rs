@@ -78,7 +78,10 @@ enum Command {
     ///
     /// Example: gantry releases --env production
     Releases(cmd::releases::ListArgs),
-    /// Deploy a release through the rollout engine, following it live.
+    /// Deploy a release through the rollout engine, following it live until
+    /// traffic is on it (blue-green: the switch; --wait: the very end).
+    ///
+    /// Ctrl-C stops following, never the deploy.
     ///
     /// Example: gantry deploy --env production --release 7
     Deploy(cmd::deploys::DeployArgs),
@@ -94,7 +97,8 @@ enum Command {
     ///
     /// Example: gantry promote --from staging --to production
     Promote(cmd::deploys::PromoteArgs),
-    /// Continue a deploy paused for approval.
+    /// Continue a deploy paused for approval, or end a blue-green deploy's
+    /// warm window early (the previous set stops; no instant rollback after).
     ///
     /// Example: gantry approve --env production
     Approve(cmd::deploys::IdArgs),

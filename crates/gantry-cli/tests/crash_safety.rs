@@ -127,6 +127,7 @@ fn a_deploy_killed_in_any_phase_ends_consistent_with_traffic_served() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
     let port = proxy.port;
@@ -311,7 +312,14 @@ fn a_deploy_killed_in_any_phase_ends_consistent_with_traffic_served() {
         &config(BLUE_GREEN, "APP_VERSION = \"final\"", ""),
     );
     env.server
-        .run(&["deploy", "--env", "production", "--release", &r.to_string()])
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r.to_string(),
+            "--wait",
+        ])
         .ok();
     assert!(get_via(env.port).1.contains("hello from final "));
 }

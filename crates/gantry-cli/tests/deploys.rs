@@ -51,12 +51,15 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "production",
         "--release",
         &r1.to_string(),
+        "--wait",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("deploy 1 succeeded"), "{}", out.stdout);
     assert!(get_via(proxy.port).1.contains("hello from v1"));
 
-    // Blue-green to v2 under load: zero failed requests.
+    // Blue-green to v2 under load: zero failed requests. The command
+    // returns once traffic is on v2 and says how long v1 stays warm; the
+    // warm window runs on in the server.
     let r2 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v2\""));
     let load = Load::start(proxy.port);
     let out = server.run(&[
@@ -66,11 +69,26 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "--release",
         &r2.to_string(),
     ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "release 2 takes all traffic of hello/production; release 1 stays warm until"
+        ) && out
+            .stdout
+            .contains("`gantry rollback --env production` moves the traffic back at once"),
+        "{}",
+        out.stdout
+    );
+    let d = wait_phase(&server, 2, "done");
+    assert_eq!(d["outcome"], "succeeded", "{d:#}");
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.finish();
     let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("replacing release 1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("replacing set r1, release 1"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(failed, 0, "failed requests during the switch: {failures:?}");
     assert!(ok > 50, "the load ran ({ok} requests)");
     assert!(get_via(proxy.port).1.contains("hello from v2"));
@@ -109,6 +127,7 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "production",
         "--release",
         &r3.to_string(),
+        "--wait",
     ]);
     let seen = load.finish();
     let (failed, failures) = (seen.failed + seen.injected, seen.samples);
@@ -133,6 +152,7 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "production",
         "--release",
         &r4.to_string(),
+        "--wait",
     ]);
     std::thread::sleep(Duration::from_millis(500));
     let seen = load.finish();
@@ -204,6 +224,7 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
 
@@ -234,9 +255,9 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
     ]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("is being deployed by local:uid=")
-            && r.stderr
-                .contains(&format!("(deploy of release {r2}) (deploy {id}, for ")),
+        r.stderr.contains(&format!(
+            "hello/production is being deployed by deploy {id} of release {r2} by local:uid="
+        )) && r.stderr.contains("(phase await-approval, for "),
         "{}",
         r.stderr
     );
@@ -324,7 +345,14 @@ fn promote_ships_the_same_release_and_rollback_brings_the_previous_back() {
         r.stderr
     );
     server
-        .run(&["deploy", "--env", "staging", "--release", &r1.to_string()])
+        .run(&[
+            "deploy",
+            "--env",
+            "staging",
+            "--release",
+            &r1.to_string(),
+            "--wait",
+        ])
         .ok();
     let r = server.run(&["promote", "--from", "staging", "--to", "production"]);
     r.ok();
@@ -357,10 +385,11 @@ fn promote_ships_the_same_release_and_rollback_brings_the_previous_back() {
             "production",
             "--release",
             &r2.to_string(),
+            "--wait",
         ])
         .ok();
     assert!(get_via(proxy.port).1.contains("hello from v2"));
-    let r = server.run(&["rollback", "--env", "production"]);
+    let r = server.run(&["rollback", "--env", "production", "--wait"]);
     r.ok();
     assert!(
         r.stdout
@@ -437,6 +466,7 @@ fn migrations_and_hooks_run_and_roll_back() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
     assert_eq!(read("migrations.log"), "migrate 1\n");
@@ -453,6 +483,7 @@ fn migrations_and_hooks_run_and_roll_back() {
         "production",
         "--release",
         &r2.to_string(),
+        "--wait",
     ]);
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(read("migrations.log"), "migrate 1\nmigrate 2\nrollback 2\n");
@@ -474,6 +505,7 @@ fn migrations_and_hooks_run_and_roll_back() {
         "production",
         "--release",
         &r3.to_string(),
+        "--wait",
     ]);
     assert_eq!(out.code, 1);
     assert!(
@@ -507,6 +539,7 @@ fn migrations_and_hooks_run_and_roll_back() {
         "production",
         "--release",
         &r4.to_string(),
+        "--wait",
     ]);
     assert_eq!(out.code, 1);
     assert!(
@@ -534,6 +567,7 @@ fn a_second_deploy_waits_for_the_lease_with_wait() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
     let canary = "strategy = \"canary\"\nsteps = [{ weight = 30, pause = \"approval\" }]";
@@ -608,6 +642,7 @@ fn a_deploy_is_refused_when_the_proxy_is_down_or_the_host_is_taken() {
         "production",
         "--release",
         &r1.to_string(),
+        "--wait",
     ]);
     assert_eq!(r.code, 1);
     assert!(
@@ -623,10 +658,18 @@ fn a_deploy_is_refused_when_the_proxy_is_down_or_the_host_is_taken() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
     server.run(&["config", "apply", "--env", "staging"]).ok();
-    let r = server.run(&["deploy", "--env", "staging", "--release", &r1.to_string()]);
+    let r = server.run(&[
+        "deploy",
+        "--env",
+        "staging",
+        "--release",
+        &r1.to_string(),
+        "--wait",
+    ]);
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("does not fit the proxy's table")

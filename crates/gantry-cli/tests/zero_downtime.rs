@@ -36,8 +36,14 @@ impl Marathon {
     }
 
     fn deploy(&self, r: i64) -> support::Run {
-        self.server
-            .run(&["deploy", "--env", "production", "--release", &r.to_string()])
+        self.server.run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r.to_string(),
+            "--wait",
+        ])
     }
 
     fn good(&mut self, kind: &'static str, strategy: &str) {
@@ -99,7 +105,9 @@ impl Marathon {
             .collect();
         let current = succeeded[0];
         let previous = *succeeded.iter().find(|r| **r != current).unwrap();
-        let out = self.server.run(&["rollback", "--env", "production"]);
+        let out = self
+            .server
+            .run(&["rollback", "--env", "production", "--wait"]);
         assert_eq!(out.code, 0, "{out:?}");
         assert_eq!(sets(&self.server), [format!("r{previous}")]);
         // With the config it ran with, not the latest applied one.

@@ -15,7 +15,7 @@
 pub mod gates;
 pub mod machine;
 
-pub use gates::{GateReport, GateResult, Gates, SetMetrics, Status};
+pub use gates::{Baseline, GateReport, GateResult, Gates, SetMetrics, Status};
 pub use machine::{
     Action, Deploy, Inconclusive, Input, Outcome, Pause, Phase, Plan, Step, Strategy,
 };

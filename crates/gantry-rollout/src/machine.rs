@@ -20,6 +20,17 @@ use crate::gates::{self, GateReport, Gates, SetMetrics, Status};
 /// Milliseconds, from whatever clock the executor uses.
 pub type Ms = i64;
 
+/// A duration in [`Ms`], saturating: a huge duration from a spec never
+/// wraps into a negative deadline.
+fn ms(d: Duration) -> Ms {
+    Ms::try_from(d.as_millis()).unwrap_or(Ms::MAX)
+}
+
+/// Time since `since`, never overflowing.
+fn elapsed(now: Ms, since: Ms) -> Ms {
+    now.saturating_sub(since)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Pause {
     For(Duration),
@@ -151,6 +162,11 @@ pub enum Input {
     Stopped,
     /// The control plane restarted while this deploy was in `phase`.
     Resumed,
+    /// Another deploy took the environment's lease: this one must stop
+    /// acting at once, leaving traffic as it is.
+    LeaseLost {
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,6 +267,12 @@ impl Deploy {
         }
         match (self.phase, input) {
             (_, Input::Abort { by }) => self.abort(plan, now, by, &mut out),
+            (_, Input::LeaseLost { detail }) => self.finish(
+                Outcome::Failed,
+                now,
+                &mut out,
+                format!("stopped acting: {detail}; traffic was left as it was"),
+            ),
             (_, Input::Resumed) => self.resume(plan, now, &mut out),
             (Phase::Pending, Input::Begin) => {
                 if plan.pre_hook {
@@ -332,7 +354,7 @@ impl Deploy {
                 );
             }
             (Phase::Start, Input::Tick)
-                if now - self.phase_since >= plan.ready_timeout.as_millis() as Ms =>
+                if elapsed(now, self.phase_since) >= ms(plan.ready_timeout) =>
             {
                 let reason = format!(
                     "the new instances were not ready within {} s",
@@ -375,7 +397,7 @@ impl Deploy {
             }
             (Phase::Analyze, Input::Tick) if !self.held => {
                 if let Some(Pause::For(d)) = self.current_pause(plan)
-                    && now - self.phase_since >= d.as_millis() as Ms
+                    && elapsed(now, self.phase_since) >= ms(d)
                 {
                     let requests = match &self.last_gates {
                         Some(g) if g.verdict() != Status::Pending => None,
@@ -443,7 +465,7 @@ impl Deploy {
             }
             (Phase::Warm, Input::Tick) => {
                 if let Strategy::BlueGreen { rollback_window } = plan.strategy
-                    && now - self.phase_since >= rollback_window.as_millis() as Ms
+                    && elapsed(now, self.phase_since) >= ms(rollback_window)
                 {
                     self.drain(plan, now, &mut out);
                 }

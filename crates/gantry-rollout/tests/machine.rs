@@ -721,3 +721,62 @@ fn resume_after_a_crash_in_every_phase_is_consistent() {
         }
     }
 }
+
+#[test]
+fn a_lost_lease_ends_the_deploy_with_no_action_on_traffic() {
+    let mut s = Sim::new(canary());
+    s.run_until_traffic();
+    s.feed(Input::Smoke {
+        ok: true,
+        detail: String::new(),
+    });
+    assert_eq!(s.d.weight, 10);
+    let a = s.at(20).feed(Input::LeaseLost {
+        detail: "deploy 9 by bob took the lease of hello/prod".into(),
+    });
+    assert_eq!(
+        Sim::work(&a),
+        vec![Action::Notify {
+            failure: true,
+            message: "stopped acting: deploy 9 by bob took the lease of hello/prod; traffic was left as it was".into()
+        }],
+        "no weight change, no stop: the lease's new holder owns the route now"
+    );
+    assert_eq!(s.d.outcome, Some(Outcome::Failed));
+    assert!(s.feed(Input::Abort { by: "x".into() }).is_empty());
+}
+
+#[test]
+fn huge_durations_saturate_instead_of_wrapping() {
+    // A step or timeout near u64::MAX seconds never ends early through a
+    // wrapped cast, and never panics.
+    let mut plan = canary();
+    plan.strategy = Strategy::Canary {
+        steps: vec![Step {
+            weight: 10,
+            pause: Pause::For(Duration::MAX),
+        }],
+    };
+    plan.ready_timeout = Duration::MAX;
+    let mut s = Sim::new(plan);
+    s.run_until_traffic();
+    s.now = Ms::MAX - 1;
+    assert!(
+        Sim::work(&s.feed(Input::Tick)).is_empty(),
+        "not ready yet, but not timed out: {:?}",
+        s.d.phase
+    );
+    s.feed(Input::Smoke {
+        ok: true,
+        detail: String::new(),
+    });
+    assert_eq!(s.d.phase, Phase::Analyze);
+    s.feed(good());
+    s.now = Ms::MAX;
+    // The step lasts Ms::MAX: only at the very end of time does it move.
+    let a = s.feed(Input::Tick);
+    assert!(a.iter().all(|x| !matches!(x, Action::StopNew)), "{a:?}");
+    // A clock that jumps backwards does not underflow either.
+    s.now = Ms::MIN;
+    s.feed(Input::Tick);
+}

@@ -59,6 +59,8 @@ pub struct ServerOptions {
     pub proxy_admin: Option<PathBuf>,
     /// Where the edge proxy serves users (for smoke checks through it).
     pub proxy_addr: Option<SocketAddr>,
+    /// How long a deploy's lease lasts unrenewed.
+    pub deploy_lease: std::time::Duration,
 }
 
 /// Where a started server listens.
@@ -143,6 +145,7 @@ pub async fn run(
         fleet.clone(),
         gantry_proxy::AdminClient::new(proxy_admin),
         opts.proxy_addr,
+        opts.deploy_lease,
     );
     let resumed = deployer
         .resume_all()

@@ -481,14 +481,31 @@ impl Hooks {
 pub struct Analysis {
     /// How often the gates are evaluated.
     pub interval: Duration,
-    /// Highest acceptable share of 5xx responses (0 to 1).
+    /// Highest acceptable share of 5xx responses (0 to 1). Judged against
+    /// the stable set (`baseline = "stable"`), it is how much higher than
+    /// stable's the new set's share may be.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: f64,
-    /// Lowest acceptable share of non-5xx responses (0 to 1).
+    /// Lowest acceptable share of 1xx–3xx responses (0 to 1). Against the
+    /// stable set: at most `1 - min_success_rate` below stable's.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_success_rate: f64,
-    /// Highest acceptable 99th-percentile latency.
+    /// Highest acceptable 99th-percentile latency (absolute: on a first
+    /// deploy, with too little stable traffic, or `baseline = "absolute"`).
     pub max_p99: Duration,
+    /// What the new set is judged against. `stable` (the default): the
+    /// stable set measured over the same window, when it has at least
+    /// `min_requests` requests, so the same code on a busy machine is never
+    /// rolled back; the absolute limits otherwise. `absolute`: the absolute
+    /// limits only.
+    pub baseline: Baseline,
+    /// Against the stable set: the new set's p99 may be at most
+    /// `p99_ratio` × stable's p99 + `p99_margin`.
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub p99_ratio: f64,
+    /// Against the stable set: latency the new set may add on top of
+    /// `p99_ratio` × stable's p99.
+    pub p99_margin: Duration,
     /// Requests needed in an interval before the gates decide anything.
     #[schemars(range(min = 1))]
     pub min_requests: u32,
@@ -498,6 +515,17 @@ pub struct Analysis {
     /// What a canary step does when it ends before the gates could judge
     /// (fewer than `min_requests`).
     pub inconclusive: Inconclusive,
+}
+
+/// What the new set's metrics are compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// The stable set over the same window, when it can be measured.
+    #[default]
+    Stable,
+    /// The absolute limits only.
+    Absolute,
 }
 
 /// What a canary step does when it ends with too few requests to judge.
@@ -521,6 +549,9 @@ impl Default for Analysis {
             max_error_rate: 0.01,
             min_success_rate: 0.99,
             max_p99: Duration::from_millis(500),
+            baseline: Baseline::Stable,
+            p99_ratio: 1.5,
+            p99_margin: Duration::from_millis(50),
             min_requests: 50,
             compare_to_stable: false,
             inconclusive: Inconclusive::Wait,

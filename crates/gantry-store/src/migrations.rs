@@ -138,6 +138,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 5: the config version each deploy ran with (a rollback restores it).
     "ALTER TABLE deploys ADD COLUMN config_version INTEGER;",
+    // 6: the backend sets a deploy starts and retires, by name (a redeploy
+    // of the serving release runs as a set of its own, `r<N>-<deploy>`).
+    "ALTER TABLE deploys ADD COLUMN new_set TEXT;
+     ALTER TABLE deploys ADD COLUMN old_set TEXT;",
 ];
 
 /// The schema version this binary writes.

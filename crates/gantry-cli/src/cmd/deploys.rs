@@ -30,8 +30,11 @@ pub(crate) struct DeployArgs {
     /// Start it and return at once instead of following it.
     #[arg(long)]
     detach: bool,
-    /// If another deploy holds the environment, wait for it instead of failing.
-    #[arg(long)]
+    /// Wait for whatever it takes: another deploy that holds the environment
+    /// first (instead of failing), then this deploy to its very end (through
+    /// blue-green's warm window, instead of returning once traffic is on the
+    /// new set).
+    #[arg(long, conflicts_with = "detach")]
     wait: bool,
     /// The config version to deploy with (rollbacks); the current one when none.
     #[arg(skip)]
@@ -112,15 +115,86 @@ fn traffic_bar(ctx: &Ctx, release: i64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Follows a deploy until it ends, printing its timeline as it grows, with
-/// a live progress bar on a terminal (a status line when it changes
-/// otherwise; JSON events with `--json`).
-fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
+/// Set once the user pressed Ctrl-C while a command follows a deploy.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, Ctrl-C (SIGINT) only sets [`INTERRUPTED`]: a command that
+/// follows a deploy stops following and says so; the deploy goes on in the
+/// server, unchanged. A thread of its own waits for the signal, so every
+/// call's own short-lived runtime can come and go.
+fn catch_interrupt() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sigint".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    let _ = ready_tx.send(false);
+                    return;
+                };
+                rt.block_on(async move {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(mut sig) = signal(SignalKind::interrupt()) else {
+                        let _ = ready_tx.send(false);
+                        return;
+                    };
+                    let _ = ready_tx.send(true);
+                    while sig.recv().await.is_some() {
+                        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            });
+        // Wait until the handler is in, so a Ctrl-C right after is caught.
+        if spawned.is_ok() {
+            let _ = ready_rx.recv_timeout(Duration::from_secs(2));
+        }
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// How far a command follows a deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until traffic is on the new set and the deploy no longer needs the
+    /// caller: its end, or blue-green's warm window (which runs in the
+    /// server).
+    Traffic,
+    /// Until it ends.
+    End,
+}
+
+/// Where following a deploy stopped.
+enum Followed {
+    Ended(DeployInfo),
+    /// Traffic is on the new set; the deploy goes on (warm window).
+    Live(DeployInfo),
+    /// The user pressed Ctrl-C.
+    Interrupted(i64),
+}
+
+/// Follows a deploy, printing its timeline as it grows, with a live
+/// progress bar on a terminal (a status line when it changes otherwise;
+/// JSON events with `--json`).
+fn follow(ctx: &Ctx, base: &str, id: i64, until: Until) -> anyhow::Result<Followed> {
+    catch_interrupt();
     let client = ctx.client()?;
     let mut shown = 0;
     let mut last_status = String::new();
     let mut bar = None;
     loop {
+        if interrupted() {
+            if let Some(b) = bar {
+                indicatif::ProgressBar::finish_and_clear(&b);
+            }
+            return Ok(Followed::Interrupted(id));
+        }
         let d: DeployInfo = block_on(client.get(&format!("{base}/{id}")))?;
         if bar.is_none() && d.outcome.is_none() {
             bar = traffic_bar(ctx, d.release);
@@ -137,7 +211,10 @@ fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
             }
         }
         shown = d.timeline.len();
-        let status = status_line(&d);
+        let mut status = status_line(&d);
+        if let Some(h) = &d.holding {
+            status.push_str(&format!(" · {h}"));
+        }
         match &bar {
             Some(b) => {
                 b.set_position(u64::from(d.weight));
@@ -153,19 +230,72 @@ fn follow(ctx: &Ctx, base: &str, id: i64) -> anyhow::Result<DeployInfo> {
                 }
             }
         }
-        if d.outcome.is_some() {
+        let live = until == Until::Traffic && d.outcome.is_none() && d.warm_until.is_some();
+        if d.outcome.is_some() || live {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            return Ok(d);
+            return Ok(if live {
+                Followed::Live(d)
+            } else {
+                Followed::Ended(d)
+            });
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Short slices, so Ctrl-C is answered at once.
+        for _ in 0..6 {
+            if interrupted() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+}
+
+/// What to print and exit with when following stopped short of the end.
+fn stopped_following(ctx: &Ctx, f: &Followed, env: &str) -> Option<ExitCode> {
+    match f {
+        Followed::Ended(_) => None,
+        Followed::Interrupted(id) => {
+            eprintln!(
+                "stopped following deploy {id} (Ctrl-C); the deploy goes on in the server, unchanged: `gantry deploys show {id} --env {env}` shows it, `gantry abort --env {env}` stops it"
+            );
+            Some(ExitCode::from(130))
+        }
+        Followed::Live(d) => {
+            if ctx.json {
+                let _ = output::json(d);
+            } else {
+                let warm = d.warm_until.map_or(String::new(), |t| {
+                    let left = ((t - gantry_now_ms()).max(0) + 999) / 1000;
+                    format!(" until {} ({left} s more)", output::time(t))
+                });
+                let old = d
+                    .previous_release
+                    .map_or("the previous release".to_string(), |p| {
+                        format!("release {p}")
+                    });
+                println!(
+                    "release {} takes all traffic of {}/{}; {old} stays warm{warm} for an instant rollback.\n  `gantry rollback --env {env}` moves the traffic back at once; `gantry approve --env {env}` ends the window now.\n  The deploy finishes in the server: `gantry deploys show {} --env {env}`; `gantry deploy --wait` follows it to the end.",
+                    d.release, d.app, d.env, d.id
+                );
+            }
+            Some(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn gantry_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
     let base = base(&a.target)?;
     let client = ctx.client()?;
+    if !a.detach {
+        catch_interrupt();
+    }
     let mut told = false;
     let d: DeployInfo = loop {
         let start = StartDeploy {
@@ -181,11 +311,25 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("{message}\nwaiting for it to finish…");
                     told = true;
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                for _ in 0..20 {
+                    if interrupted() {
+                        eprintln!("stopped waiting (Ctrl-C); nothing was deployed by this command");
+                        return Ok(ExitCode::from(130));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             r => break r?,
         }
     };
+    if let Some(note) = &d.noop {
+        if ctx.json {
+            output::json(&d)?;
+        } else {
+            println!("{note}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if !ctx.json {
         println!(
             "deploy {} of release {} to {}/{} started{}",
@@ -193,8 +337,14 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
             d.release,
             d.app,
             d.env,
-            d.previous_release
-                .map(|p| format!(" (replacing release {p})"))
+            d.old_set
+                .as_ref()
+                .map(|s| format!(
+                    " (replacing set {s}{})",
+                    d.previous_release
+                        .map(|p| format!(", release {p}"))
+                        .unwrap_or_default()
+                ))
                 .unwrap_or_default()
         );
     }
@@ -204,7 +354,14 @@ pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let done = follow(ctx, &base, d.id)?;
+    let until = if a.wait { Until::End } else { Until::Traffic };
+    let followed = follow(ctx, &base, d.id, until)?;
+    if let Some(code) = stopped_following(ctx, &followed, &a.target.env) {
+        return Ok(code);
+    }
+    let Followed::Ended(done) = followed else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let ok = done.outcome.as_deref() == Some("succeeded");
     if !ctx.json {
         println!(
@@ -271,9 +428,10 @@ pub(crate) fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<ExitCode> {
                 vec![
                     d.id.to_string(),
                     d.release.to_string(),
-                    d.outcome
-                        .clone()
-                        .unwrap_or_else(|| format!("{} …", d.phase)),
+                    d.outcome.clone().unwrap_or_else(|| match &d.holding {
+                        Some(h) => format!("{} … {h}", d.phase),
+                        None => format!("{} …", d.phase),
+                    }),
                     d.actor.clone(),
                     output::time(d.created_at),
                     d.finished_at.map_or("-".into(), |f| {
@@ -343,6 +501,10 @@ pub(crate) struct RollbackArgs {
     /// The release to go back to (default: the one before the current one).
     #[arg(long)]
     to: Option<i64>,
+    /// Follow the rollback to its very end (through a blue-green warm
+    /// window) instead of returning once traffic is back.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -370,6 +532,7 @@ fn deploy_and_follow(
     target: Target,
     release: i64,
     config_version: Option<i64>,
+    wait: bool,
 ) -> anyhow::Result<ExitCode> {
     deploy(
         ctx,
@@ -377,7 +540,7 @@ fn deploy_and_follow(
             target,
             release,
             detach: false,
-            wait: false,
+            wait,
             config_version,
         },
     )
@@ -428,7 +591,13 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
             &format!("{base}/{}/abort", running.id),
             &serde_json::json!({}),
         ))?;
-        let done = follow(ctx, &base, running.id)?;
+        let followed = follow(ctx, &base, running.id, Until::End)?;
+        if let Some(code) = stopped_following(ctx, &followed, &a.target.env) {
+            return Ok(code);
+        }
+        let Followed::Ended(done) = followed else {
+            return Ok(ExitCode::SUCCESS);
+        };
         if done.outcome.as_deref() == Some("succeeded") {
             // Too late to abort: it had moved all traffic and was draining.
             if !ctx.json {
@@ -438,7 +607,7 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let config = ran_with(&list, previous);
-            return deploy_and_follow(ctx, a.target, previous, config);
+            return deploy_and_follow(ctx, a.target, previous, config, a.wait);
         }
         let back = matches!(done.outcome.as_deref(), Some("aborted" | "rolled-back"));
         if !ctx.json {
@@ -487,7 +656,7 @@ pub(crate) fn rollback(ctx: &Ctx, a: RollbackArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
-    deploy_and_follow(ctx, a.target, release, config)
+    deploy_and_follow(ctx, a.target, release, config, a.wait)
 }
 
 /// `gantry promote`: ships the release that runs in one environment to
@@ -515,5 +684,6 @@ pub(crate) fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
         },
         release,
         None,
+        false,
     )
 }

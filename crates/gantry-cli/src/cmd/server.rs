@@ -30,6 +30,11 @@ pub(crate) struct Args {
     /// through it (without it they go to the new instances directly).
     #[arg(long, value_name = "ADDR")]
     proxy_addr: Option<SocketAddr>,
+    /// How long a deploy's lease on its environment lasts unrenewed (it is
+    /// renewed every quarter of that while the deploy works; a control
+    /// plane that dies frees the environment after at most this long).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::output::parse_duration, hide = true)]
+    deploy_lease: std::time::Duration,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -106,6 +111,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         usage_interval: args.usage_interval,
         proxy_admin: args.proxy_admin,
         proxy_addr: args.proxy_addr,
+        deploy_lease: args.deploy_lease,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

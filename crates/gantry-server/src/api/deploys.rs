@@ -12,7 +12,25 @@ use crate::state::AppState;
 
 fn info(d: DeployRecord, timeline: Vec<TimelineEntry>) -> DeployInfo {
     let state: Option<gantry_rollout::Deploy> = serde_json::from_str(&d.state).ok();
+    let plan: Option<gantry_rollout::Plan> = serde_json::from_str(&d.plan).ok();
+    let warm_until = match (&state, plan.map(|p| p.strategy)) {
+        (Some(s), Some(gantry_rollout::Strategy::BlueGreen { rollback_window }))
+            if s.phase == gantry_rollout::Phase::Warm =>
+        {
+            Some(
+                s.phase_since
+                    .saturating_add(i64::try_from(rollback_window.as_millis()).unwrap_or(i64::MAX)),
+            )
+        }
+        _ => None,
+    };
+    let (new_set, old_set) = (d.new_set_name(), d.old_set_name());
     DeployInfo {
+        new_set,
+        old_set,
+        warm_until,
+        holding: None,
+        noop: None,
         id: d.id,
         app: d.app,
         env: d.env,
@@ -105,12 +123,13 @@ pub(crate) async fn start(
     Path((app, env)): Path<(String, String)>,
     Json(body): Json<StartDeploy>,
 ) -> ApiResult<DeployInfo> {
-    let id = state
+    let (d, noop) = state
         .deployer
         .start(&app, &env, body.release, body.config_version, &p.actor)
         .await?;
-    let d = state.db(move |s| s.deploy(id)).await?;
-    Ok(Json(info(d, Vec::new())))
+    let mut i = info(d, Vec::new());
+    i.noop = noop;
+    Ok(Json(i))
 }
 
 pub(crate) async fn list(
@@ -143,6 +162,7 @@ pub(crate) async fn list(
                 let mut i = info(d, timeline(events));
                 // The list carries phase durations, not whole timelines.
                 i.timeline = Vec::new();
+                i.holding = state.deployer.holding(i.id);
                 i
             })
             .collect(),
@@ -165,9 +185,8 @@ pub(crate) async fn show(
     }
     let mut info = info(d, timeline(events));
     if info.outcome.is_none() {
-        let set = state
-            .fleet
-            .set_status(&info.app, &info.env, &format!("r{}", info.release));
+        info.holding = state.deployer.holding(info.id);
+        let set = state.fleet.set_status(&info.app, &info.env, &info.new_set);
         info.instances = u32::try_from(set.len()).unwrap_or(u32::MAX);
         info.ready = u32::try_from(set.iter().filter(|(_, s)| s.ready).count()).unwrap_or(0);
     }
