@@ -148,9 +148,11 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
         return Err(Diagnostics(rep.finish()));
     }
 
+    // The first environment written in the file (tables are sorted by key).
     let environments_span = env_entries
-        .first()
-        .and_then(|e| e.key_span.clone())
+        .iter()
+        .filter_map(|e| e.key_span.clone())
+        .min_by_key(|s| s.start)
         .or_else(|| root.entry("environments").and_then(|e| e.key_span.clone()));
     Ok(Spec {
         file: file_name.to_string(),
@@ -314,7 +316,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
     use serde_json::Value as J;
     use tree::Kind;
     let kind = match v {
-        J::Null => Kind::Table(Vec::new()),
+        J::Null => Kind::Table(tree::Table::default()),
         J::Bool(b) => Kind::Boolean(*b),
         J::Number(n) => match n.as_i64() {
             Some(i) => Kind::Integer(i),
@@ -322,7 +324,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
         },
         J::String(s) => Kind::String(s.clone()),
         J::Array(a) => Kind::Array(a.iter().map(json_to_node).collect()),
-        J::Object(m) => Kind::Table(
+        J::Object(m) => Kind::Table(tree::Table::new(
             m.iter()
                 .map(|(k, v)| tree::Entry {
                     key: k.clone(),
@@ -330,7 +332,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
                     value: json_to_node(v),
                 })
                 .collect(),
-        ),
+        )),
     };
     Node { kind, span: None }
 }

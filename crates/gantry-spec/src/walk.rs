@@ -155,22 +155,20 @@ impl<'s> Walker<'s> {
                     );
                 }
                 if schema.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
+                    let mut seen = std::collections::HashSet::new();
                     for (i, item) in items.iter().enumerate() {
-                        if let Kind::String(s) = &item.kind {
-                            let dup = items[..i]
-                                .iter()
-                                .any(|p| matches!(&p.kind, Kind::String(q) if q == s));
-                            if dup {
-                                path.push(Seg::Index(i));
-                                self.issue(
-                                    found,
-                                    item.span.clone(),
-                                    path,
-                                    format!("duplicate entry \"{s}\""),
-                                    Some("remove the repeated entry".to_string()),
-                                );
-                                path.pop();
-                            }
+                        if let Kind::String(s) = &item.kind
+                            && !seen.insert(s.as_str())
+                        {
+                            path.push(Seg::Index(i));
+                            self.issue(
+                                found,
+                                item.span.clone(),
+                                path,
+                                format!("duplicate entry \"{s}\""),
+                                Some("remove the repeated entry".to_string()),
+                            );
+                            path.pop();
                         }
                     }
                 }
