@@ -28,6 +28,7 @@ mod redact;
 mod schema;
 mod semantic;
 mod size;
+mod text;
 mod tree;
 mod walk;
 
@@ -60,6 +61,12 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
     let mut rep = Reporter::new(file_name, text);
     let doc = match toml_edit::Document::parse(text) {
         Ok(doc) => doc,
+        Err(e) if text::is_duplicate_key(&e) => {
+            for i in text::duplicate_keys(&rep, text, &e) {
+                rep.push(i.span, i.path, i.message, i.help);
+            }
+            return Err(Diagnostics(rep.finish()));
+        }
         Err(e) => {
             rep.push(
                 e.span(),

@@ -52,6 +52,7 @@ bad_fixture! {
     many_errors => "many_errors.toml",
     semantic => "semantic.toml",
     environment_overrides => "environment_overrides.toml",
+    duplicate_keys => "duplicate_keys.toml",
 }
 
 #[test]
@@ -178,4 +179,20 @@ fn garbage_never_panics() {
             Err(d) => assert!(!d.0.is_empty(), "{input:?}"),
         }
     }
+}
+
+#[test]
+fn a_duplicate_key_and_a_syntax_error_after_it_are_both_reported() {
+    let text = "[app]\nname = \"x\"\n[run]\ncommand = \"y\"\n[env]\nA = \"1\"\nA = \"2\"\nB = \n";
+    let err = match gantry_spec::parse_str("g.toml", text) {
+        Ok(_) => panic!("accepted"),
+        Err(d) => d.to_string(),
+    };
+    insta::assert_snapshot!(err, @r"
+    g.toml:7:1: duplicate key `A`: it is already set above
+      help: a key is set once per table: keep one of the two
+
+    g.toml:8:5: invalid TOML: string values must be quoted, expected literal string
+      help: fix the TOML syntax first; other problems are reported once the file parses
+    ");
 }
