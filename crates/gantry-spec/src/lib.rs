@@ -41,6 +41,7 @@ pub use formats::{EnvValue, HostName, Pause, SecretName};
 pub use model::AppSpec;
 pub use schema::json_schema;
 pub use size::{ByteSize, SizeError};
+pub use text::MAX_SPEC_BYTES;
 
 use diagnostic::{Reporter, did_you_mean, one_of};
 use tree::Node;
@@ -57,7 +58,9 @@ pub struct Spec {
 }
 
 /// Parses and validates a spec. `file_name` is used in diagnostics only.
+/// A text over [`MAX_SPEC_BYTES`] is refused.
 pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
+    text::check_size(file_name, text.len() as u64)?;
     let mut rep = Reporter::new(file_name, text);
     let doc = match toml_edit::Document::parse(text) {
         Ok(doc) => doc,
@@ -179,12 +182,33 @@ fn typed(node: &Node) -> Result<AppSpec, String> {
         .map_err(|e| e.message().to_string())
 }
 
-/// Reads and validates a spec file. A file that cannot be read is reported
-/// as a diagnostic too.
+/// [`parse_str`] for raw bytes: also refuses text that is not UTF-8, with
+/// the line, column and byte offset of the first bad byte.
+pub fn parse_bytes(file_name: &str, bytes: &[u8]) -> Result<Spec, Diagnostics> {
+    text::check_size(file_name, bytes.len() as u64)?;
+    parse_str(file_name, text::utf8(file_name, bytes)?)
+}
+
+/// Reads and validates a spec file. A file that cannot be read, is over
+/// [`MAX_SPEC_BYTES`] or is not UTF-8 is reported as a diagnostic too; a
+/// file over the limit is not read past it.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
+    use std::io::Read;
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&name, &text),
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        f.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+        Ok(())
+    });
+    match read {
+        Ok(()) => {
+            if bytes.len() > MAX_SPEC_BYTES {
+                // Only the start was read: the size comes from the file.
+                let len = std::fs::metadata(path).map_or(0, |m| m.len());
+                text::check_size(&name, len.max(bytes.len() as u64))?;
+            }
+            parse_bytes(&name, &bytes)
+        }
         Err(e) => Err(Diagnostics(vec![Diagnostic {
             file: name,
             line: 1,
@@ -196,7 +220,6 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
                     "create it (see examples/hello-app/gantry.toml), or pass the right path"
                         .to_string()
                 }
-                std::io::ErrorKind::InvalidData => "the file must be UTF-8 text".to_string(),
                 _ => "check the path and its permissions".to_string(),
             }),
         }])),

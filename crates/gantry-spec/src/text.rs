@@ -1,11 +1,94 @@
-//! Checks on the text of a spec before and around the TOML parse: duplicate
-//! keys named with both places.
+//! Checks on the text of a spec before and around the TOML parse: its size,
+//! that it is UTF-8, and duplicate keys named with both places.
 
 use std::ops::Range;
 
-use crate::diagnostic::Reporter;
+use crate::diagnostic::{Diagnostic, Diagnostics, Reporter};
 use crate::tree::{Kind, Node, Seg, path_string};
 use crate::walk::Issue;
+
+/// The largest `gantry.toml` accepted, in bytes (1 MiB). `gantry config
+/// check`, `gantry config apply` and the server's apply all refuse a larger
+/// one, with the same message, because all of them call [`crate::parse_str`]
+/// (or [`crate::load`] / [`crate::parse_bytes`], which call it).
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// The base name of a spec's file name, for messages.
+fn base_name(file_name: &str) -> &str {
+    file_name
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(file_name)
+}
+
+/// `512 bytes`, `12.5 KiB`, `1.2 MiB`, to the nearest tenth (messages give
+/// the exact count too, for a file just over the limit).
+fn human_bytes(n: u64) -> String {
+    let tenths = |unit: u64| {
+        let t = (u128::from(n) * 10 + u128::from(unit) / 2) / u128::from(unit);
+        format!("{}.{}", t / 10, t % 10)
+    };
+    if n < 1024 {
+        format!("{n} bytes")
+    } else if n < 1 << 20 {
+        format!("{} KiB", tenths(1 << 10))
+    } else {
+        format!("{} MiB", tenths(1 << 20))
+    }
+}
+
+/// A spec over [`MAX_SPEC_BYTES`]: "gantry.toml is 1.2 MiB (1300000 bytes);
+/// the limit is 1 MiB".
+pub(crate) fn check_size(file_name: &str, len: u64) -> Result<(), Diagnostics> {
+    if len <= MAX_SPEC_BYTES as u64 {
+        return Ok(());
+    }
+    Err(Diagnostics(vec![Diagnostic {
+        file: file_name.to_string(),
+        line: 1,
+        column: 1,
+        key_path: String::new(),
+        message: format!(
+            "{} is {} ({len} bytes); the limit is {}",
+            base_name(file_name),
+            human_bytes(len),
+            human_bytes(MAX_SPEC_BYTES as u64).replace(".0 ", " "),
+        ),
+        help: Some(
+            "a spec this large is usually generated: keep bulk data out of it (in files the app reads), or split the app"
+                .to_string(),
+        ),
+    }]))
+}
+
+/// The text of a spec, or where its first byte that is not UTF-8 is: line,
+/// column (in characters) and byte offset.
+pub(crate) fn utf8<'b>(file_name: &str, bytes: &'b [u8]) -> Result<&'b str, Diagnostics> {
+    let e = match std::str::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let at = e.valid_up_to();
+    let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let rep = Reporter::new(file_name, valid);
+    let (line, column) = rep.position(at);
+    let byte = bytes.get(at).copied().unwrap_or_default();
+    Err(Diagnostics(vec![Diagnostic {
+        file: file_name.to_string(),
+        line,
+        column,
+        key_path: String::new(),
+        message: format!(
+            "invalid UTF-8 at byte offset {at} (byte 0x{byte:02X}): {} must be UTF-8 text",
+            base_name(file_name)
+        ),
+        help: Some(format!(
+            "save the file as UTF-8; if it was written as Latin-1, `iconv -f latin1 -t utf-8 {0} > {0}.utf8` converts it",
+            base_name(file_name)
+        )),
+    }]))
+}
 
 /// At most this many duplicate keys are named; more are rare and the file
 /// is re-parsed once per duplicate.
@@ -205,6 +288,44 @@ fn find_marker<'n>(node: &'n Node, marker: &str) -> Option<(Vec<Seg>, &'n Node)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(12_800), "12.5 KiB");
+        assert_eq!(human_bytes(1_300_000), "1.2 MiB");
+        assert_eq!(human_bytes((1 << 20) + 1), "1.0 MiB");
+        let err = check_size("dir/gantry.toml", 1_300_000).map_err(|d| d.to_string());
+        assert_eq!(
+            err.err().as_deref().and_then(|e| e.lines().next()),
+            Some("dir/gantry.toml:1:1: gantry.toml is 1.2 MiB (1300000 bytes); the limit is 1 MiB")
+        );
+        assert!(check_size("gantry.toml", MAX_SPEC_BYTES as u64).is_ok());
+    }
+
+    #[test]
+    fn the_first_bad_byte_is_located() {
+        let bytes = b"[app]\nname = \"caf\xC3\xA9 \xE9t\xE9\"\n";
+        let err = match utf8("gantry.toml", bytes) {
+            Ok(_) => panic!("accepted Latin-1"),
+            Err(d) => d.to_string(),
+        };
+        // Line 2 starts at byte 6; `name = "café ` is 13 characters and 14
+        // bytes (é is two), so the bad byte is at offset 20, column 14.
+        assert!(
+            err.starts_with(
+                "gantry.toml:2:14: invalid UTF-8 at byte offset 20 (byte 0xE9): gantry.toml must be UTF-8 text"
+            ),
+            "{err}"
+        );
+        assert!(utf8("g", "é ok".as_bytes()).is_ok());
+        // A file cut in the middle of a character.
+        let cut = utf8("g", &"é".as_bytes()[..1]).map_err(|d| d.to_string());
+        assert!(
+            cut.err()
+                .is_some_and(|e| e.contains("byte offset 0 (byte 0xC3)"))
+        );
+    }
 
     #[test]
     fn renamed_offsets_map_back() {

@@ -24,7 +24,7 @@ fn spec(keys: usize, in_environment: bool) -> String {
 fn sixty_four_thousand_keys_in_an_environment_resolve_like_the_base() {
     for in_environment in [false, true] {
         let text = spec(KEYS, in_environment);
-        assert!(text.len() <= 1 << 20, "{}", text.len());
+        assert!(text.len() <= gantry_spec::MAX_SPEC_BYTES, "{}", text.len());
         let spec = gantry_spec::parse_str("big.toml", &text).unwrap_or_else(|d| panic!("{d}"));
         let app = spec.resolve("big").unwrap_or_else(|d| panic!("{d}"));
         let expected = KEYS + usize::from(in_environment);
