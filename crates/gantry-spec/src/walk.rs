@@ -187,6 +187,11 @@ impl<'s> Walker<'s> {
                 }
             }
             Kind::String(s) => {
+                if let Some(at) = s.chars().position(|c| c == '\0') {
+                    let (message, help) = nul_byte(format, at);
+                    self.issue(found, span, path, message, Some(help));
+                    return;
+                }
                 if let Some(format) = format {
                     let mut refs = Vec::new();
                     match formats::check(format, s, &mut refs) {
@@ -226,6 +231,17 @@ impl<'s> Walker<'s> {
         let mut unknown: Vec<&str> = Vec::new();
         for entry in entries {
             let value_anchor = entry.value.span.clone().or_else(|| entry.key_span.clone());
+            if entry.key.contains('\0') {
+                let shown = entry.key.replace('\0', "\\u0000");
+                self.issue(
+                    found,
+                    entry.key_span.clone(),
+                    path,
+                    format!("key \"{shown}\" contains a NUL byte (`\\u0000`)"),
+                    Some("remove the `\\u0000` from the key".to_string()),
+                );
+                continue;
+            }
             if let Some(names_schema) = names_schema.map(|s| self.resolve(s))
                 && let Some(format) = names_schema.get("format").and_then(Value::as_str)
             {
@@ -646,6 +662,24 @@ fn type_mismatch(expected: &Value, format: Option<&str>, node: &Node) -> (String
         },
     };
     (message, help)
+}
+
+/// A string with a NUL byte (`"\u0000"` in TOML): no environment variable,
+/// command line, path or header can carry one, so it is refused here rather
+/// than when an instance starts.
+fn nul_byte(format: Option<&str>, at: usize) -> (String, String) {
+    let place = format!("(`\\u0000`, character {})", at + 1);
+    match format {
+        Some("env-value") => (
+            format!("an environment variable's value cannot contain a NUL byte {place}"),
+            "the operating system ends a variable at a NUL byte; remove the `\\u0000`".to_string(),
+        ),
+        _ => (
+            format!("this value cannot contain a NUL byte {place}"),
+            "commands, paths, headers and names end at a NUL byte; remove the `\\u0000`"
+                .to_string(),
+        ),
+    }
 }
 
 fn first_sentence(text: &str) -> String {

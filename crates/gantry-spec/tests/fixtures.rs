@@ -53,6 +53,7 @@ bad_fixture! {
     semantic => "semantic.toml",
     environment_overrides => "environment_overrides.toml",
     duplicate_keys => "duplicate_keys.toml",
+    nul_bytes => "nul_bytes.toml",
 }
 
 #[test]
