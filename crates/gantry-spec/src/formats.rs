@@ -76,6 +76,7 @@ pub(crate) fn check(format: &str, value: &str, refs: &mut Vec<String>) -> Result
         }
         "label" => check_label(value),
         "env-value" => {
+            near_miss_refs(value)?;
             for r in secret_refs_in(value) {
                 match r {
                     Ok(name) => {
@@ -378,6 +379,47 @@ pub(crate) fn secret_refs_in(value: &str) -> Vec<Result<String, ()>> {
     out
 }
 
+/// `${secrets.NAME}`, `${SECRET.NAME}`, `${secret:NAME}`, `${ secret.NAME }`
+/// and the like: meant as a secret reference, but not one, so the text would
+/// reach the app as it is written. Other `${...}` (e.g. `${HOME}`) stay
+/// literal.
+fn near_miss_refs(value: &str) -> Result<(), FormatError> {
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Ok(());
+        };
+        let inner = &after[..end];
+        rest = &after[end + 1..];
+        if inner.starts_with("secret.") {
+            continue;
+        }
+        let Some((word, name)) = inner.trim().split_once(['.', ':']) else {
+            continue;
+        };
+        let lower = word.trim().to_ascii_lowercase();
+        // One letter off (`secrets`, `secert`, `scret`), not a word of its
+        // own such as `secure` or `select`.
+        let meant = strsim::osa_distance(&lower, "secret") <= 1;
+        let name = name.trim();
+        let name_like =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if meant && name_like {
+            let fixed = format!("${{secret.{}}}", name.to_ascii_uppercase());
+            return fail(
+                format!(
+                    "`${{{inner}}}` is not a secret reference, so the app would get it as written"
+                ),
+                Some(format!(
+                    "did you mean `{fixed}`? A secret is referenced as `${{secret.NAME}}`, with `secret` in lower case and no spaces"
+                )),
+            );
+        }
+    }
+    Ok(())
+}
+
 // === impl SecretName ===
 
 /// The name of a secret (upper-case environment variable style, e.g.
@@ -634,6 +676,38 @@ mod tests {
                 .contains("unterminated")
         );
         ok("env-value", "${HOME} stays literal");
+        ok(
+            "env-value",
+            "${user.name}, ${a:b}, ${ sec.X }, ${secure.X}, ${select.X} stay literal",
+        );
+        for (typo, fixed) in [
+            ("${secrets.DB}", "${secret.DB}"),
+            ("x=${SECRET.DB};", "${secret.DB}"),
+            ("${Secret.DB}", "${secret.DB}"),
+            ("${secret:DB}", "${secret.DB}"),
+            ("${ secret.DB }", "${secret.DB}"),
+            ("${secert.DB}", "${secret.DB}"),
+            ("${secrets.db_url}", "${secret.DB_URL}"),
+        ] {
+            let e = err("env-value", typo);
+            assert!(
+                e.message.contains("is not a secret reference"),
+                "{typo}: {e:?}"
+            );
+            assert!(
+                e.help
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with(&format!("did you mean `{fixed}`?"))),
+                "{typo}: {e:?}"
+            );
+            // The suggestion is itself a valid reference.
+            let suggested = e
+                .help
+                .as_deref()
+                .and_then(|h| h.split('`').nth(1))
+                .unwrap_or_default();
+            ok("env-value", suggested);
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ bad_fixture! {
     environment_overrides => "environment_overrides.toml",
     duplicate_keys => "duplicate_keys.toml",
     nul_bytes => "nul_bytes.toml",
+    secret_references => "secret_references.toml",
 }
 
 #[test]
@@ -196,4 +197,33 @@ fn a_duplicate_key_and_a_syntax_error_after_it_are_both_reported() {
     g.toml:8:5: invalid TOML: string values must be quoted, expected literal string
       help: fix the TOML syntax first; other problems are reported once the file parses
     ");
+}
+
+#[test]
+fn a_reference_to_a_misspelt_secret_suggests_the_declared_one() {
+    let text = r#"secrets = ["DATABASE_URL", "SESSION_KEY"]
+
+[app]
+name = "refs"
+
+[run]
+command = "./refs"
+
+[env]
+DB = "${secret.DATABSE_URL}"
+
+[environments.production.env]
+KEY = "k=${secret.SESION_KEY}"
+"#;
+    let err = match gantry_spec::parse_str("refs.toml", text) {
+        Ok(_) => panic!("accepted undeclared secrets"),
+        Err(d) => d.to_string(),
+    };
+    insta::assert_snapshot!(err, @r#"
+    refs.toml:10:6: [env.DB] secret `DATABSE_URL` is not declared
+      help: did you mean `DATABASE_URL`? Otherwise add "DATABSE_URL" to the top-level `secrets` list
+
+    refs.toml:13:7: [environments.production.env.KEY] secret `SESION_KEY` is not declared
+      help: did you mean `SESSION_KEY`? Otherwise add "SESION_KEY" to the top-level `secrets` list
+    "#);
 }
