@@ -117,6 +117,7 @@ pub struct Run {
     pub stop_signal: StopSignal,
     /// Time between the stop signal and SIGKILL.
     #[serde(default = "default_grace_period")]
+    #[schemars(extend("maxDuration" = "1d"))]
     pub grace_period: Duration,
     /// When to restart an instance that exited.
     #[serde(default)]
@@ -178,8 +179,10 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     /// Delay before the first restart.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub initial: Duration,
     /// Longest delay between restarts.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub max: Duration,
 }
 
@@ -200,6 +203,7 @@ pub struct CrashLoop {
     #[schemars(range(min = 1))]
     pub max_restarts: u32,
     /// The sliding window the restarts are counted in.
+    #[schemars(extend("maxDuration" = "7d"))]
     pub window: Duration,
 }
 
@@ -280,8 +284,10 @@ pub struct Probe {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Time between probes.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub interval: Duration,
     /// Time one probe may take.
+    #[schemars(extend("maxDuration" = "1h"))]
     pub timeout: Duration,
     /// Consecutive successes needed to count as healthy.
     #[schemars(range(min = 1, max = 100))]
@@ -291,6 +297,7 @@ pub struct Probe {
     pub failure_threshold: u32,
     /// Time after start during which failures are not counted.
     #[schemars(schema_with = "crate::duration::zero_allowed_schema")]
+    #[schemars(extend("maxDuration" = "1d"))]
     pub startup_grace: Duration,
 }
 
@@ -353,6 +360,7 @@ pub struct Deploy {
     /// `canary` shifts traffic in `steps`.
     pub strategy: Strategy,
     /// How long the previous release is kept running for instant rollback.
+    #[schemars(extend("maxDuration" = "30d"))]
     pub rollback_window: Duration,
     /// Number of releases kept for `gantry rollback`.
     #[schemars(range(min = 1, max = 100))]
@@ -371,6 +379,7 @@ pub struct Deploy {
     #[serde(skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
     /// How long to wait for another deploy to the same environment to finish.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub lock_timeout: Duration,
 }
 
@@ -410,6 +419,7 @@ pub struct CanaryStep {
     /// How long to hold this step, e.g. "10m", or "approval" to wait for
     /// `gantry approve`.
     #[serde(default)]
+    #[schemars(extend("maxDuration" = "30d"))]
     pub pause: Pause,
 }
 
@@ -431,6 +441,7 @@ pub struct SmokeCheck {
     pub body_contains: Option<String>,
     /// Longest acceptable response time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxDuration" = "1h"))]
     pub max_latency: Option<Duration>,
 }
 
@@ -480,6 +491,7 @@ impl Hooks {
 #[serde(deny_unknown_fields, default)]
 pub struct Analysis {
     /// How often the gates are evaluated.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub interval: Duration,
     /// Highest acceptable share of 5xx responses (0 to 1).
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -488,6 +500,7 @@ pub struct Analysis {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_success_rate: f64,
     /// Highest acceptable 99th-percentile latency.
+    #[schemars(extend("maxDuration" = "1h"))]
     pub max_p99: Duration,
     /// Requests needed in an interval before the gates decide anything.
     #[schemars(range(min = 1))]
@@ -541,6 +554,7 @@ pub struct Migrate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<String>,
     /// Longest time a migration may run.
+    #[schemars(extend("maxDuration" = "7d"))]
     pub timeout: Duration,
 }
 
@@ -701,12 +715,16 @@ fn default_burst() -> u32 {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Connecting to an instance.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub connect: Duration,
     /// Waiting for the app's response headers.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub response: Duration,
     /// An idle client connection is closed after this.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub idle: Duration,
     /// A client must send its request headers within this.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub header_read: Duration,
 }
 
@@ -867,6 +885,7 @@ pub struct AlertRule {
     /// How long the condition must hold before the alert fires.
     #[serde(rename = "for", default)]
     #[schemars(schema_with = "crate::duration::zero_allowed_schema")]
+    #[schemars(extend("maxDuration" = "30d"))]
     pub for_: Duration,
     /// How urgent the alert is.
     #[serde(default)]

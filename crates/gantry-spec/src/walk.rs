@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use crate::diagnostic::{closest, did_you_mean, one_of};
+use crate::duration::{self, Duration};
 use crate::formats;
 use crate::tree::{Kind, Node, Seg, Span, path_string};
 
@@ -191,6 +192,26 @@ impl<'s> Walker<'s> {
                     let (message, help) = nul_byte(format, at);
                     self.issue(found, span, path, message, Some(help));
                     return;
+                }
+                if let Some(f @ ("duration" | "duration-or-zero" | "pause")) = format {
+                    let max = schema
+                        .get("maxDuration")
+                        .and_then(Value::as_str)
+                        .and_then(|m| m.parse::<Duration>().ok())
+                        .unwrap_or(Duration::MAX);
+                    if duration::longer_than(s, max) {
+                        let what = if f == "pause" { "pause" } else { "duration" };
+                        self.issue(
+                            found,
+                            span,
+                            path,
+                            format!("out of range: expected a {what} of at most {max}, found \"{s}\""),
+                            Some(format!(
+                                "use at most \"{max}\" here; every duration in gantry.toml has an upper bound (`maxDuration` in the schema)"
+                            )),
+                        );
+                        return;
+                    }
                 }
                 if let Some(format) = format {
                     let mut refs = Vec::new();

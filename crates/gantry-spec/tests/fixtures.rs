@@ -55,6 +55,7 @@ bad_fixture! {
     duplicate_keys => "duplicate_keys.toml",
     nul_bytes => "nul_bytes.toml",
     secret_references => "secret_references.toml",
+    long_durations => "long_durations.toml",
 }
 
 #[test]
