@@ -447,35 +447,48 @@ fn near_miss_refs(value: &str) -> Result<(), FormatError> {
     let mut rest = value;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Ok(());
+        let (inner, closed) = match after.find('}') {
+            Some(end) => (&after[..end], true),
+            None => (after, false),
         };
-        let inner = &after[..end];
-        rest = &after[end + 1..];
+        rest = if closed {
+            &after[inner.len() + 1..]
+        } else {
+            ""
+        };
         if inner.starts_with("secret.") {
             continue;
         }
         let Some((word, name)) = inner.trim().split_once(['.', ':']) else {
             continue;
         };
-        let lower = word.trim().to_ascii_lowercase();
         // One letter off (`secrets`, `secert`, `scret`), not a word of its
         // own such as `secure` or `select`.
-        let meant = strsim::osa_distance(&lower, "secret") <= 1;
+        if strsim::osa_distance(&word.trim().to_ascii_lowercase(), "secret") > 1 {
+            continue;
+        }
         let name = name.trim();
         let name_like =
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if meant && name_like {
-            let fixed = format!("${{secret.{}}}", name.to_ascii_uppercase());
-            return fail(
-                format!(
-                    "`${{{inner}}}` is not a secret reference, so the app would get it as written"
-                ),
-                Some(format!(
-                    "did you mean `{fixed}`? A secret is referenced as `${{secret.NAME}}`, with `secret` in lower case and no spaces"
-                )),
-            );
-        }
+        let rule =
+            "A secret is referenced as `${secret.NAME}`, with `secret` in lower case and no spaces";
+        let help = if name_like {
+            format!(
+                "did you mean `${{secret.{}}}`? {rule}",
+                name.to_ascii_uppercase()
+            )
+        } else {
+            rule.to_string()
+        };
+        let shown = if closed {
+            format!("${{{inner}}}")
+        } else {
+            format!("${{{inner}")
+        };
+        return fail(
+            format!("`{shown}` is not a secret reference, so the app would get it as written"),
+            Some(help),
+        );
     }
     Ok(())
 }
@@ -801,6 +814,17 @@ mod tests {
             "env-value",
             "${user.name}, ${a:b}, ${ sec.X }, ${secure.X}, ${select.X} stay literal",
         );
+        for broken in ["${ secret. }", "${secret:}", "${secrets.a-b}"] {
+            let e = err("env-value", broken);
+            assert!(
+                e.message.contains("is not a secret reference"),
+                "{broken}: {e:?}"
+            );
+            assert!(
+                e.help
+                    .is_some_and(|h| h.starts_with("A secret is referenced as"))
+            );
+        }
         for (typo, fixed) in [
             ("${secrets.DB}", "${secret.DB}"),
             ("x=${SECRET.DB};", "${secret.DB}"),
@@ -809,6 +833,7 @@ mod tests {
             ("${ secret.DB }", "${secret.DB}"),
             ("${secert.DB}", "${secret.DB}"),
             ("${secrets.db_url}", "${secret.DB_URL}"),
+            ("open ${secrets.DB", "${secret.DB}"),
         ] {
             let e = err("env-value", typo);
             assert!(

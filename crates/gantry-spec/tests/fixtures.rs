@@ -175,6 +175,11 @@ fn garbage_never_panics() {
         "[app]\nname = 'x'\n[run]\ncommand = 'y'\n[run.limits]\ncpu = nan\nmemory = '99999999999999999999TiB'",
         "[app]\nname = 'x'\n[run]\ncommand = 'y'\ninstances = 9223372036854775807\ngrace_period = 1979-05-27T07:32:00Z",
         "[app]\nname = '\u{1F600}'\n[run]\ncommand = 'y'\n[env]\n\"é\" = '${secret.'",
+        "[app]\nname = 'x'\nname = 'x'\n[app]\n[app]\n[[app]]\n",
+        "[a.b]\nc = 1\n[a]\nb.d = 2\nb.d = 3\n",
+        "a = { \"k k\" = 1, 'k k' = 2 }\na = 1\n",
+        "[app]\nname = 'x'\n[run]\ncommand = 'y'\n[env]\nA = '${secrets.'\nB = '${ secret. }'\nC = '${secret:}'",
+        "[app]\nname = 'x'\n[run]\ncommand = 'y'\ngrace_period = '1.99999999999999999999999999999d'\n[run.backoff]\nmax = '0.0000000000000000000001ms'",
     ];
     for input in inputs {
         match gantry_spec::parse_str("g.toml", input) {
@@ -227,4 +232,22 @@ KEY = "k=${secret.SESION_KEY}"
     refs.toml:13:7: [environments.production.env.KEY] secret `SESION_KEY` is not declared
       help: did you mean `SESSION_KEY`? Otherwise add "SESION_KEY" to the top-level `secrets` list
     "#);
+}
+
+#[test]
+fn many_duplicate_keys_are_named_up_to_a_bound() {
+    let mut text = String::from("[app]\nname = \"x\"\n\n[run]\ncommand = \"y\"\n\n[env]\n");
+    for _ in 0..100 {
+        text.push_str("A = \"1\"\n");
+    }
+    let d = match gantry_spec::parse_str("g.toml", &text) {
+        Ok(_) => panic!("accepted"),
+        Err(d) => d,
+    };
+    let named = d
+        .iter()
+        .filter(|x| x.message.starts_with("duplicate key `A`"))
+        .count();
+    assert_eq!(named, 32, "{d}");
+    assert!(d.iter().all(|x| x.line >= 9), "{d}");
 }
