@@ -36,6 +36,9 @@ pub enum DurationError {
     /// The value does not fit.
     #[error("duration is too large")]
     Overflow,
+    /// Longer than [`Duration::MAX`], the bound of every duration in a spec.
+    #[error("duration is longer than {}", Duration::MAX)]
+    TooLong,
 }
 
 impl DurationError {
@@ -66,10 +69,18 @@ const UNITS: &[(&str, u128)] = &[
 ];
 
 /// A span of time written the human way; serializes back to a canonical string.
+///
+/// A parsed duration is at most [`Duration::MAX`], and each field of the
+/// spec has a tighter bound (`maxDuration` in the JSON Schema, checked by
+/// validation), so a consumer can add one to an `Instant` or multiply it
+/// by a small count without overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
 impl Duration {
+    /// The longest duration any spec field may hold: 3650 days (10 years).
+    pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
+
     /// A duration of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Duration(std::time::Duration::from_secs(secs))
@@ -107,7 +118,20 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse(s).map(Duration)
+        let d = Duration(parse(s)?);
+        if d > Duration::MAX {
+            return Err(DurationError::TooLong);
+        }
+        Ok(d)
+    }
+}
+
+/// True when `s` is a duration longer than `max` (or too large to hold at
+/// all); false for anything else, including text that is not a duration.
+pub(crate) fn longer_than(s: &str, max: Duration) -> bool {
+    match parse(s) {
+        Ok(d) => d > max.0,
+        Err(e) => e == DurationError::Overflow,
     }
 }
 
@@ -310,6 +334,66 @@ mod tests {
             err(&format!("{}s{}s", u64::MAX, u64::MAX)),
             DurationError::Overflow
         );
+    }
+
+    #[test]
+    fn the_longest_duration_is_ten_years() {
+        assert_eq!(Duration::MAX.to_string(), "3650d");
+        assert_eq!(ok("3650d"), Duration::MAX.as_std());
+        assert_eq!(err("3650d1ms"), DurationError::TooLong);
+        assert_eq!(err("18446744073709551615s"), DurationError::TooLong);
+        assert_eq!(err("1000000000h"), DurationError::TooLong);
+        assert_eq!(err("99999999999999999999999ms"), DurationError::Overflow);
+        assert!(longer_than("2d", Duration::from_secs(86_400)));
+        assert!(!longer_than("1d", Duration::from_secs(86_400)));
+        assert!(longer_than("99999999999999999999999ms", Duration::MAX));
+        assert!(!longer_than("approval", Duration::MAX));
+        // Every parsed duration can be added to now and multiplied by the
+        // largest probe thresholds without overflow.
+        let d = ok("3650d");
+        assert!(std::time::Instant::now().checked_add(d * 200 * 4).is_some());
+    }
+
+    /// Random strings over the duration alphabet never panic the parser or
+    /// the display, and what parses displays back to the same value.
+    #[test]
+    fn random_input_never_panics_and_round_trips() {
+        let alphabet: Vec<char> = "0123456789.msdh+- x9".chars().collect();
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut parsed = 0;
+        for _ in 0..50_000 {
+            let len = (next() % 40) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if let Ok(d) = s.parse::<Duration>() {
+                parsed += 1;
+                assert!(d <= Duration::MAX, "{s}");
+                assert_eq!(d.to_string().parse::<Duration>(), Ok(d), "{s}");
+            }
+            let _ = longer_than(&s, Duration::MAX);
+        }
+        assert!(parsed > 100, "only {parsed} random strings parsed");
+        // Long runs of digits, with and without fractions, in every unit.
+        for unit in ["ms", "s", "m", "h", "d"] {
+            for digits in [19, 20, 21, 39, 40, 41, 200] {
+                let n = "9".repeat(digits);
+                for s in [
+                    format!("{n}{unit}"),
+                    format!("1.{n}{unit}"),
+                    format!("{n}.{n}{unit}"),
+                ] {
+                    let _ = s.parse::<Duration>();
+                    let _ = longer_than(&s, Duration::MAX);
+                }
+            }
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub(crate) fn check(format: &str, value: &str, refs: &mut Vec<String>) -> Result
         }
         "label" => check_label(value),
         "env-value" => {
+            near_miss_refs(value)?;
             for r in secret_refs_in(value) {
                 match r {
                     Ok(name) => {
@@ -134,6 +135,7 @@ fn check_secret_name(value: &str) -> Result<(), FormatError> {
         })
         .collect();
     let help = if !fixed.is_empty()
+        && fixed.len() <= 128
         && !fixed.starts_with(|c: char| c.is_ascii_digit())
         && fixed != value
     {
@@ -182,6 +184,7 @@ fn check_label(value: &str) -> Result<(), FormatError> {
     let rule =
         "use lowercase letters, digits and `-`, starting with a letter, at most 63 characters";
     let help = if !fixed.is_empty()
+        && fixed.len() <= 63
         && fixed != value
         && fixed.starts_with(|c: char| c.is_ascii_lowercase())
     {
@@ -193,51 +196,57 @@ fn check_label(value: &str) -> Result<(), FormatError> {
 }
 
 fn check_hostname(value: &str) -> Result<(), FormatError> {
-    let bad = |why: &str, help: &str| {
-        fail(
-            format!("invalid host name `{value}`: {why}"),
-            Some(help.to_string()),
-        )
+    let Some((why, rule)) = hostname_problem(value) else {
+        return Ok(());
     };
+    // A suggestion is only made when it is itself a valid host name.
+    let help = match suggest_hostname(value) {
+        Some(fixed) => {
+            let mut rule = rule.chars();
+            let first = rule.next().map(|c| c.to_ascii_uppercase());
+            format!(
+                "did you mean `{fixed}`? {}{}.",
+                first.map(String::from).unwrap_or_default(),
+                rule.as_str()
+            )
+        }
+        None => rule,
+    };
+    fail(format!("invalid host name `{value}`: {why}"), Some(help))
+}
+
+/// What is wrong with a host name and the rule it breaks, or `None` when it
+/// is valid.
+fn hostname_problem(value: &str) -> Option<(String, String)> {
+    let bad = |why: &str, rule: &str| Some((why.to_string(), rule.to_string()));
+    let example = "write a name like `app.example.com`, or `*.example.com` for a wildcard";
     if value.contains("://") || value.contains('/') {
-        let host = value
-            .split("://")
-            .last()
-            .unwrap_or(value)
-            .split('/')
-            .next()
-            .unwrap_or(value);
-        return fail(
-            format!("invalid host name `{value}`: write the host name only"),
-            Some(format!(
-                "did you mean `{host}`? The path belongs in `path_prefix`"
-            )),
+        return bad(
+            "write the host name only",
+            "the scheme goes away and the path belongs in `path_prefix`",
         );
     }
     if value.contains(':') {
         return bad(
             "host names cannot include a port",
-            "remove the `:port`; the proxy's listen ports are set on the server",
+            "the proxy's listen ports are set on the server",
         );
     }
     if value.chars().any(|c| c.is_ascii_uppercase()) {
-        return fail(
-            format!("invalid host name `{value}`: host names are lowercase"),
-            Some(format!("did you mean `{}`?", value.to_ascii_lowercase())),
+        return bad(
+            "host names are lowercase",
+            "host names match in any case, and are written in lower case",
         );
     }
     let name = value.strip_prefix("*.").unwrap_or(value);
     if name.is_empty() || value.len() > 253 {
-        return bad(
-            "must be 1 to 253 characters",
-            "write a name like `app.example.com`",
-        );
+        return bad("must be 1 to 253 characters", example);
     }
     for label in name.split('.') {
         if label.is_empty() {
             return bad(
                 "empty label (two dots in a row, or a leading or trailing dot)",
-                "write a name like `app.example.com`",
+                example,
             );
         }
         if label.len() > 63 {
@@ -258,17 +267,69 @@ fn check_hostname(value: &str) -> Result<(), FormatError> {
                 "write a wildcard as `*.example.com`",
             );
         }
+        if !label.is_ascii() {
+            return bad(
+                "only ASCII letters, digits, `-` and `.` are allowed",
+                "write an international name in its punycode form (`xn--...`)",
+            );
+        }
         if !label
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            return bad(
-                "only letters, digits, `-` and `.` are allowed",
-                "write a name like `app.example.com`, or `*.example.com` for a wildcard",
-            );
+            return bad("only letters, digits, `-` and `.` are allowed", example);
         }
     }
-    Ok(())
+    None
+}
+
+/// The host name most likely meant by `value`: without scheme, user, port
+/// and path, lower case, `_` and other stray characters as `-`, without
+/// empty labels and stray dots or dashes. `None` unless the result is a
+/// valid host name different from `value`.
+fn suggest_hostname(value: &str) -> Option<String> {
+    let mut v = value.trim();
+    if let Some((_, rest)) = v.split_once("://") {
+        v = rest;
+    }
+    v = v.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((_, host)) = v.rsplit_once('@') {
+        v = host;
+    }
+    v = v.split(':').next().unwrap_or_default();
+    let lower = v.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    // A `*` elsewhere or a non-ASCII letter (an international name is
+    // written in punycode, `xn--...`) has no one likely meaning.
+    if name.contains('*') || !name.is_ascii() {
+        return None;
+    }
+    let labels: Vec<String> = name
+        .split('.')
+        .map(|label| {
+            label
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+                .trim_matches('-')
+                .to_string()
+        })
+        .filter(|label| !label.is_empty())
+        .collect();
+    let mut fixed = labels.join(".");
+    if wildcard {
+        fixed.insert_str(0, "*.");
+    }
+    (fixed != value && hostname_problem(&fixed).is_none()).then_some(fixed)
 }
 
 const CRON_FIELDS: [(&str, u32, u32); 5] = [
@@ -376,6 +437,60 @@ pub(crate) fn secret_refs_in(value: &str) -> Vec<Result<String, ()>> {
         }
     }
     out
+}
+
+/// `${secrets.NAME}`, `${SECRET.NAME}`, `${secret:NAME}`, `${ secret.NAME }`
+/// and the like: meant as a secret reference, but not one, so the text would
+/// reach the app as it is written. Other `${...}` (e.g. `${HOME}`) stay
+/// literal.
+fn near_miss_refs(value: &str) -> Result<(), FormatError> {
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let (inner, closed) = match after.find('}') {
+            Some(end) => (&after[..end], true),
+            None => (after, false),
+        };
+        rest = if closed {
+            &after[inner.len() + 1..]
+        } else {
+            ""
+        };
+        if inner.starts_with("secret.") {
+            continue;
+        }
+        let Some((word, name)) = inner.trim().split_once(['.', ':']) else {
+            continue;
+        };
+        // One letter off (`secrets`, `secert`, `scret`), not a word of its
+        // own such as `secure` or `select`.
+        if strsim::osa_distance(&word.trim().to_ascii_lowercase(), "secret") > 1 {
+            continue;
+        }
+        let name = name.trim();
+        let name_like =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let rule =
+            "A secret is referenced as `${secret.NAME}`, with `secret` in lower case and no spaces";
+        let help = if name_like {
+            format!(
+                "did you mean `${{secret.{}}}`? {rule}",
+                name.to_ascii_uppercase()
+            )
+        } else {
+            rule.to_string()
+        };
+        let shown = if closed {
+            format!("${{{inner}}}")
+        } else {
+            format!("${{{inner}")
+        };
+        return fail(
+            format!("`{shown}` is not a secret reference, so the app would get it as written"),
+            Some(help),
+        );
+    }
+    Ok(())
 }
 
 // === impl SecretName ===
@@ -605,6 +720,67 @@ mod tests {
         assert!(err("hostname", "a_b.com").message.contains("only letters"));
     }
 
+    fn suggestion(v: &str) -> Option<String> {
+        let help = err("hostname", v).help.unwrap_or_default();
+        let fixed = help.strip_prefix("did you mean `")?.split('`').next()?;
+        Some(fixed.to_string())
+    }
+
+    #[test]
+    fn a_suggested_host_name_is_itself_valid() {
+        let typos = [
+            ("Foo_Bar.example.com", Some("foo-bar.example.com")),
+            (
+                "https://App.Example.com:8443/login?x=1",
+                Some("app.example.com"),
+            ),
+            ("http://A_B.com/x", Some("a-b.com")),
+            ("user@app.example.com", Some("app.example.com")),
+            ("exmaple..com", Some("exmaple.com")),
+            (".app.example.com.", Some("app.example.com")),
+            ("app.example.com:80", Some("app.example.com")),
+            ("-app-.example.com", Some("app.example.com")),
+            ("app example.com", Some("app-example.com")),
+            ("*.Example.COM", Some("*.example.com")),
+            ("café.example.com", None),
+            ("https://", None),
+            ("a.*.com", None),
+            (&"x".repeat(64), None),
+            ("http://___/", None),
+        ];
+        for (typo, expected) in typos {
+            let got = suggestion(typo);
+            assert_eq!(got.as_deref(), expected, "{typo}");
+            if let Some(fixed) = got {
+                ok("hostname", &fixed);
+            }
+        }
+    }
+
+    /// Whatever the input, a suggested host name passes the check it is
+    /// suggested by.
+    #[test]
+    fn host_name_suggestions_are_valid_for_random_input() {
+        let alphabet: Vec<char> = "aZ9-_.:/@*?# é".chars().collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if let Some(fixed) = suggest_hostname(&s) {
+                assert!(hostname_problem(&fixed).is_none(), "{s:?} -> {fixed:?}");
+                assert_ne!(fixed, s);
+            }
+        }
+    }
+
     #[test]
     fn secret_names_and_refs() {
         ok("secret-name", "DATABASE_URL");
@@ -634,6 +810,71 @@ mod tests {
                 .contains("unterminated")
         );
         ok("env-value", "${HOME} stays literal");
+        ok(
+            "env-value",
+            "${user.name}, ${a:b}, ${ sec.X }, ${secure.X}, ${select.X} stay literal",
+        );
+        for broken in ["${ secret. }", "${secret:}", "${secrets.a-b}"] {
+            let e = err("env-value", broken);
+            assert!(
+                e.message.contains("is not a secret reference"),
+                "{broken}: {e:?}"
+            );
+            assert!(
+                e.help
+                    .is_some_and(|h| h.starts_with("A secret is referenced as"))
+            );
+        }
+        for (typo, fixed) in [
+            ("${secrets.DB}", "${secret.DB}"),
+            ("x=${SECRET.DB};", "${secret.DB}"),
+            ("${Secret.DB}", "${secret.DB}"),
+            ("${secret:DB}", "${secret.DB}"),
+            ("${ secret.DB }", "${secret.DB}"),
+            ("${secert.DB}", "${secret.DB}"),
+            ("${secrets.db_url}", "${secret.DB_URL}"),
+            ("open ${secrets.DB", "${secret.DB}"),
+        ] {
+            let e = err("env-value", typo);
+            assert!(
+                e.message.contains("is not a secret reference"),
+                "{typo}: {e:?}"
+            );
+            assert!(
+                e.help
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with(&format!("did you mean `{fixed}`?"))),
+                "{typo}: {e:?}"
+            );
+            // The suggestion is itself a valid reference.
+            let suggested = e
+                .help
+                .as_deref()
+                .and_then(|h| h.split('`').nth(1))
+                .unwrap_or_default();
+            ok("env-value", suggested);
+        }
+    }
+
+    /// Names and secret names, like host names, are only suggested when
+    /// the suggestion passes the same check.
+    #[test]
+    fn suggested_names_are_valid() {
+        for (format, typo) in [
+            ("label", "Hello_App"),
+            ("label", "a-".repeat(40).as_str()),
+            ("label", "web app"),
+            ("secret-name", "database-url"),
+            ("secret-name", "k".repeat(200).as_str()),
+        ] {
+            let help = err(format, typo).help.unwrap_or_default();
+            if let Some(fixed) = help
+                .split_once("did you mean `")
+                .and_then(|(_, rest)| rest.split('`').next())
+            {
+                ok(format, fixed);
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod redact;
 mod schema;
 mod semantic;
 mod size;
+mod text;
 mod tree;
 mod walk;
 
@@ -40,6 +41,7 @@ pub use formats::{EnvValue, HostName, Pause, SecretName};
 pub use model::AppSpec;
 pub use schema::json_schema;
 pub use size::{ByteSize, SizeError};
+pub use text::MAX_SPEC_BYTES;
 
 use diagnostic::{Reporter, did_you_mean, one_of};
 use tree::Node;
@@ -56,10 +58,18 @@ pub struct Spec {
 }
 
 /// Parses and validates a spec. `file_name` is used in diagnostics only.
+/// A text over [`MAX_SPEC_BYTES`] is refused.
 pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
+    text::check_size(file_name, text.len() as u64)?;
     let mut rep = Reporter::new(file_name, text);
     let doc = match toml_edit::Document::parse(text) {
         Ok(doc) => doc,
+        Err(e) if text::is_duplicate_key(&e) => {
+            for i in text::duplicate_keys(&rep, text, &e) {
+                rep.push(i.span, i.path, i.message, i.help);
+            }
+            return Err(Diagnostics(rep.finish()));
+        }
         Err(e) => {
             rep.push(
                 e.span(),
@@ -148,9 +158,11 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
         return Err(Diagnostics(rep.finish()));
     }
 
+    // The first environment written in the file (tables are sorted by key).
     let environments_span = env_entries
-        .first()
-        .and_then(|e| e.key_span.clone())
+        .iter()
+        .filter_map(|e| e.key_span.clone())
+        .min_by_key(|s| s.start)
         .or_else(|| root.entry("environments").and_then(|e| e.key_span.clone()));
     Ok(Spec {
         file: file_name.to_string(),
@@ -170,12 +182,33 @@ fn typed(node: &Node) -> Result<AppSpec, String> {
         .map_err(|e| e.message().to_string())
 }
 
-/// Reads and validates a spec file. A file that cannot be read is reported
-/// as a diagnostic too.
+/// [`parse_str`] for raw bytes: also refuses text that is not UTF-8, with
+/// the line, column and byte offset of the first bad byte.
+pub fn parse_bytes(file_name: &str, bytes: &[u8]) -> Result<Spec, Diagnostics> {
+    text::check_size(file_name, bytes.len() as u64)?;
+    parse_str(file_name, text::utf8(file_name, bytes)?)
+}
+
+/// Reads and validates a spec file. A file that cannot be read, is over
+/// [`MAX_SPEC_BYTES`] or is not UTF-8 is reported as a diagnostic too; a
+/// file over the limit is not read past it.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
+    use std::io::Read;
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&name, &text),
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        f.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+        Ok(())
+    });
+    match read {
+        Ok(()) => {
+            if bytes.len() > MAX_SPEC_BYTES {
+                // Only the start was read: the size comes from the file.
+                let len = std::fs::metadata(path).map_or(0, |m| m.len());
+                text::check_size(&name, len.max(bytes.len() as u64))?;
+            }
+            parse_bytes(&name, &bytes)
+        }
         Err(e) => Err(Diagnostics(vec![Diagnostic {
             file: name,
             line: 1,
@@ -187,7 +220,6 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
                     "create it (see examples/hello-app/gantry.toml), or pass the right path"
                         .to_string()
                 }
-                std::io::ErrorKind::InvalidData => "the file must be UTF-8 text".to_string(),
                 _ => "check the path and its permissions".to_string(),
             }),
         }])),
@@ -314,7 +346,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
     use serde_json::Value as J;
     use tree::Kind;
     let kind = match v {
-        J::Null => Kind::Table(Vec::new()),
+        J::Null => Kind::Table(tree::Table::default()),
         J::Bool(b) => Kind::Boolean(*b),
         J::Number(n) => match n.as_i64() {
             Some(i) => Kind::Integer(i),
@@ -322,7 +354,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
         },
         J::String(s) => Kind::String(s.clone()),
         J::Array(a) => Kind::Array(a.iter().map(json_to_node).collect()),
-        J::Object(m) => Kind::Table(
+        J::Object(m) => Kind::Table(tree::Table::new(
             m.iter()
                 .map(|(k, v)| tree::Entry {
                     key: k.clone(),
@@ -330,7 +362,7 @@ fn json_to_node(v: &serde_json::Value) -> Node {
                     value: json_to_node(v),
                 })
                 .collect(),
-        ),
+        )),
     };
     Node { kind, span: None }
 }

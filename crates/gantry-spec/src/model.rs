@@ -117,6 +117,7 @@ pub struct Run {
     pub stop_signal: StopSignal,
     /// Time between the stop signal and SIGKILL.
     #[serde(default = "default_grace_period")]
+    #[schemars(extend("maxDuration" = "1d"))]
     pub grace_period: Duration,
     /// When to restart an instance that exited.
     #[serde(default)]
@@ -178,8 +179,10 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     /// Delay before the first restart.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub initial: Duration,
     /// Longest delay between restarts.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub max: Duration,
 }
 
@@ -200,6 +203,7 @@ pub struct CrashLoop {
     #[schemars(range(min = 1))]
     pub max_restarts: u32,
     /// The sliding window the restarts are counted in.
+    #[schemars(extend("maxDuration" = "7d"))]
     pub window: Duration,
 }
 
@@ -280,8 +284,10 @@ pub struct Probe {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// Time between probes.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub interval: Duration,
     /// Time one probe may take.
+    #[schemars(extend("maxDuration" = "1h"))]
     pub timeout: Duration,
     /// Consecutive successes needed to count as healthy.
     #[schemars(range(min = 1, max = 100))]
@@ -291,6 +297,7 @@ pub struct Probe {
     pub failure_threshold: u32,
     /// Time after start during which failures are not counted.
     #[schemars(schema_with = "crate::duration::zero_allowed_schema")]
+    #[schemars(extend("maxDuration" = "1d"))]
     pub startup_grace: Duration,
 }
 
@@ -353,6 +360,7 @@ pub struct Deploy {
     /// `canary` shifts traffic in `steps`.
     pub strategy: Strategy,
     /// How long the previous release is kept running for instant rollback.
+    #[schemars(extend("maxDuration" = "30d"))]
     pub rollback_window: Duration,
     /// Number of releases kept for `gantry rollback`.
     #[schemars(range(min = 1, max = 100))]
@@ -371,6 +379,7 @@ pub struct Deploy {
     #[serde(skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
     /// How long to wait for another deploy to the same environment to finish.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub lock_timeout: Duration,
 }
 
@@ -410,6 +419,7 @@ pub struct CanaryStep {
     /// How long to hold this step, e.g. "10m", or "approval" to wait for
     /// `gantry approve`.
     #[serde(default)]
+    #[schemars(extend("maxDuration" = "30d"))]
     pub pause: Pause,
 }
 
@@ -431,6 +441,7 @@ pub struct SmokeCheck {
     pub body_contains: Option<String>,
     /// Longest acceptable response time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxDuration" = "1h"))]
     pub max_latency: Option<Duration>,
 }
 
@@ -480,6 +491,7 @@ impl Hooks {
 #[serde(deny_unknown_fields, default)]
 pub struct Analysis {
     /// How often the gates are evaluated.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub interval: Duration,
     /// Highest acceptable share of 5xx responses (0 to 1). Judged against
     /// the stable set (`baseline = "stable"`), it is how much higher than
@@ -491,13 +503,14 @@ pub struct Analysis {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_success_rate: f64,
     /// Highest acceptable 99th-percentile latency (absolute: on a first
-    /// deploy, with too little stable traffic, or `baseline = "absolute"`).
+    /// deploy, or `baseline = "absolute"`).
+    #[schemars(extend("maxDuration" = "1h"))]
     pub max_p99: Duration,
     /// What the new set is judged against. `stable` (the default): the
-    /// stable set measured over the same window, when it has at least
-    /// `min_requests` requests, so the same code on a busy machine is never
-    /// rolled back; the absolute limits otherwise. `absolute`: the absolute
-    /// limits only.
+    /// stable set measured over the same window (the gates wait until it
+    /// has `min_requests` requests), so the same code on a busy machine is
+    /// never rolled back; with no stable set (a first deploy), the absolute
+    /// limits. `absolute`: the absolute limits only.
     pub baseline: Baseline,
     /// Against the stable set: the new set's p99 may be at most
     /// `p99_ratio` × stable's p99 + `p99_margin`.
@@ -505,6 +518,7 @@ pub struct Analysis {
     pub p99_ratio: f64,
     /// Against the stable set: latency the new set may add on top of
     /// `p99_ratio` × stable's p99.
+    #[schemars(extend("maxDuration" = "1h"))]
     pub p99_margin: Duration,
     /// Requests needed in an interval before the gates decide anything.
     #[schemars(range(min = 1))]
@@ -572,6 +586,7 @@ pub struct Migrate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<String>,
     /// Longest time a migration may run.
+    #[schemars(extend("maxDuration" = "7d"))]
     pub timeout: Duration,
 }
 
@@ -732,12 +747,16 @@ fn default_burst() -> u32 {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Connecting to an instance.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub connect: Duration,
     /// Waiting for the app's response headers.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub response: Duration,
     /// An idle client connection is closed after this.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub idle: Duration,
     /// A client must send its request headers within this.
+    #[schemars(extend("maxDuration" = "1d"))]
     pub header_read: Duration,
 }
 
@@ -898,6 +917,7 @@ pub struct AlertRule {
     /// How long the condition must hold before the alert fires.
     #[serde(rename = "for", default)]
     #[schemars(schema_with = "crate::duration::zero_allowed_schema")]
+    #[schemars(extend("maxDuration" = "30d"))]
     pub for_: Duration,
     /// How urgent the alert is.
     #[serde(default)]

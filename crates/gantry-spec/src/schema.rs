@@ -16,8 +16,31 @@ const OVERRIDE_SUFFIX: &str = "Override";
 pub fn json_schema() -> Value {
     let mut root =
         serde_json::to_value(schemars::schema_for!(AppSpec)).unwrap_or_else(|_| json!({}));
+    describe_bounds(&mut root);
     add_environments(&mut root);
     root
+}
+
+/// Adds "At most 1d." to the description of every duration with a
+/// `maxDuration`, so editors show the bound next to the field.
+fn describe_bounds(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(max) = map.get("maxDuration").and_then(Value::as_str) {
+                let line = format!("At most {max}.");
+                let text = match map.get("description").and_then(Value::as_str) {
+                    Some(d) => format!("{} {line}", d.trim_end()),
+                    None => line,
+                };
+                map.insert("description".to_string(), Value::String(text));
+            }
+            for child in map.values_mut() {
+                describe_bounds(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_bounds),
+        _ => {}
+    }
 }
 
 /// The schema, built once per process.

@@ -138,6 +138,7 @@ fn check_one(spec: &AppSpec) -> Vec<Finding> {
     let mut out = Vec::new();
 
     // [env]
+    let secrets: BTreeSet<&str> = spec.secrets.iter().map(|s| s.as_str()).collect();
     for name in spec.env.keys() {
         let path = vec![key("env"), key(name)];
         if name == "PORT" {
@@ -151,7 +152,7 @@ fn check_one(spec: &AppSpec) -> Vec<Finding> {
             .env
             .get(name)
             .is_some_and(|v| v.as_str() == format!("${{secret.{name}}}"));
-        if !same_secret && spec.secrets.iter().any(|s| s.as_str() == name) {
+        if !same_secret && secrets.contains(name.as_str()) {
             out.push(finding(
                 path,
                 format!("`{name}` is both a plain variable and a declared secret"),

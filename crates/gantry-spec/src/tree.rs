@@ -3,7 +3,13 @@
 //! It is built once from `toml_edit`'s parse, survives merging (a merged tree
 //! still points into the original file), and converts to `toml::Value` for
 //! typed deserialization.
+//!
+//! A table keeps its entries sorted by key (TOML keys are unique in a table),
+//! so a lookup is a binary search and merging an environment's table over the
+//! base is one linear pass over both: a spec with 64k keys in
+//! `[environments.big.env]` checks as fast as one with them in `[env]`.
 
+use std::cmp::Ordering;
 use std::ops::Range;
 
 use toml_edit::{Item, Value};
@@ -20,7 +26,7 @@ pub(crate) struct Node {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
-    Table(Vec<Entry>),
+    Table(Table),
     Array(Vec<Node>),
     String(String),
     Integer(i64),
@@ -34,6 +40,77 @@ pub(crate) struct Entry {
     pub(crate) key: String,
     pub(crate) key_span: Span,
     pub(crate) value: Node,
+}
+
+/// The entries of a table, sorted by key, each key once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Table(Vec<Entry>);
+
+impl Table {
+    /// Sorts `entries` by key; of two entries with the same key (which a
+    /// parsed document never has) the last wins, as in a merge.
+    pub(crate) fn new(mut entries: Vec<Entry>) -> Table {
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match out.last_mut() {
+                Some(last) if last.key == e.key => *last = e,
+                _ => out.push(e),
+            }
+        }
+        Table(out)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
+        self.0
+            .binary_search_by(|e| e.key.as_str().cmp(key))
+            .ok()
+            .and_then(|i| self.0.get(i))
+    }
+
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
+        self.0.retain(keep);
+    }
+}
+
+impl std::ops::Deref for Table {
+    type Target = [Entry];
+
+    fn deref(&self) -> &[Entry] {
+        &self.0
+    }
+}
+
+/// One pass over two sorted tables: every key of `base` and `over` once, in
+/// order, with `both` called for keys in both. `cmp` compares keys; it is
+/// called at most `base.len() + over.len()` times (the test counts).
+fn merge_sorted(
+    base: &[Entry],
+    over: &[Entry],
+    mut cmp: impl FnMut(&str, &str) -> Ordering,
+    mut both: impl FnMut(&Entry, &Entry) -> Entry,
+) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(base.len() + over.len());
+    let (mut b, mut o) = (base.iter().peekable(), over.iter().peekable());
+    loop {
+        let next = match (b.peek(), o.peek()) {
+            (Some(x), Some(y)) => match cmp(&x.key, &y.key) {
+                Ordering::Less => b.next().cloned(),
+                Ordering::Greater => o.next().cloned(),
+                Ordering::Equal => match (b.next(), o.next()) {
+                    (Some(x), Some(y)) => Some(both(x, y)),
+                    _ => None,
+                },
+            },
+            (Some(_), None) => b.next().cloned(),
+            (None, Some(_)) => o.next().cloned(),
+            (None, None) => None,
+        };
+        match next {
+            Some(e) => out.push(e),
+            None => return out,
+        }
+    }
 }
 
 /// One step of a key path.
@@ -50,7 +127,7 @@ impl Node {
             Item::Value(v) => Some(Node::from_value(v)),
             Item::Table(t) => Some(Node {
                 span: t.span(),
-                kind: Kind::Table(
+                kind: Kind::Table(Table::new(
                     t.iter()
                         .filter_map(|(k, v)| {
                             Some(Entry {
@@ -60,7 +137,7 @@ impl Node {
                             })
                         })
                         .collect(),
-                ),
+                )),
             }),
             Item::ArrayOfTables(a) => Some(Node {
                 span: a.span(),
@@ -68,7 +145,7 @@ impl Node {
                     a.iter()
                         .map(|t| Node {
                             span: t.span(),
-                            kind: Kind::Table(
+                            kind: Kind::Table(Table::new(
                                 t.iter()
                                     .filter_map(|(k, v)| {
                                         Some(Entry {
@@ -78,7 +155,7 @@ impl Node {
                                         })
                                     })
                                     .collect(),
-                            ),
+                            )),
                         })
                         .collect(),
                 ),
@@ -95,7 +172,7 @@ impl Node {
             Value::Boolean(b) => Kind::Boolean(*b.value()),
             Value::Datetime(d) => Kind::Datetime(d.value().to_string()),
             Value::Array(a) => Kind::Array(a.iter().map(Node::from_value).collect()),
-            Value::InlineTable(t) => Kind::Table(
+            Value::InlineTable(t) => Kind::Table(Table::new(
                 t.iter()
                     .map(|(k, v)| Entry {
                         key: k.to_string(),
@@ -103,29 +180,32 @@ impl Node {
                         value: Node::from_value(v),
                     })
                     .collect(),
-            ),
+            )),
         };
         Node { kind, span }
     }
 
     pub(crate) fn empty_table() -> Node {
         Node {
-            kind: Kind::Table(Vec::new()),
+            kind: Kind::Table(Table::default()),
             span: None,
         }
     }
 
-    /// The entries, if this is a table.
+    /// The entries, sorted by key, if this is a table.
     pub(crate) fn entries(&self) -> Option<&[Entry]> {
         match &self.kind {
-            Kind::Table(e) => Some(e),
+            Kind::Table(t) => Some(t),
             _ => None,
         }
     }
 
     /// The entry for `key`, if this is a table that has it.
     pub(crate) fn entry(&self, key: &str) -> Option<&Entry> {
-        self.entries()?.iter().find(|e| e.key == key)
+        match &self.kind {
+            Kind::Table(t) => t.get(key),
+            _ => None,
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&Node> {
@@ -192,22 +272,17 @@ impl Node {
     }
 
     /// Deep merge: tables merge key by key, everything else in `over`
-    /// replaces what is in `self`.
+    /// replaces what is in `self`. Linear in the size of both trees.
     pub(crate) fn merged(&self, over: &Node) -> Node {
         match (&self.kind, &over.kind) {
             (Kind::Table(base), Kind::Table(top)) => {
-                let mut entries = base.clone();
-                for e in top {
-                    match entries.iter_mut().find(|b| b.key == e.key) {
-                        Some(b) => {
-                            b.value = b.value.merged(&e.value);
-                            b.key_span = e.key_span.clone();
-                        }
-                        None => entries.push(e.clone()),
-                    }
-                }
+                let entries = merge_sorted(base, top, str::cmp, |b, o| Entry {
+                    key: o.key.clone(),
+                    key_span: o.key_span.clone(),
+                    value: b.value.merged(&o.value),
+                });
                 Node {
-                    kind: Kind::Table(entries),
+                    kind: Kind::Table(Table(entries)),
                     span: over.span.clone().or_else(|| self.span.clone()),
                 }
             }
@@ -219,7 +294,9 @@ impl Node {
     pub(crate) fn without(&self, key: &str) -> Node {
         match &self.kind {
             Kind::Table(entries) => Node {
-                kind: Kind::Table(entries.iter().filter(|e| e.key != key).cloned().collect()),
+                kind: Kind::Table(Table(
+                    entries.iter().filter(|e| e.key != key).cloned().collect(),
+                )),
                 span: self.span.clone(),
             },
             _ => self.clone(),
@@ -312,6 +389,75 @@ mod tests {
             .at(&[Seg::Key("y".into())])
             .unwrap_or((&merged, None));
         assert_eq!(span.map(|s| &text[s]), Some("2"));
+    }
+
+    fn entries(keys: impl IntoIterator<Item = String>) -> Vec<Entry> {
+        keys.into_iter()
+            .map(|key| Entry {
+                key,
+                key_span: None,
+                value: Node {
+                    kind: Kind::Boolean(true),
+                    span: None,
+                },
+            })
+            .collect()
+    }
+
+    /// The merge of an environment's table over the base compares each key
+    /// at most once: linear, whatever the sizes and however they overlap.
+    #[test]
+    fn merging_tables_is_linear_in_their_sizes() {
+        let n = 1 << 16;
+        let cases = [
+            (0, n),     // everything in the override (`[environments.big.env]`)
+            (n, 0),     // everything in the base (`[env]`)
+            (n, n),     // the same keys in both
+            (n / 2, n), // half of them new
+        ];
+        for (base_n, over_n) in cases {
+            let base = Table::new(entries((0..base_n).map(|i| format!("K{i:05}"))));
+            let over = Table::new(entries(
+                (0..over_n).map(|i| format!("K{:05}", (i + base_n / 2) % n)),
+            ));
+            let mut compared = 0usize;
+            let merged = merge_sorted(
+                &base,
+                &over,
+                |a, b| {
+                    compared += 1;
+                    a.cmp(b)
+                },
+                |_, o| o.clone(),
+            );
+            assert!(
+                compared <= base.len() + over.len(),
+                "{compared} comparisons for {} + {} keys",
+                base.len(),
+                over.len()
+            );
+            assert!(merged.windows(2).all(|w| w[0].key < w[1].key));
+            let distinct: std::collections::BTreeSet<&str> = base
+                .iter()
+                .chain(over.iter())
+                .map(|e| e.key.as_str())
+                .collect();
+            assert_eq!(merged.len(), distinct.len());
+        }
+    }
+
+    #[test]
+    fn tables_find_keys_in_any_order_written() {
+        let t = tree("z = 1\na = 2\nm = { y = 1, b = 2 }\n");
+        let keys: Vec<&str> = t
+            .entries()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect();
+        assert_eq!(keys, ["a", "m", "z"]);
+        assert!(t.get("z").is_some() && t.get("q").is_none());
+        assert!(t.get("m").and_then(|m| m.get("y")).is_some());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use crate::diagnostic::{closest, did_you_mean, one_of};
+use crate::duration::{self, Duration};
 use crate::formats;
 use crate::tree::{Kind, Node, Seg, Span, path_string};
 
@@ -155,22 +156,20 @@ impl<'s> Walker<'s> {
                     );
                 }
                 if schema.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
+                    let mut seen = std::collections::HashSet::new();
                     for (i, item) in items.iter().enumerate() {
-                        if let Kind::String(s) = &item.kind {
-                            let dup = items[..i]
-                                .iter()
-                                .any(|p| matches!(&p.kind, Kind::String(q) if q == s));
-                            if dup {
-                                path.push(Seg::Index(i));
-                                self.issue(
-                                    found,
-                                    item.span.clone(),
-                                    path,
-                                    format!("duplicate entry \"{s}\""),
-                                    Some("remove the repeated entry".to_string()),
-                                );
-                                path.pop();
-                            }
+                        if let Kind::String(s) = &item.kind
+                            && !seen.insert(s.as_str())
+                        {
+                            path.push(Seg::Index(i));
+                            self.issue(
+                                found,
+                                item.span.clone(),
+                                path,
+                                format!("duplicate entry \"{s}\""),
+                                Some("remove the repeated entry".to_string()),
+                            );
+                            path.pop();
                         }
                     }
                 }
@@ -189,6 +188,31 @@ impl<'s> Walker<'s> {
                 }
             }
             Kind::String(s) => {
+                if let Some(at) = s.chars().position(|c| c == '\0') {
+                    let (message, help) = nul_byte(format, at);
+                    self.issue(found, span, path, message, Some(help));
+                    return;
+                }
+                if let Some(f @ ("duration" | "duration-or-zero" | "pause")) = format {
+                    let max = schema
+                        .get("maxDuration")
+                        .and_then(Value::as_str)
+                        .and_then(|m| m.parse::<Duration>().ok())
+                        .unwrap_or(Duration::MAX);
+                    if duration::longer_than(s, max) {
+                        let what = if f == "pause" { "pause" } else { "duration" };
+                        self.issue(
+                            found,
+                            span,
+                            path,
+                            format!("out of range: expected a {what} of at most {max}, found \"{s}\""),
+                            Some(format!(
+                                "use at most \"{max}\" here; every duration in gantry.toml has an upper bound (`maxDuration` in the schema)"
+                            )),
+                        );
+                        return;
+                    }
+                }
                 if let Some(format) = format {
                     let mut refs = Vec::new();
                     match formats::check(format, s, &mut refs) {
@@ -228,6 +252,17 @@ impl<'s> Walker<'s> {
         let mut unknown: Vec<&str> = Vec::new();
         for entry in entries {
             let value_anchor = entry.value.span.clone().or_else(|| entry.key_span.clone());
+            if entry.key.contains('\0') {
+                let shown = entry.key.replace('\0', "\\u0000");
+                self.issue(
+                    found,
+                    entry.key_span.clone(),
+                    path,
+                    format!("key \"{shown}\" contains a NUL byte (`\\u0000`)"),
+                    Some("remove the `\\u0000` from the key".to_string()),
+                );
+                continue;
+            }
             if let Some(names_schema) = names_schema.map(|s| self.resolve(s))
                 && let Some(format) = names_schema.get("format").and_then(Value::as_str)
             {
@@ -648,6 +683,24 @@ fn type_mismatch(expected: &Value, format: Option<&str>, node: &Node) -> (String
         },
     };
     (message, help)
+}
+
+/// A string with a NUL byte (`"\u0000"` in TOML): no environment variable,
+/// command line, path or header can carry one, so it is refused here rather
+/// than when an instance starts.
+fn nul_byte(format: Option<&str>, at: usize) -> (String, String) {
+    let place = format!("(`\\u0000`, character {})", at + 1);
+    match format {
+        Some("env-value") => (
+            format!("an environment variable's value cannot contain a NUL byte {place}"),
+            "the operating system ends a variable at a NUL byte; remove the `\\u0000`".to_string(),
+        ),
+        _ => (
+            format!("this value cannot contain a NUL byte {place}"),
+            "commands, paths, headers and names end at a NUL byte; remove the `\\u0000`"
+                .to_string(),
+        ),
+    }
 }
 
 fn first_sentence(text: &str) -> String {

@@ -52,6 +52,10 @@ bad_fixture! {
     many_errors => "many_errors.toml",
     semantic => "semantic.toml",
     environment_overrides => "environment_overrides.toml",
+    duplicate_keys => "duplicate_keys.toml",
+    nul_bytes => "nul_bytes.toml",
+    secret_references => "secret_references.toml",
+    long_durations => "long_durations.toml",
 }
 
 #[test]
@@ -171,6 +175,11 @@ fn garbage_never_panics() {
         "[app]\nname = 'x'\n[run]\ncommand = 'y'\n[run.limits]\ncpu = nan\nmemory = '99999999999999999999TiB'",
         "[app]\nname = 'x'\n[run]\ncommand = 'y'\ninstances = 9223372036854775807\ngrace_period = 1979-05-27T07:32:00Z",
         "[app]\nname = '\u{1F600}'\n[run]\ncommand = 'y'\n[env]\n\"é\" = '${secret.'",
+        "[app]\nname = 'x'\nname = 'x'\n[app]\n[app]\n[[app]]\n",
+        "[a.b]\nc = 1\n[a]\nb.d = 2\nb.d = 3\n",
+        "a = { \"k k\" = 1, 'k k' = 2 }\na = 1\n",
+        "[app]\nname = 'x'\n[run]\ncommand = 'y'\n[env]\nA = '${secrets.'\nB = '${ secret. }'\nC = '${secret:}'",
+        "[app]\nname = 'x'\n[run]\ncommand = 'y'\ngrace_period = '1.99999999999999999999999999999d'\n[run.backoff]\nmax = '0.0000000000000000000001ms'",
     ];
     for input in inputs {
         match gantry_spec::parse_str("g.toml", input) {
@@ -178,4 +187,67 @@ fn garbage_never_panics() {
             Err(d) => assert!(!d.0.is_empty(), "{input:?}"),
         }
     }
+}
+
+#[test]
+fn a_duplicate_key_and_a_syntax_error_after_it_are_both_reported() {
+    let text = "[app]\nname = \"x\"\n[run]\ncommand = \"y\"\n[env]\nA = \"1\"\nA = \"2\"\nB = \n";
+    let err = match gantry_spec::parse_str("g.toml", text) {
+        Ok(_) => panic!("accepted"),
+        Err(d) => d.to_string(),
+    };
+    insta::assert_snapshot!(err, @r"
+    g.toml:7:1: duplicate key `A`: it is already set above
+      help: a key is set once per table: keep one of the two
+
+    g.toml:8:5: invalid TOML: string values must be quoted, expected literal string
+      help: fix the TOML syntax first; other problems are reported once the file parses
+    ");
+}
+
+#[test]
+fn a_reference_to_a_misspelt_secret_suggests_the_declared_one() {
+    let text = r#"secrets = ["DATABASE_URL", "SESSION_KEY"]
+
+[app]
+name = "refs"
+
+[run]
+command = "./refs"
+
+[env]
+DB = "${secret.DATABSE_URL}"
+
+[environments.production.env]
+KEY = "k=${secret.SESION_KEY}"
+"#;
+    let err = match gantry_spec::parse_str("refs.toml", text) {
+        Ok(_) => panic!("accepted undeclared secrets"),
+        Err(d) => d.to_string(),
+    };
+    insta::assert_snapshot!(err, @r#"
+    refs.toml:10:6: [env.DB] secret `DATABSE_URL` is not declared
+      help: did you mean `DATABASE_URL`? Otherwise add "DATABSE_URL" to the top-level `secrets` list
+
+    refs.toml:13:7: [environments.production.env.KEY] secret `SESION_KEY` is not declared
+      help: did you mean `SESSION_KEY`? Otherwise add "SESION_KEY" to the top-level `secrets` list
+    "#);
+}
+
+#[test]
+fn many_duplicate_keys_are_named_up_to_a_bound() {
+    let mut text = String::from("[app]\nname = \"x\"\n\n[run]\ncommand = \"y\"\n\n[env]\n");
+    for _ in 0..100 {
+        text.push_str("A = \"1\"\n");
+    }
+    let d = match gantry_spec::parse_str("g.toml", &text) {
+        Ok(_) => panic!("accepted"),
+        Err(d) => d,
+    };
+    let named = d
+        .iter()
+        .filter(|x| x.message.starts_with("duplicate key `A`"))
+        .count();
+    assert_eq!(named, 32, "{d}");
+    assert!(d.iter().all(|x| x.line >= 9), "{d}");
 }

@@ -59,3 +59,44 @@ fn schema_describes_every_field() {
         "fields without a doc comment: {missing:?}"
     );
 }
+
+/// Every duration field has an upper bound (`maxDuration`), so no value in
+/// a validated spec can overflow a deadline, and its description says it.
+#[test]
+fn every_duration_has_an_upper_bound() {
+    fn walk(v: &serde_json::Value, path: &str, unbounded: &mut Vec<String>, n: &mut usize) {
+        if let Some(map) = v.as_object() {
+            let format = map.get("format").and_then(|f| f.as_str());
+            if matches!(format, Some("duration" | "duration-or-zero" | "pause")) {
+                *n += 1;
+                let max = map.get("maxDuration").and_then(|m| m.as_str());
+                let described = map
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .zip(max)
+                    .is_some_and(|(d, m)| d.ends_with(&format!("At most {m}.")));
+                let valid = max.is_some_and(|m| {
+                    m.parse::<gantry_spec::Duration>()
+                        .is_ok_and(|d| d <= gantry_spec::Duration::MAX)
+                });
+                if !(valid && described) {
+                    unbounded.push(path.to_string());
+                }
+            }
+            for (k, child) in map {
+                walk(child, &format!("{path}/{k}"), unbounded, n);
+            }
+        } else if let Some(items) = v.as_array() {
+            for (i, child) in items.iter().enumerate() {
+                walk(child, &format!("{path}[{i}]"), unbounded, n);
+            }
+        }
+    }
+    let (mut unbounded, mut n) = (Vec::new(), 0);
+    walk(&gantry_spec::json_schema(), "", &mut unbounded, &mut n);
+    assert!(n >= 19, "only {n} duration fields found");
+    assert!(
+        unbounded.is_empty(),
+        "durations without a bound: {unbounded:?}"
+    );
+}

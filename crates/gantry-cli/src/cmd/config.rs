@@ -142,8 +142,10 @@ pub(crate) fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply { path, env, note } => {
-            let source = read_file(&path)?;
+            // Validate first: a file over the size limit or not UTF-8 gets
+            // the same error as from `config check`.
             let spec = load(&path)?;
+            let source = read_file(&path)?;
             let file_name = path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())

@@ -75,12 +75,56 @@ fn detail(v: ConfigVersion) -> ConfigDetail {
     }
 }
 
+/// Room in the request for a spec of [`gantry_spec::MAX_SPEC_BYTES`] once
+/// JSON-escaped (quotes, backslashes and newlines double).
+const APPLY_BODY_LIMIT: usize = 4 * gantry_spec::MAX_SPEC_BYTES;
+
+/// The body of an apply, read here rather than by `Json` so that a spec
+/// over the size limit or not UTF-8 gets the spec's own error (the same as
+/// `gantry config check`), not the extractor's.
+async fn apply_body(body: axum::body::Body) -> Result<ApplyConfig, ApiError> {
+    let limit = APPLY_BODY_LIMIT;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request is over {limit} bytes; a gantry.toml may be at most 1 MiB"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| match std::str::from_utf8(&bytes) {
+        Ok(_) => ApiError::bad_request(format!("the request is not a config to apply: {e}")),
+        Err(u) => invalid_utf8(&bytes, u.valid_up_to()),
+    })
+}
+
+/// Where in the spec the first byte that is not UTF-8 is, when it is in
+/// `source`: the body is read again with a marker in its place.
+fn invalid_utf8(bytes: &[u8], at: usize) -> ApiError {
+    const MARK: char = '\u{FDD0}';
+    let valid = String::from_utf8_lossy(&bytes[..at]);
+    let marked = format!("{valid}{MARK}{}", String::from_utf8_lossy(&bytes[at..]));
+    let spec = serde_json::from_str::<ApplyConfig>(&marked)
+        .ok()
+        .filter(|_| !valid.contains(MARK));
+    let located = spec.and_then(|b| {
+        let off = b.source.find(MARK)?;
+        let text = [&b.source.as_bytes()[..off], &bytes[at..=at]].concat();
+        gantry_spec::parse_bytes(&b.file_name, &text).err()
+    });
+    match located {
+        Some(d) => ApiError::unprocessable(format!("the config has errors:\n{d}")),
+        None => ApiError::bad_request(format!(
+            "the request is not UTF-8 at byte offset {at}; a config to apply is UTF-8 JSON"
+        )),
+    }
+}
+
 pub(crate) async fn apply(
     Deployer(p): Deployer,
     State(state): State<AppState>,
     Path(AppEnv { app, env }): Path<AppEnv>,
-    Json(body): Json<ApplyConfig>,
+    body: axum::body::Body,
 ) -> ApiResult<AppliedConfig> {
+    let body = apply_body(body).await?;
     validate(&app, &env, &body.file_name, &body.source)?;
     let a = state
         .db(move |s| {
