@@ -176,8 +176,11 @@ mod x509;
 
 pub use client::{AdminClient, AdminClientError};
 pub use config::{AcmeChallenge, ProxyConfig};
+pub use csp_report::{CspReport, CspReports, CspViolation};
 pub use error::{ProxyError, TableError};
-pub use policy::{DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders};
+pub use policy::{
+    CspMode, DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders,
+};
 pub use rate_limit::RateLimit;
 pub use server::{Proxy, run};
 pub use stats::{
