@@ -138,12 +138,9 @@ pub async fn run(
         .proxy_admin
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("proxy").join("admin.sock"));
-    let deployer = deployer::Deployer::new(
-        store.clone(),
-        fleet.clone(),
-        gantry_proxy::AdminClient::new(proxy_admin),
-        opts.proxy_addr,
-    );
+    let proxy = gantry_proxy::AdminClient::new(proxy_admin);
+    let deployer =
+        deployer::Deployer::new(store.clone(), fleet.clone(), proxy.clone(), opts.proxy_addr);
     let resumed = deployer
         .resume_all()
         .await
@@ -156,6 +153,7 @@ pub async fn run(
         owner_uid,
         fleet,
         deployer,
+        proxy,
     };
     let router = app(state);
 
