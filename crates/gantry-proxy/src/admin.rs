@@ -8,7 +8,7 @@
 //! | `GET /stats` | [`crate::StatsSnapshot`] |
 //! | `GET /drained?route=R&set=S` | [`crate::DrainStatus`] |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /csp-reports?route=R` | the route's CSP report count and last reports |
+//! | `GET /csp-reports?route=R` | [`crate::CspReports`]: the route's CSP report count, kinds of violation, last reports |
 //! | `POST /upgrade` | start a new proxy process that takes over the sockets (see `handoff`); `{"old_pid", "new_pid"}` once it serves |
 //! | `GET /certs` | served TLS certificates: host, source, serial, validity |
 //! | `GET /healthz` | `ok` |
@@ -137,14 +137,7 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
                 );
             };
             match routing.policies.get(&route) {
-                Some(state) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "route": route,
-                        "total": state.reports.total(),
-                        "reports": state.reports.recent(),
-                    }),
-                ),
+                Some(state) => json(StatusCode::OK, &state.reports.snapshot(&route)),
                 None => error(
                     StatusCode::NOT_FOUND,
                     format!("no route `{route}` in this proxy's table"),

@@ -9,12 +9,13 @@
 //!   dropped (client gone), the guard ends the in-flight count, the
 //!   instance lease, and writes the access log line.
 
+use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -22,7 +23,8 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Entry, duration_ms, format_time};
 use crate::balance::Lease;
-use crate::stats::SetStats;
+use crate::stats::{ClientFault, SetStats, clock};
+use tokio::time::Sleep;
 
 // === impl RequestBody ===
 
@@ -64,31 +66,61 @@ impl Body for RequestBody {
 
 // === impl UpstreamBody ===
 
+/// How long the proxy waits for a client's body before the backend's
+/// failure or answer counts as the client's doing (the client had sent
+/// nothing for this long): see [`SharedBody::stalled`].
+const STALL: Duration = Duration::from_secs(1);
+
 /// The request body, held where a failed attempt cannot take it away.
+///
+/// It also tells whose fault a request that went wrong while its body
+/// streamed is: the client's ([`ClientFault`]: a body error from the
+/// client's side, its read timeout, `max_body`) or the backend's.
 pub(crate) struct SharedBody {
     slot: Mutex<Option<RequestBody>>,
     sent: AtomicU64,
     /// Set once any frame was taken from the client body.
-    touched: std::sync::atomic::AtomicBool,
+    touched: AtomicBool,
     /// The route's `max_body`: past it the stream is cut (`limits`).
     limit: u64,
-    exceeded: std::sync::atomic::AtomicBool,
+    /// The longest wait for the client's next body bytes.
+    read_timeout: Duration,
+    /// The client's fault that ended the body ([`ClientFault`] as u8; 0:
+    /// none).
+    fault: AtomicU8,
+    /// The client's body has ended (or there was none).
+    finished: AtomicBool,
+    /// When the body last moved (a frame, its end, or its start), µs on
+    /// `stats::clock`.
+    progress_us: AtomicU64,
+    /// Since when the proxy has been waiting for body bytes the client has
+    /// not sent, µs on `stats::clock` plus 1; 0 while it is not waiting.
+    waiting_us: AtomicU64,
+}
+
+fn now_us() -> u64 {
+    u64::try_from(clock().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl SharedBody {
-    pub(crate) fn new(body: RequestBody, limit: Option<u64>) -> Arc<SharedBody> {
+    pub(crate) fn new(
+        body: RequestBody,
+        limit: Option<u64>,
+        read_timeout: Duration,
+    ) -> Arc<SharedBody> {
+        let finished = body.is_end_stream();
         Arc::new(SharedBody {
             slot: Mutex::new(Some(body)),
             sent: AtomicU64::new(0),
-            touched: std::sync::atomic::AtomicBool::new(false),
+            touched: AtomicBool::new(false),
             limit: limit.unwrap_or(u64::MAX),
-            exceeded: std::sync::atomic::AtomicBool::new(false),
+            read_timeout,
+            fault: AtomicU8::new(0),
+            finished: AtomicBool::new(finished),
+            // Only requests with a body read it.
+            progress_us: AtomicU64::new(if finished { 0 } else { now_us() }),
+            waiting_us: AtomicU64::new(0),
         })
-    }
-
-    /// True once the body grew past the route's `max_body` and was cut.
-    pub(crate) fn exceeded(&self) -> bool {
-        self.exceeded.load(Relaxed)
     }
 
     /// Bytes taken from the client body so far.
@@ -100,23 +132,128 @@ impl SharedBody {
     pub(crate) fn untouched(&self) -> bool {
         !self.touched.load(Relaxed)
     }
+
+    /// The client's fault that ended the body, if one did.
+    pub(crate) fn fault(&self) -> Option<ClientFault> {
+        ClientFault::from_u8(self.fault.load(Relaxed))
+    }
+
+    /// True while the client's body has neither ended nor failed: the
+    /// request is not over on the client's side yet.
+    pub(crate) fn in_progress(&self) -> bool {
+        !self.finished.load(Relaxed) && self.fault.load(Relaxed) == 0
+    }
+
+    /// True when the proxy has been waiting at least [`STALL`] (or the
+    /// read timeout, if shorter) for body bytes the client has not sent.
+    pub(crate) fn stalled(&self) -> bool {
+        let since = self.waiting_us.load(Relaxed);
+        since != 0
+            && self.in_progress()
+            && Duration::from_micros(now_us().saturating_sub(since - 1))
+                >= STALL.min(self.read_timeout)
+    }
+
+    /// When a backend's answer is due at the earliest: `timeout` after the
+    /// body last moved. The response timeout counts from the end of the
+    /// request body, as a body that still streams is not the backend's
+    /// delay.
+    pub(crate) fn response_due(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let at = self.progress_us.load(Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let ago = clock().saturating_sub(Duration::from_micros(at));
+        tokio::time::Instant::now()
+            .checked_sub(ago)
+            .map(|t| t + timeout)
+    }
+
+    /// True while the proxy waits for the client (not the backend) to
+    /// move the body.
+    pub(crate) fn waiting_on_client(&self) -> bool {
+        self.waiting_us.load(Relaxed) != 0 && self.in_progress()
+    }
+
+    fn moved(&self) {
+        self.waiting_us.store(0, Relaxed);
+        self.progress_us.store(now_us(), Relaxed);
+    }
+
+    fn fail(&self, slot: &mut Option<RequestBody>, fault: ClientFault) -> ClientBodyError {
+        // Dropping the client body stops reading it.
+        *slot = None;
+        self.waiting_us.store(0, Relaxed);
+        self.fault.store(fault as u8, Relaxed);
+        ClientBodyError(fault, self.limit, self.read_timeout)
+    }
+}
+
+/// The client's body failed by the client's fault.
+#[derive(Debug)]
+pub(crate) struct ClientBodyError(ClientFault, u64, Duration);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            ClientFault::BadFraming => f.write_str("the client's request body framing is broken"),
+            ClientFault::IncompleteBody => {
+                f.write_str("the client closed before its request body was complete")
+            }
+            ClientFault::BodyTimeout => write!(
+                f,
+                "the client sent no request body bytes for {} ms",
+                self.2.as_millis()
+            ),
+            ClientFault::BodyTooLarge => write!(
+                f,
+                "the request body exceeds the route's max_body of {} bytes",
+                self.1
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
+
+/// Which client fault a body error from the client's side is: broken
+/// framing (hyper's chunked decoder refuses it as invalid input or data),
+/// else a body cut off (EOF, reset, an h2 stream the client ended).
+fn classify(e: &hyper::Error) -> ClientFault {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                    ClientFault::BadFraming
+                }
+                _ => ClientFault::IncompleteBody,
+            };
+        }
+        source = inner.source();
+    }
+    ClientFault::IncompleteBody
 }
 
 pub(crate) struct UpstreamBody {
     shared: Arc<SharedBody>,
     stats: Arc<SetStats>,
+    /// The body read timeout, made on the first wait; `armed` while a
+    /// wait runs.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl UpstreamBody {
     pub(crate) fn new(shared: Arc<SharedBody>, stats: Arc<SetStats>) -> Self {
-        UpstreamBody { shared, stats }
+        UpstreamBody {
+            shared,
+            stats,
+            timer: None,
+            armed: false,
+        }
     }
 }
-
-/// The body is larger than the route's `max_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body exceeds the route's max_body of {0} bytes")]
-pub(crate) struct BodyTooLarge(pub(crate) u64);
 
 impl Body for UpstreamBody {
     type Data = Bytes;
@@ -127,31 +264,74 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let mut slot = this.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = &*this.shared;
+        let mut slot = shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         let Some(inner) = slot.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            this.shared.touched.store(true, Relaxed);
-            if let Some(data) = frame.data_ref() {
-                let n = data.len() as u64;
-                let sent = this.shared.sent.fetch_add(n, Relaxed) + n;
-                this.stats.add_bytes_in(n);
-                if sent > this.shared.limit {
-                    this.shared.exceeded.store(true, Relaxed);
-                    // Dropping the client body stops reading it.
-                    *slot = None;
-                    return Poll::Ready(Some(Err(BodyTooLarge(this.shared.limit).into())));
+        match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Pending => {
+                // Waiting on the client from here, up to the read timeout.
+                let _ = shared
+                    .waiting_us
+                    .compare_exchange(0, now_us() + 1, Relaxed, Relaxed);
+                let deadline = tokio::time::Instant::now() + shared.read_timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
                 }
+                if timer.as_mut().poll(cx).is_ready() {
+                    let e = shared.fail(&mut slot, ClientFault::BodyTimeout);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.armed = false;
+                shared.moved();
+                shared.finished.store(true, Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "the client's request body failed");
+                let e = shared.fail(&mut slot, classify(&e));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                shared.touched.store(true, Relaxed);
+                shared.moved();
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    let sent = shared.sent.fetch_add(n, Relaxed) + n;
+                    this.stats.add_bytes_in(n);
+                    if sent > shared.limit {
+                        let e = shared.fail(&mut slot, ClientFault::BodyTooLarge);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                if inner.is_end_stream() {
+                    shared.finished.store(true, Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
         }
-        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
         let slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().is_none_or(|b| b.is_end_stream())
+        match slot.as_ref() {
+            Some(b) if b.is_end_stream() => {
+                self.shared.finished.store(true, Relaxed);
+                true
+            }
+            Some(_) => false,
+            // Failed (see `fault`): nothing more to send.
+            None => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -179,6 +359,13 @@ pub(crate) struct Guard {
     /// Bytes (in, out) of an upgraded connection, for the log line only
     /// (`upgrade` counts them into the set's stats as they pass).
     pub(crate) tunnel_bytes: Option<(u64, u64)>,
+    /// The client broke the request: it counts as a client error, not in
+    /// the set's status classes.
+    fault: Option<ClientFault>,
+    /// The latency of an answer that came while the client's body was
+    /// still in progress: whether it counts as the set's answer or as a
+    /// client error is known only when the request ends.
+    deferred: Option<std::time::Duration>,
     status: u16,
     bytes_out: u64,
     log: Arc<AccessLog>,
@@ -204,6 +391,8 @@ impl Guard {
             lease: None,
             request_body: None,
             tunnel_bytes: None,
+            fault: None,
+            deferred: None,
             status: 0,
             bytes_out: 0,
             log,
@@ -223,18 +412,60 @@ impl Guard {
         }
     }
 
-    /// Records the response status and the latency to it.
+    /// The request is the client's fault: its answer counts as a client
+    /// error of the set (see [`Guard::respond`]).
+    pub(crate) fn client_error(&mut self, fault: ClientFault) {
+        self.fault = Some(fault);
+    }
+
+    /// Records the response status and the latency to it, or a client
+    /// error: when [`Guard::client_error`] said so, or when the answer is
+    /// an error that came while the proxy had been waiting for the
+    /// client's body (`SharedBody::stalled`). An answer that comes while
+    /// the client's body is still in progress is recorded when the
+    /// request ends, as a client error if the client broke the body.
     pub(crate) fn respond(&mut self, status: u16) {
         self.status = status;
-        if let Some(s) = &self.set {
-            s.record_response(status, self.start.elapsed());
+        let Some(s) = &self.set else {
+            return;
+        };
+        if let Some(f) = self.fault {
+            s.record_client_error(f);
+            return;
         }
+        let latency = self.start.elapsed();
+        if let Some(b) = &self.request_body
+            && b.in_progress()
+        {
+            if status >= 400 && b.stalled() {
+                self.fault = Some(ClientFault::BodyTimeout);
+                s.record_client_error(ClientFault::BodyTimeout);
+            } else {
+                self.deferred = Some(latency);
+            }
+            return;
+        }
+        s.record_response(status, latency);
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(s) = &self.set {
+            let body = self.request_body.as_deref();
+            if let Some(latency) = self.deferred.take() {
+                match body.and_then(SharedBody::fault) {
+                    Some(f) => s.record_client_error(f),
+                    None => s.record_response(self.status, latency),
+                }
+            } else if self.status == 0
+                && let Some(b) = body
+                && (b.fault().is_some() || b.in_progress())
+            {
+                // No answer at all (the client's connection or stream
+                // ended first) while its body was broken or unfinished.
+                s.record_client_error(b.fault().unwrap_or(ClientFault::IncompleteBody));
+            }
             s.end();
         }
         self.lease.take();

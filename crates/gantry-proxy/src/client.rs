@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
+use crate::csp_report::CspReports;
 use crate::stats::{DrainStatus, StatsSnapshot};
 use crate::table::Table;
 
@@ -78,6 +79,12 @@ impl AdminClient {
             percent_encode(route),
             percent_encode(set)
         );
+        self.json(Method::GET, &path, None).await
+    }
+
+    /// `GET /csp-reports?route=R`: the route's CSP violation reports.
+    pub async fn csp_reports(&self, route: &str) -> Result<CspReports, AdminClientError> {
+        let path = format!("/csp-reports?route={}", percent_encode(route));
         self.json(Method::GET, &path, None).await
     }
 

@@ -50,6 +50,11 @@ pub struct ProxyConfig {
     /// after it starts, or between keep-alive requests; then the
     /// connection is closed (slowloris protection).
     pub header_read_timeout: Duration,
+    /// A client that sends no byte of its request body for this long gets
+    /// 408 (nginx's `client_body_timeout`); the request counts as a client
+    /// error, not as the backend set's. The response timeout of a request
+    /// with a body counts from the body's last byte.
+    pub body_read_timeout: Duration,
     /// A client connection with no byte moving and no request waiting for
     /// its response is closed after this (HTTP/1.1 keep-alive and HTTP/2).
     /// For HTTP/1.1, hyper's header read timeout also runs while a
@@ -132,7 +137,8 @@ impl ProxyConfig {
     /// A config with the defaults: access log on (stdout), 2 s connect
     /// timeout, 30 s response timeout, 30 s drain and shutdown timeouts,
     /// ejection after 3 connect failures for 10 s, up to 512 idle
-    /// connections per instance, 10 s to send request headers, 90 s idle
+    /// connections per instance, 10 s to send request headers, 30 s
+    /// between request body bytes, 90 s idle
     /// timeout for client connections, 64 KiB request heads, 30 s WebSocket
     /// drain grace, no metrics listener, no PROXY protocol, redirects to
     /// HTTPS on port 443.
@@ -152,6 +158,7 @@ impl ProxyConfig {
             eject_cooloff: Duration::from_secs(10),
             pool_max_idle_per_host: 512,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_header_size: 64 << 10,
             websocket_drain_grace: Duration::from_secs(30),

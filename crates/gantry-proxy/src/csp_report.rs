@@ -9,11 +9,13 @@
 //!
 //! Anything else is refused (400 malformed, 415 other media type, 405
 //! other method) and not stored. Each report is counted
-//! (`gantry_proxy_csp_reports_total{route}`) and the last [`KEEP_REPORTS`]
-//! per route are kept in memory for `GET /csp-reports?route=R` on the
-//! admin socket. The answer is 204.
+//! (`gantry_proxy_csp_reports_total{route}`), and per route, in memory and
+//! bounded, the proxy keeps the last [`KEEP_REPORTS`] reports and a count
+//! per kind of violation (directive, blocked URI, page; at most
+//! [`MAX_VIOLATIONS`] kinds) for `GET /csp-reports?route=R` on the admin
+//! socket ([`CspReports`]). The answer is 204.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,7 +24,7 @@ use std::time::SystemTime;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::access_log::format_time;
 
@@ -30,22 +32,82 @@ use crate::access_log::format_time;
 pub(crate) const MAX_REPORT_BYTES: usize = 64 << 10;
 /// Reports kept per route (the most recent).
 pub(crate) const KEEP_REPORTS: usize = 100;
+/// A report kept whole is at most this large as JSON; a larger one is kept
+/// as its summary fields only.
+const MAX_KEPT_REPORT: usize = 8 << 10;
+/// Distinct violations (directive, blocked URI, page) counted per route;
+/// reports of further kinds count in `other_violations` only.
+pub(crate) const MAX_VIOLATIONS: usize = 256;
+/// Longest directive, URI or sample kept, in characters.
+const MAX_FIELD: usize = 512;
 
-/// One stored report.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct StoredReport {
-    pub(crate) received_at: String,
-    pub(crate) client_ip: IpAddr,
-    /// `csp-report` (legacy) or `reports+json` (Reporting API).
-    pub(crate) format: &'static str,
-    /// The report as the browser sent it (one element of an array).
-    pub(crate) report: serde_json::Value,
+/// One report as received (`GET /csp-reports`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CspReport {
+    pub received_at: String,
+    pub client_ip: IpAddr,
+    /// `csp-report` (legacy `report-uri`) or `reports+json` (Reporting
+    /// API `report-to`).
+    pub format: String,
+    /// The report as the browser sent it (one element of an array), or
+    /// its summary fields with `"truncated": true` when it was larger
+    /// than 8 KiB.
+    pub report: serde_json::Value,
 }
 
-/// A route's recent reports and their count.
+/// One kind of violation: the reports with the same directive, blocked
+/// URI and page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CspViolation {
+    /// The directive that blocked (or would block) the resource, e.g.
+    /// `script-src-elem`.
+    pub directive: String,
+    /// What was blocked: a URL (without its query), or `inline`, `eval`,
+    /// `trusted-types-sink`, ... as browsers name them.
+    pub blocked_uri: String,
+    /// The page (document URL without its query) the violation happened on.
+    pub page: String,
+    /// Reports of this kind since the proxy started.
+    pub count: u64,
+    /// `enforce` (blocked) or `report` (report-only: not blocked), as the
+    /// last report said.
+    pub disposition: String,
+    /// The first characters of the blocked inline code, when the browser
+    /// sent them (the CSP needs `'report-sample'` for that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// `GET /csp-reports?route=R`: what a route's pages reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CspReports {
+    pub route: String,
+    /// Reports received since the proxy started.
+    pub total: u64,
+    /// Distinct violations, most reported first (at most 256 kinds).
+    pub violations: Vec<CspViolation>,
+    /// Reports of kinds past the first 256 (counted, not listed).
+    #[serde(default)]
+    pub other_violations: u64,
+    /// The last 100 reports, oldest first.
+    pub reports: Vec<CspReport>,
+}
+
+#[derive(Default)]
+struct Kept {
+    recent: VecDeque<CspReport>,
+    violations: HashMap<(String, String, String), CspViolation>,
+    other: u64,
+}
+
+/// A route's recent reports, their kinds and their count. Bounded: the
+/// last [`KEEP_REPORTS`] reports (each at most 8 KiB), [`MAX_VIOLATIONS`]
+/// kinds.
 #[derive(Default)]
 pub(crate) struct Reports {
-    recent: Mutex<VecDeque<StoredReport>>,
+    kept: Mutex<Kept>,
     total: AtomicU64,
 }
 
@@ -54,22 +116,147 @@ impl Reports {
         self.total.load(Relaxed)
     }
 
-    /// Oldest first.
-    pub(crate) fn recent(&self) -> Vec<StoredReport> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().cloned().collect()
+    /// Everything kept, for the admin API.
+    pub(crate) fn snapshot(&self, route: &str) -> CspReports {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut violations: Vec<CspViolation> = kept.violations.values().cloned().collect();
+        let reports = kept.recent.iter().cloned().collect();
+        let other_violations = kept.other;
+        drop(kept);
+        violations.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| {
+                (&a.directive, &a.blocked_uri, &a.page).cmp(&(
+                    &b.directive,
+                    &b.blocked_uri,
+                    &b.page,
+                ))
+            })
+        });
+        CspReports {
+            route: route.to_string(),
+            total: self.total(),
+            violations,
+            other_violations,
+            reports,
+        }
     }
 
-    fn store(&self, reports: Vec<StoredReport>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for r in reports {
-            if recent.len() >= KEEP_REPORTS {
-                recent.pop_front();
+    fn store(&self, reports: Vec<CspReport>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        for mut r in reports {
+            let v = Summary::of(&r.report, r.format == "csp-report");
+            let key = (v.directive.clone(), v.blocked_uri.clone(), v.page.clone());
+            let room = kept.violations.len() < MAX_VIOLATIONS;
+            match kept.violations.get_mut(&key) {
+                Some(seen) => {
+                    seen.count += 1;
+                    seen.last_seen.clone_from(&r.received_at);
+                    seen.disposition = v.disposition.clone();
+                    if v.sample.is_some() {
+                        seen.sample.clone_from(&v.sample);
+                    }
+                }
+                None if room => {
+                    kept.violations.insert(
+                        key,
+                        CspViolation {
+                            directive: v.directive.clone(),
+                            blocked_uri: v.blocked_uri.clone(),
+                            page: v.page.clone(),
+                            count: 1,
+                            disposition: v.disposition.clone(),
+                            sample: v.sample.clone(),
+                            first_seen: r.received_at.clone(),
+                            last_seen: r.received_at.clone(),
+                        },
+                    );
+                }
+                None => kept.other += 1,
             }
-            recent.push_back(r);
+            if serde_json::to_vec(&r.report).map_or(usize::MAX, |b| b.len()) > MAX_KEPT_REPORT {
+                r.report = serde_json::json!({
+                    "truncated": true,
+                    "directive": v.directive,
+                    "blocked_uri": v.blocked_uri,
+                    "page": v.page,
+                    "disposition": v.disposition,
+                });
+            }
+            if kept.recent.len() >= KEEP_REPORTS {
+                kept.recent.pop_front();
+            }
+            kept.recent.push_back(r);
             self.total.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// The fields of a report that say what was violated, from either form.
+struct Summary {
+    directive: String,
+    blocked_uri: String,
+    page: String,
+    disposition: String,
+    sample: Option<String>,
+}
+
+impl Summary {
+    fn of(report: &serde_json::Value, legacy: bool) -> Summary {
+        let (body, names) = if legacy {
+            (
+                &report["csp-report"],
+                [
+                    "effective-directive",
+                    "violated-directive",
+                    "blocked-uri",
+                    "document-uri",
+                    "script-sample",
+                ],
+            )
+        } else {
+            (
+                &report["body"],
+                [
+                    "effectiveDirective",
+                    "violatedDirective",
+                    "blockedURL",
+                    "documentURL",
+                    "sample",
+                ],
+            )
+        };
+        let field = |name: &str| {
+            body.get(name)
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        // An old browser's `violated-directive` is the whole directive
+        // (`script-src 'self'`): its name is the first word.
+        let directive = field(names[0])
+            .or_else(|| field(names[1]))
+            .and_then(|d| d.split_whitespace().next())
+            .unwrap_or("unknown");
+        let page = field(names[3])
+            .or_else(|| report.get("url").and_then(|u| u.as_str()))
+            .unwrap_or("");
+        Summary {
+            directive: clip(directive),
+            blocked_uri: clip(without_query(field(names[2]).unwrap_or("unknown"))),
+            page: clip(without_query(page)),
+            disposition: clip(field("disposition").unwrap_or("enforce")),
+            sample: field(names[4]).map(clip),
+        }
+    }
+}
+
+/// A URL without its query and fragment (they may carry tokens, and would
+/// make every visit a kind of its own).
+fn without_query(url: &str) -> &str {
+    url.find(['?', '#']).map_or(url, |i| &url[..i])
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_FIELD).collect()
 }
 
 /// Why a report was not taken: status and a sentence for the page.
@@ -148,10 +335,10 @@ pub(crate) async fn receive(
     reports.store(
         parsed
             .into_iter()
-            .map(|report| StoredReport {
+            .map(|report| CspReport {
                 received_at: received_at.clone(),
                 client_ip,
-                format,
+                format: format.to_string(),
                 report,
             })
             .collect(),
@@ -205,20 +392,80 @@ mod tests {
         assert!(parse(b"nope", true).unwrap_err().contains("not JSON"));
     }
 
+    fn legacy(page: &str, blocked: &str) -> CspReport {
+        CspReport {
+            received_at: "t".to_string(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            format: "csp-report".to_string(),
+            report: serde_json::json!({"csp-report": {
+                "document-uri": page, "blocked-uri": blocked,
+                "violated-directive": "script-src-elem 'self'",
+                "disposition": "report", "script-sample": "alert(1)"
+            }}),
+        }
+    }
+
     #[test]
-    fn ring_keeps_the_most_recent() {
+    fn ring_keeps_the_most_recent_and_kinds_are_bounded() {
         let r = Reports::default();
         for i in 0..(KEEP_REPORTS + 5) {
-            r.store(vec![StoredReport {
-                received_at: String::new(),
-                client_ip: "127.0.0.1".parse().unwrap(),
-                format: "csp-report",
-                report: serde_json::json!(i),
-            }]);
+            r.store(vec![legacy(
+                &format!("https://a.test/{i}?token=secret"),
+                "inline",
+            )]);
         }
-        let recent = r.recent();
-        assert_eq!(recent.len(), KEEP_REPORTS);
-        assert_eq!(recent[0].report, serde_json::json!(5));
-        assert_eq!(r.total(), (KEEP_REPORTS + 5) as u64);
+        let snap = r.snapshot("a/production");
+        assert_eq!(snap.reports.len(), KEEP_REPORTS);
+        assert_eq!(
+            snap.reports[0].report["csp-report"]["document-uri"],
+            "https://a.test/5?token=secret"
+        );
+        assert_eq!(snap.total, (KEEP_REPORTS + 5) as u64);
+        assert_eq!(snap.violations.len(), KEEP_REPORTS + 5);
+        let v = &snap.violations[0];
+        assert_eq!(v.directive, "script-src-elem");
+        assert_eq!(v.blocked_uri, "inline");
+        assert!(!v.page.contains('?'), "{v:?}");
+        assert_eq!(v.disposition, "report");
+        assert_eq!(v.sample.as_deref(), Some("alert(1)"));
+
+        // Past MAX_VIOLATIONS kinds: counted, not listed.
+        for i in 0..MAX_VIOLATIONS {
+            r.store(vec![legacy(&format!("https://b.test/{i}"), "inline")]);
+        }
+        let snap = r.snapshot("a/production");
+        assert_eq!(snap.violations.len(), MAX_VIOLATIONS);
+        assert_eq!(snap.other_violations, (KEEP_REPORTS + 5) as u64);
+        // A kind seen again counts on, most reported first.
+        r.store(vec![legacy("https://b.test/7", "inline")]);
+        let snap = r.snapshot("a/production");
+        assert_eq!(snap.violations[0].page, "https://b.test/7");
+        assert_eq!(snap.violations[0].count, 2);
+    }
+
+    #[test]
+    fn both_forms_summarize_alike_and_large_reports_are_cut() {
+        let api = serde_json::json!({"type": "csp-violation", "url": "https://a.test/p?q",
+            "body": {"effectiveDirective": "script-src-elem", "blockedURL": "inline",
+                     "documentURL": "https://a.test/p?q", "disposition": "enforce",
+                     "originalPolicy": "x".repeat(10_000)}});
+        let r = Reports::default();
+        r.store(vec![CspReport {
+            received_at: "t".to_string(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            format: "reports+json".to_string(),
+            report: api,
+        }]);
+        let snap = r.snapshot("a/production");
+        let v = &snap.violations[0];
+        assert_eq!(
+            (
+                v.directive.as_str(),
+                v.blocked_uri.as_str(),
+                v.page.as_str()
+            ),
+            ("script-src-elem", "inline", "https://a.test/p")
+        );
+        assert_eq!(snap.reports[0].report["truncated"], true);
     }
 }

@@ -28,11 +28,13 @@ use crate::body::{Guard, RequestBody, ResponseBody, SharedBody, Upstream, Upstre
 use crate::config::ProxyConfig;
 use crate::csp_report::receive;
 use crate::headers::{
-    X_REQUEST_ID, ensure_request_id, ensure_traceparent, set_forwarded_values, strip_hop_by_hop,
+    X_REQUEST_ID, ensure_request_id, ensure_traceparent, request_host, set_forwarded_values,
+    strip_hop_by_hop,
 };
 use crate::pages::page;
 use crate::policy::{Check, client_ip};
 use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
+use crate::stats::ClientFault;
 
 /// What every request shares.
 pub(crate) struct Shared {
@@ -108,6 +110,35 @@ enum Failure {
     Other(String),
     Timeout,
     Drained,
+    /// The client broke the request (its body); not the backend's failure.
+    Client(ClientFault),
+}
+
+/// Whether a failed exchange is the client's doing: its body failed on
+/// the client's side (broken framing, cut off, over `max_body`, the body
+/// read timeout), or the backend gave up or timed out while the proxy had
+/// long been waiting for the client's next body bytes.
+fn client_fault(body: &SharedBody, failure: &Failure) -> Option<ClientFault> {
+    if let Some(fault) = body.fault() {
+        return Some(fault);
+    }
+    let waited = match failure {
+        // No answer `timeout` after the body last moved, and it is the
+        // client that has to move it.
+        Failure::Timeout => body.waiting_on_client(),
+        Failure::Other(_) | Failure::Drained => body.stalled(),
+        Failure::Connect(_) | Failure::Client(_) => false,
+    };
+    waited.then_some(ClientFault::BodyTimeout)
+}
+
+/// `Connection: close` on an HTTP/1.x answer whose request body was not
+/// read to its end.
+fn close_after(resp: &mut Response<ResponseBody>, version: Version) {
+    if version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// True for a request that came over TLS: a TLS listener (HTTP/1.1 has
@@ -130,9 +161,9 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     // Room for the headers phase 2 adds (request id, traceparent, three
-    // X-Forwarded-*): one allocation instead of the map growing step by
-    // step (it is made just big enough for the parsed headers).
-    parts.headers.reserve(6);
+    // X-Forwarded-*, X-Real-IP): one allocation instead of the map growing
+    // step by step (it is made just big enough for the parsed headers).
+    parts.headers.reserve(7);
     // A cheap clone (shared bytes): the path stays readable while the
     // headers change, without copying it.
     let uri = parts.uri.clone();
@@ -165,19 +196,21 @@ pub(crate) async fn handle(
     });
 
     // The Host header (a cheap clone of its value), else the URI authority
-    // (h2 `:authority`).
-    let host_header = parts.headers.get(header::HOST).cloned();
-    let (host, host_value) = match host_header
-        .as_ref()
-        .and_then(|v| Some((v.to_str().ok()?, v)))
-    {
-        Some((h, v)) => (h, Some(v.clone())),
-        None => {
-            let authority = uri.authority().map_or("", |a| a.as_str());
-            (authority, HeaderValue::from_str(authority).ok())
+    // (h2 `:authority`); a request with no or two hosts is refused.
+    let host_header = match request_host(parts.version, &parts.headers, &uri) {
+        Ok(v) => v,
+        Err(why) => {
+            shared.routing.registry.bad_requests.fetch_add(1, Relaxed);
+            let mut resp = page(StatusCode::BAD_REQUEST, &request_id, why, None, Some(guard));
+            close_after(&mut resp, parts.version);
+            return resp;
         }
     };
-    let host_value = host_value.filter(|_| !host.is_empty());
+    let host = host_header
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host_value = host_header.clone().filter(|_| !host.is_empty());
 
     // Phase 1: route and set.
     let first = shared.routing.load();
@@ -203,7 +236,17 @@ pub(crate) async fn handle(
             status,
             detail,
             retry_after,
-        } => return page(status, &request_id, &detail, retry_after, Some(guard)),
+        } => {
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                // A declared body over `max_body`: the client's, bound for
+                // this set.
+                set.stats.record_client_error(ClientFault::BodyTooLarge);
+                let mut resp = page(status, &request_id, &detail, retry_after, Some(guard));
+                close_after(&mut resp, parts.version);
+                return resp;
+            }
+            return page(status, &request_id, &detail, retry_after, Some(guard));
+        }
         Check::CspReport => {
             let reports = &route.policy.state.reports;
             // Boxed: a rare path; its state would make every request's larger.
@@ -309,7 +352,7 @@ pub(crate) async fn handle(
     let connect_timeout = route
         .connect_timeout
         .unwrap_or(shared.config.connect_timeout);
-    let body = SharedBody::new(body, route.policy.max_body);
+    let body = SharedBody::new(body, route.policy.max_body, shared.config.body_read_timeout);
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -361,12 +404,36 @@ pub(crate) async fn handle(
                 }
             };
             Box::pin(async {
-                tokio::select! {
-                    r = tokio::time::timeout_at(deadline, exchange) => r.unwrap_or(Err(Failure::Timeout)),
-                    _ = drain => Err(Failure::Drained),
+                let mut exchange = std::pin::pin!(exchange);
+                let mut drain = std::pin::pin!(drain);
+                let mut due = deadline;
+                loop {
+                    tokio::select! {
+                        r = &mut exchange => break r,
+                        _ = &mut drain => break Err(Failure::Drained),
+                        _ = tokio::time::sleep_until(due) => {
+                            // The response timeout counts from the request
+                            // body's last move: a body still streaming is
+                            // not the backend's delay.
+                            match body.response_due(timeout) {
+                                Some(later) if later > tokio::time::Instant::now() => due = later,
+                                _ => break Err(Failure::Timeout),
+                            }
+                        }
+                    }
                 }
             })
             .await
+        };
+        // A failure while the client broke its body, or while the proxy
+        // had long been waiting for the client's body, is the client's.
+        let result = match result {
+            Err(Failure::Connect(why)) => Err(Failure::Connect(why)),
+            Err(failure) => match client_fault(&body, &failure) {
+                Some(fault) => Err(Failure::Client(fault)),
+                None => Err(failure),
+            },
+            ok => ok,
         };
         match result {
             Ok(resp) => {
@@ -427,21 +494,47 @@ pub(crate) async fn handle(
                 }
                 tried.push(i);
             }
-            Err(Failure::Other(_)) if body.exceeded() => {
-                route.policy.state.body_too_large.fetch_add(1, Relaxed);
-                let detail = format!(
-                    "The request body is larger than route `{}` accepts ({} bytes).",
-                    route.id,
-                    route.policy.max_body.unwrap_or_default()
+            Err(Failure::Client(fault)) => {
+                let (status, detail) = match fault {
+                    ClientFault::BodyTooLarge => {
+                        route.policy.state.body_too_large.fetch_add(1, Relaxed);
+                        (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "The request body is larger than route `{}` accepts ({} bytes).",
+                                route.id,
+                                route.policy.max_body.unwrap_or_default()
+                            ),
+                        )
+                    }
+                    ClientFault::BadFraming => (
+                        StatusCode::BAD_REQUEST,
+                        "The request body's framing is broken (chunked encoding).".to_string(),
+                    ),
+                    ClientFault::IncompleteBody => (
+                        StatusCode::BAD_REQUEST,
+                        "The request body ended before it was complete.".to_string(),
+                    ),
+                    ClientFault::BodyTimeout => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "The request body did not arrive in time (at most {} ms between \
+                             its bytes).",
+                            shared.config.body_read_timeout.as_millis()
+                        ),
+                    ),
+                };
+                tracing::debug!(
+                    route = %route.id, set = %set.name, request_id = %request_id,
+                    reason = fault.label(), "the client broke its request"
                 );
                 guard.instance = Some(instance.addr);
-                return page(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &request_id,
-                    &detail,
-                    None,
-                    Some(guard),
-                );
+                guard.client_error(fault);
+                let mut resp = page(status, &request_id, &detail, None, Some(guard));
+                // The rest of the body, if any, is not read: the connection
+                // cannot carry another request.
+                close_after(&mut resp, parts.version);
+                return resp;
             }
             Err(Failure::Other(why)) => {
                 tracing::warn!(

@@ -10,6 +10,7 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A header that describes one connection, not the message (RFC 9110
 /// 7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
@@ -201,13 +202,47 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap, new_request_id: Option
     }
 }
 
+/// The request's host: the `Host` header, else the URI's authority (h2
+/// `:authority`, an HTTP/1.x absolute-form target). Refused (the reason,
+/// for a 400): an HTTP/1.1 request without exactly one `Host` (RFC 9112
+/// section 3.2), any request with two, an h2 request with neither. An h2
+/// `Host` that differs from `:authority` is routed by `Host` (RFC 9113
+/// only says SHOULD refuse it; clients that dial an address and name the
+/// site in `Host` rely on it), and the backend gets that same `Host`.
+/// One lookup of `Host`, as before this check.
+pub(crate) fn request_host(
+    version: hyper::Version,
+    headers: &HeaderMap,
+    uri: &hyper::Uri,
+) -> Result<Option<HeaderValue>, &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("The request has two Host headers; send exactly one.");
+    }
+    let authority = uri.authority();
+    match (version, host, authority) {
+        (hyper::Version::HTTP_2, None, None) => {
+            Err("The request has neither an :authority nor a Host header; send one.")
+        }
+        (hyper::Version::HTTP_11, None, _) => {
+            Err("The HTTP/1.1 request has no Host header; send exactly one.")
+        }
+        (_, Some(h), _) => Ok(Some(h.clone())),
+        (_, None, Some(a)) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+        (_, None, None) => Ok(None),
+    }
+}
+
 /// The client address as a header value; computed once per connection.
 pub(crate) fn ip_value(client_ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client_ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`. With `trust`, the client's values
-/// are kept and the peer address is appended to `X-Forwarded-For`.
+/// Sets `X-Forwarded-For/Proto/Host` and `X-Real-IP`, and removes
+/// `Forwarded`. With `trust`, the client's values are kept (`X-Real-IP`
+/// is set only when absent) and the peer address is appended to
+/// `X-Forwarded-For`.
 #[cfg(test)]
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
@@ -245,6 +280,15 @@ pub(crate) fn set_forwarded_values(
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+    // The other headers that name the client: an untrusted client's are
+    // not passed on (RFC 7239 `Forwarded` is removed, `X-Real-IP` set to
+    // the peer); behind a trusted proxy they are kept as it sent them.
+    if !trust {
+        headers.remove(&header::FORWARDED);
+        headers.insert(X_REAL_IP, client_ip.clone());
+    } else if !headers.contains_key(&X_REAL_IP) {
+        headers.insert(X_REAL_IP, client_ip.clone());
     }
     if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
@@ -379,6 +423,56 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_and_real_ip_of_an_untrusted_client_are_not_passed_on() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        let mut trusted = h.clone();
+        set_forwarded(&mut h, ip, "app.test", "http", false);
+        assert!(!h.contains_key(header::FORWARDED), "{h:?}");
+        assert_eq!(h[&X_REAL_IP], "10.0.0.7");
+        set_forwarded(&mut trusted, ip, "app.test", "http", true);
+        assert_eq!(trusted[header::FORWARDED], "for=6.6.6.6");
+        assert_eq!(trusted[&X_REAL_IP], "6.6.6.6");
+    }
+
+    #[test]
+    fn one_host_per_request() {
+        use hyper::Version;
+        let uri: hyper::Uri = "/x".parse().unwrap();
+        let h2_uri: hyper::Uri = "http://a.test/x".parse().unwrap();
+        let one = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(v));
+            h
+        };
+        let mut two = one("a.test");
+        two.append(header::HOST, HeaderValue::from_static("b.test"));
+        let none = HeaderMap::new();
+        assert_eq!(
+            request_host(Version::HTTP_11, &one("a.test"), &uri).unwrap(),
+            Some(HeaderValue::from_static("a.test"))
+        );
+        assert!(request_host(Version::HTTP_11, &none, &uri).is_err());
+        assert!(request_host(Version::HTTP_11, &two, &uri).is_err());
+        assert!(request_host(Version::HTTP_10, &two, &uri).is_err());
+        assert_eq!(request_host(Version::HTTP_10, &none, &uri).unwrap(), None);
+        assert_eq!(
+            request_host(Version::HTTP_2, &none, &h2_uri).unwrap(),
+            Some(HeaderValue::from_static("a.test"))
+        );
+        assert!(request_host(Version::HTTP_2, &none, &uri).is_err());
+        assert!(request_host(Version::HTTP_2, &two, &h2_uri).is_err());
+        // Host wins over :authority, as the backend gets it.
+        assert_eq!(
+            request_host(Version::HTTP_2, &one("b.test"), &h2_uri).unwrap(),
+            Some(HeaderValue::from_static("b.test"))
+        );
+        assert!(request_host(Version::HTTP_2, &one("a.test"), &uri).is_ok());
+    }
+
+    #[test]
     fn forwarded_replaced_or_trusted() {
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let mut h = HeaderMap::new();
@@ -389,6 +483,7 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "app.test");
+        assert_eq!(h[&X_REAL_IP], "10.0.0.7");
         set_forwarded(&mut trusted, ip, "app.test", "http", true);
         assert_eq!(trusted[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.7");
         assert_eq!(trusted[&X_FORWARDED_PROTO], "https");

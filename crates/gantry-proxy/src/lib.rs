@@ -15,7 +15,8 @@
 //!    `POST /_gantry/csp-report` (`csp_report`), a declared body over
 //!    `max_body` (413). Every answer of a route gets its security headers
 //!    (`policy`) when it lacks them.
-//! 2. `headers`  — strip hop-by-hop headers, add `X-Forwarded-*`,
+//! 2. `headers`  — strip hop-by-hop headers, add `X-Forwarded-*` and
+//!    `X-Real-IP` (an untrusted client's `Forwarded` is removed),
 //!    `X-Request-Id` and W3C `traceparent` when absent.
 //! 3. `balance`  — pick an instance of the set by power-of-two-choices over
 //!    outstanding requests, skipping passively ejected instances.
@@ -112,7 +113,24 @@
 //! seen; on hyper's server, hyper's setting, which in hyper 1.12 also runs
 //! between keep-alive requests) and the idle timeout of client connections
 //! (`serve1`'s connection timer; `limits::IdleIo` on hyper's server). Per route: `max_body` (413; a streamed body is cut
-//! when it grows past it) and `connect_timeout_ms`.
+//! when it grows past it) and `connect_timeout_ms`. A request body that
+//! stops for `body_read_timeout` gets 408; the response timeout of a
+//! request with a body counts from the body's last byte.
+//!
+//! # A client's fault is not the backend's
+//!
+//! A request the client broke — broken chunk framing (bad size, overflow,
+//! bare LF), a body cut off, a body that stops coming, a body over
+//! `max_body` — gets a 4xx (or a closed connection when none can go out)
+//! and counts in its set's `client_errors` (`/stats`) and
+//! `gantry_proxy_client_errors_total{route,set,reason}`, never in the
+//! set's status classes or latency, which the rollout gates read. So does
+//! an answer or failure of the backend that comes while the proxy has been
+//! waiting a second or more for the client's next body bytes (an app that
+//! gives up on a stalled upload); `body::SharedBody` tells which. A head
+//! with no or two `Host` headers (HTTP/1.1; two for any version, or
+//! neither `Host` nor `:authority` over h2) gets 400 before routing,
+//! counted in `bad_requests` with the heads that do not parse.
 //!
 //! # Not here yet
 //!
@@ -158,11 +176,15 @@ mod x509;
 
 pub use client::{AdminClient, AdminClientError};
 pub use config::{AcmeChallenge, ProxyConfig};
+pub use csp_report::{CspReport, CspReports, CspViolation};
 pub use error::{ProxyError, TableError};
-pub use policy::{DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders};
+pub use policy::{
+    CspMode, DEFAULT_CSP, DEFAULT_HSTS, DEFAULT_REPORTING_ENDPOINTS, SecurityHeaders,
+};
 pub use rate_limit::RateLimit;
 pub use server::{Proxy, run};
 pub use stats::{
-    ClassCounts, DrainStatus, InstanceSnapshot, LatencySummary, SetStatsSnapshot, StatsSnapshot,
+    ClassCounts, ClientErrorCounts, DrainStatus, InstanceSnapshot, LatencySummary,
+    SetStatsSnapshot, StatsSnapshot,
 };
 pub use table::{BackendSet, Maintenance, Route, RouteTls, Table};

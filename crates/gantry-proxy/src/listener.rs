@@ -122,6 +122,7 @@ pub(crate) async fn serve_hyper<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer_ip = crate::headers::ip_value(peer.ip());
+    let counters = shared.clone();
     // Idle client connections end after `idle_timeout` (`limits`).
     let (io, activity) = crate::limits::IdleIo::new(io, shared.config.idle_timeout);
     let svc = service_fn(move |req| {
@@ -143,6 +144,17 @@ pub(crate) async fn serve_hyper<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
+        // A head hyper cannot parse was answered 400 (or 431) by hyper:
+        // counted like the proxy's own refusals before routing.
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_parse() || e.is_parse_too_large())
+        {
+            counters
+                .routing
+                .registry
+                .bad_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
@@ -238,12 +250,12 @@ fn before_routing(shared: &Shared, req: &Request<RequestBody>) -> Option<Respons
     if !shared.tls.any_redirects() {
         return None;
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    // No or two hosts: not redirected, `forward` answers 400.
+    let host = crate::headers::request_host(req.version(), req.headers(), req.uri())
+        .ok()??
+        .to_str()
+        .ok()?
+        .to_string();
     let router = shared.routing.load();
     let route = router.find(&host, path)?;
     if !shared.tls.redirects(&route.id) {

@@ -41,6 +41,33 @@ pub const DEFAULT_REPORTING_ENDPOINTS: &str = "gantry-csp=\"/_gantry/csp-report\
 /// The default `Strict-Transport-Security` (one year).
 pub const DEFAULT_HSTS: &str = "max-age=31536000; includeSubDomains";
 
+/// Whether browsers enforce a route's CSP or only report what it would
+/// block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CspMode {
+    /// `Content-Security-Policy`: violations are blocked (and reported).
+    #[default]
+    Enforce,
+    /// `Content-Security-Policy-Report-Only`: violations are only
+    /// reported, so pages keep working while the policy is tuned.
+    ReportOnly,
+}
+
+impl CspMode {
+    fn is_enforce(&self) -> bool {
+        *self == CspMode::Enforce
+    }
+
+    /// The response header the CSP goes in.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            CspMode::Enforce => "content-security-policy",
+            CspMode::ReportOnly => "content-security-policy-report-only",
+        }
+    }
+}
+
 /// Security headers of a route. Each is added to responses that lack it;
 /// `""` sends none. Absent fields take the strict defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +75,10 @@ pub const DEFAULT_HSTS: &str = "max-age=31536000; includeSubDomains";
 pub struct SecurityHeaders {
     /// `Content-Security-Policy`.
     pub csp: String,
+    /// Enforce `csp` or send it as `Content-Security-Policy-Report-Only`.
+    /// Absent (as in tables persisted before it existed): enforce.
+    #[serde(skip_serializing_if = "CspMode::is_enforce")]
+    pub csp_mode: CspMode,
     /// `Reporting-Endpoints` (the groups a CSP `report-to` names).
     pub reporting_endpoints: String,
     /// `Strict-Transport-Security`, sent on HTTPS requests only.
@@ -66,6 +97,7 @@ impl Default for SecurityHeaders {
     fn default() -> Self {
         SecurityHeaders {
             csp: DEFAULT_CSP.to_string(),
+            csp_mode: CspMode::Enforce,
             reporting_endpoints: DEFAULT_REPORTING_ENDPOINTS.to_string(),
             hsts: DEFAULT_HSTS.to_string(),
             frame_options: "DENY".to_string(),
@@ -80,7 +112,11 @@ impl SecurityHeaders {
     /// (field name, header, value) of each non-HSTS header, then HSTS.
     fn fields(&self) -> [(&'static str, HeaderName, &str); 7] {
         [
-            ("csp", header::CONTENT_SECURITY_POLICY, &self.csp),
+            (
+                "csp",
+                HeaderName::from_static(self.csp_mode.header_name()),
+                &self.csp,
+            ),
             (
                 "reporting_endpoints",
                 HeaderName::from_static("reporting-endpoints"),
@@ -371,6 +407,27 @@ mod tests {
         assert!(!resp.contains_key(header::STRICT_TRANSPORT_SECURITY));
         c.apply(&mut resp, true);
         assert_eq!(resp[header::STRICT_TRANSPORT_SECURITY], DEFAULT_HSTS);
+    }
+
+    #[test]
+    fn report_only_sends_the_csp_under_its_own_name() {
+        let h = SecurityHeaders {
+            csp_mode: CspMode::ReportOnly,
+            ..SecurityHeaders::default()
+        };
+        let mut resp = HeaderMap::new();
+        CompiledHeaders::compile(&h).apply(&mut resp, false);
+        assert_eq!(resp["content-security-policy-report-only"], DEFAULT_CSP);
+        assert!(!resp.contains_key(header::CONTENT_SECURITY_POLICY));
+        // Old persisted tables have no mode: enforce; and enforce is not
+        // written out, so such tables stay as they were.
+        let old: SecurityHeaders =
+            serde_json::from_str(r#"{"csp": "default-src 'self'"}"#).unwrap();
+        assert_eq!(old.csp_mode, CspMode::Enforce);
+        let json = serde_json::to_value(SecurityHeaders::default()).unwrap();
+        assert!(json.get("csp_mode").is_none(), "{json}");
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["csp_mode"], "report-only");
     }
 
     #[test]

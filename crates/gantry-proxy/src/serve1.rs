@@ -100,6 +100,11 @@ pub(crate) async fn serve<I>(
             }
             Next::Bad(why) => {
                 tracing::debug!(%peer, error = why, "bad request head");
+                shared
+                    .routing
+                    .registry
+                    .bad_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = conn.io.write_all(BAD_REQUEST).await;
                 let _ = conn.io.shutdown().await;
                 return;
@@ -382,7 +387,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Next::Bad("bad request target");
         };
         let headers = &self.ranges[..self.ranges.len() - 1];
-        let mut map = HeaderMap::with_capacity(headers.len() + 6);
+        let mut map = HeaderMap::with_capacity(headers.len() + 7);
         for &[n0, n1, v0, v1] in headers {
             let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
                 return Next::Bad("bad header name");

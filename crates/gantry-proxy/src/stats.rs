@@ -37,7 +37,8 @@ const PROM_LE: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-fn clock() -> Duration {
+/// Time since the first call: the proxy's own monotonic clock.
+pub(crate) fn clock() -> Duration {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed()
 }
@@ -61,6 +62,60 @@ fn fine_upper(idx: usize) -> u64 {
     let exp = (idx - SUB) / SUB + u64::from(SUB_BITS);
     let m = (idx - SUB) % SUB;
     (SUB + m + 1) << (exp - u64::from(SUB_BITS))
+}
+
+/// Why a request is the client's fault, not the backend's: it is
+/// counted in [`ClientErrorCounts`], never in the set's status classes,
+/// latency or the error rate a rollout gate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// The body's framing is broken: bad chunk syntax, a chunk size that
+    /// overflows, a bare LF where CRLF belongs.
+    BadFraming = 1,
+    /// The client ended or reset the connection before its body was
+    /// complete.
+    IncompleteBody = 2,
+    /// The client stopped sending its body: nothing came for
+    /// `body_read_timeout`, or the backend gave up while the proxy had
+    /// been waiting for the client's next bytes.
+    BodyTimeout = 3,
+    /// The body is larger than the route's `max_body`.
+    BodyTooLarge = 4,
+}
+
+const FAULTS: usize = 4;
+
+impl ClientFault {
+    pub(crate) fn from_u8(v: u8) -> Option<ClientFault> {
+        Some(match v {
+            1 => ClientFault::BadFraming,
+            2 => ClientFault::IncompleteBody,
+            3 => ClientFault::BodyTimeout,
+            4 => ClientFault::BodyTooLarge,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    /// The `reason` label of `gantry_proxy_client_errors_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ClientFault::BadFraming => "bad_framing",
+            ClientFault::IncompleteBody => "incomplete_body",
+            ClientFault::BodyTimeout => "body_timeout",
+            ClientFault::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    const ALL: [ClientFault; FAULTS] = [
+        ClientFault::BadFraming,
+        ClientFault::IncompleteBody,
+        ClientFault::BodyTimeout,
+        ClientFault::BodyTooLarge,
+    ];
 }
 
 fn class_index(status: u16) -> usize {
@@ -186,6 +241,8 @@ struct Counters {
     bytes_out: AtomicU64,
     prom_buckets: [AtomicU64; PROM_LE.len() + 1],
     latency_sum_us: AtomicU64,
+    /// By [`ClientFault`].
+    client_errors: [AtomicU64; FAULTS],
 }
 
 impl Default for Counters {
@@ -193,6 +250,7 @@ impl Default for Counters {
         Counters {
             in_flight: AtomicI64::new(0),
             classes: Default::default(),
+            client_errors: Default::default(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             prom_buckets: Default::default(),
@@ -265,6 +323,22 @@ impl SetStats {
         c.latency_sum_us.fetch_add(us, Relaxed);
     }
 
+    /// A request the client broke: counted apart from the status classes
+    /// (and with no latency), so it moves no gate.
+    pub(crate) fn record_client_error(&self, fault: ClientFault) {
+        self.counters.local().client_errors[fault.index()].fetch_add(1, Relaxed);
+    }
+
+    fn client_errors(&self) -> ClientErrorCounts {
+        let n = |f: ClientFault| self.sum(|c| c.client_errors[f.index()].load(Relaxed));
+        ClientErrorCounts {
+            bad_framing: n(ClientFault::BadFraming),
+            incomplete_body: n(ClientFault::IncompleteBody),
+            body_timeout: n(ClientFault::BodyTimeout),
+            body_too_large: n(ClientFault::BodyTooLarge),
+        }
+    }
+
     pub(crate) fn add_bytes_in(&self, n: u64) {
         self.counters.local().bytes_in.fetch_add(n, Relaxed);
     }
@@ -305,6 +379,7 @@ impl SetStats {
                 self.sum(|c| c.classes[i].load(Relaxed))
             })),
             recent,
+            client_errors: self.client_errors(),
             latency_ms,
             bytes_in: self.sum(|c| c.bytes_in.load(Relaxed)),
             bytes_out: self.sum(|c| c.bytes_out.load(Relaxed)),
@@ -321,6 +396,9 @@ pub(crate) struct Registry {
     sets: Mutex<HashMap<(String, String), Arc<SetStats>>>,
     pub(crate) unrouted: AtomicU64,
     pub(crate) maintenance: AtomicU64,
+    /// Requests refused with 400 before routing: a head that does not
+    /// parse, no or two `Host` headers (`listener::request_host`).
+    pub(crate) bad_requests: AtomicU64,
 }
 
 impl Registry {
@@ -356,6 +434,7 @@ impl Registry {
             window_secs: WINDOW_SECS,
             unrouted_requests: self.unrouted.load(Relaxed),
             maintenance_responses: self.maintenance.load(Relaxed),
+            bad_requests: self.bad_requests.load(Relaxed),
             sets: self
                 .all()
                 .iter()
@@ -391,6 +470,24 @@ impl Registry {
                     out,
                     "gantry_proxy_requests_total{{{l},class=\"{class}\"}} {}",
                     s.sum(|c| c.classes[i].load(Relaxed))
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP gantry_proxy_client_errors_total Requests the client broke (bad body \
+             framing, a body cut off, too slow or over max_body), by route, backend set and \
+             reason; not in gantry_proxy_requests_total.\n# TYPE gantry_proxy_client_errors_total \
+             counter"
+        );
+        for s in &all {
+            let l = labels(s);
+            for f in ClientFault::ALL {
+                let _ = writeln!(
+                    out,
+                    "gantry_proxy_client_errors_total{{{l},reason=\"{}\"}} {}",
+                    f.label(),
+                    s.sum(|c| c.client_errors[f.index()].load(Relaxed))
                 );
             }
         }
@@ -464,9 +561,14 @@ impl Registry {
              gantry_proxy_unrouted_requests_total {}\n\
              # HELP gantry_proxy_maintenance_responses_total Requests answered by maintenance \
              mode (503).\n# TYPE gantry_proxy_maintenance_responses_total counter\n\
-             gantry_proxy_maintenance_responses_total {}",
+             gantry_proxy_maintenance_responses_total {}\n\
+             # HELP gantry_proxy_bad_requests_total Requests refused with 400 before routing \
+             (a head that does not parse, no or two Host headers).\n# TYPE \
+             gantry_proxy_bad_requests_total counter\n\
+             gantry_proxy_bad_requests_total {}",
             self.unrouted.load(Relaxed),
-            self.maintenance.load(Relaxed)
+            self.maintenance.load(Relaxed),
+            self.bad_requests.load(Relaxed)
         );
         let _ = writeln!(
             out,
@@ -520,6 +622,10 @@ pub struct StatsSnapshot {
     pub window_secs: u64,
     pub unrouted_requests: u64,
     pub maintenance_responses: u64,
+    /// Requests refused with 400 before routing (no route or set to count
+    /// them on): a head that does not parse, no or two `Host` headers.
+    #[serde(default)]
+    pub bad_requests: u64,
     pub sets: Vec<SetStatsSnapshot>,
     /// Backend instances by address (shared by every set that lists them).
     pub instances: Vec<InstanceSnapshot>,
@@ -557,6 +663,12 @@ pub struct SetStatsSnapshot {
     pub requests: ClassCounts,
     /// Over the window.
     pub recent: ClassCounts,
+    /// Since the proxy started: requests the client broke, answered 4xx
+    /// (or closed when no answer was possible). Not in `requests` nor
+    /// `recent`, nor in `latency_ms`: a gate that reads those never sees
+    /// them.
+    #[serde(default)]
+    pub client_errors: ClientErrorCounts,
     /// Time to response headers, over the window.
     pub latency_ms: LatencySummary,
     pub bytes_in: u64,
@@ -591,6 +703,29 @@ impl ClassCounts {
 
     pub fn total(&self) -> u64 {
         self.c1xx + self.c2xx + self.c3xx + self.c4xx + self.c5xx
+    }
+}
+
+/// Requests the client broke, by reason (the `reason` label of
+/// `gantry_proxy_client_errors_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientErrorCounts {
+    /// Broken body framing (chunk syntax, chunk-size overflow, bare LF): 400.
+    pub bad_framing: u64,
+    /// The client closed or reset before its body was complete: 400 when
+    /// the connection can still carry it.
+    pub incomplete_body: u64,
+    /// The client stopped sending its body (`body_read_timeout`, or the
+    /// backend gave up while the proxy waited for the client): 408.
+    pub body_timeout: u64,
+    /// Larger than the route's `max_body`: 413.
+    pub body_too_large: u64,
+}
+
+impl ClientErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.bad_framing + self.incomplete_body + self.body_timeout + self.body_too_large
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gantry_proxy::{DEFAULT_CSP, RateLimit, SecurityHeaders};
+use gantry_proxy::{CspMode, DEFAULT_CSP, RateLimit, SecurityHeaders};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -280,6 +280,77 @@ async fn csp_reports_are_received_counted_and_listed() {
         .await
         .unwrap();
     assert_eq!(status, 404);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn report_only_csp_is_sent_and_its_reports_are_summed_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = own_headers_backend().await;
+    let p = TestProxy::start(dir.path()).await;
+    let mut r = route(
+        "app/staging",
+        &["app.test"],
+        "/",
+        vec![set("s", 100, &[backend])],
+    );
+    r.headers = Some(SecurityHeaders {
+        csp_mode: CspMode::ReportOnly,
+        ..SecurityHeaders::default()
+    });
+    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let c = client();
+    let page = get(&c, &p, "app.test", "/").await;
+    assert_eq!(
+        page.headers["content-security-policy-report-only"],
+        DEFAULT_CSP
+    );
+    assert!(!page.headers.contains_key("content-security-policy"));
+    // The table reads back with its mode.
+    let back = p.admin.table().await.unwrap();
+    assert_eq!(
+        back.routes[0].headers.as_ref().unwrap().csp_mode,
+        CspMode::ReportOnly
+    );
+
+    // What a browser sends for two inline scripts of one page (the query
+    // differs: one kind) and an eval on another.
+    for (doc, blocked) in [
+        ("http://app.test/db?_sort=id", "inline"),
+        ("http://app.test/db?_sort=name", "inline"),
+        ("http://app.test/other", "eval"),
+    ] {
+        let report = serde_json::json!({"csp-report": {
+            "document-uri": doc, "blocked-uri": blocked,
+            "effective-directive": "script-src-elem",
+            "violated-directive": "script-src-elem",
+            "disposition": "report",
+        }});
+        let r = send(
+            &c,
+            &p,
+            Method::POST,
+            "app.test",
+            "/_gantry/csp-report",
+            &[("content-type", "application/csp-report")],
+            Bytes::from(report.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    }
+    let reports = p.admin.csp_reports("app/staging").await.unwrap();
+    assert_eq!(reports.total, 3);
+    assert_eq!(reports.reports.len(), 3);
+    assert_eq!(reports.violations.len(), 2, "{:?}", reports.violations);
+    let top = &reports.violations[0];
+    assert_eq!(top.count, 2);
+    assert_eq!(top.page, "http://app.test/db");
+    assert_eq!(top.blocked_uri, "inline");
+    assert_eq!(top.directive, "script-src-elem");
+    assert_eq!(top.disposition, "report");
+    assert_eq!(reports.violations[1].blocked_uri, "eval");
+    let err = p.admin.csp_reports("nope/staging").await.unwrap_err();
+    assert!(err.to_string().contains("no route `nope/staging`"), "{err}");
     p.stop().await.unwrap();
 }
 

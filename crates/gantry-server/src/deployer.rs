@@ -1322,6 +1322,10 @@ fn route_for(app: &str, env: &str, spec: &AppSpec, sets: Vec<BackendSet>) -> Rou
         sticky: spec.proxy.sticky_sessions,
         headers: Some(gantry_proxy::SecurityHeaders {
             csp: h.csp.clone(),
+            csp_mode: match h.csp_mode {
+                model::CspMode::Enforce => gantry_proxy::CspMode::Enforce,
+                model::CspMode::ReportOnly => gantry_proxy::CspMode::ReportOnly,
+            },
             reporting_endpoints: h.reporting_endpoints.clone(),
             hsts: h.hsts.clone(),
             frame_options: h.frame_options.clone(),

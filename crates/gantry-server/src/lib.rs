@@ -140,10 +140,11 @@ pub async fn run(
         .proxy_admin
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("proxy").join("admin.sock"));
+    let proxy = gantry_proxy::AdminClient::new(proxy_admin);
     let deployer = deployer::Deployer::new(
         store.clone(),
         fleet.clone(),
-        gantry_proxy::AdminClient::new(proxy_admin),
+        proxy.clone(),
         opts.proxy_addr,
         opts.deploy_lease,
     );
@@ -159,6 +160,7 @@ pub async fn run(
         owner_uid,
         fleet,
         deployer,
+        proxy,
     };
     let router = app(state);
 

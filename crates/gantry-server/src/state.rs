@@ -15,6 +15,9 @@ pub(crate) struct AppState {
     pub(crate) owner_uid: u32,
     pub(crate) fleet: Arc<crate::fleet::Fleet>,
     pub(crate) deployer: Arc<crate::deployer::Deployer>,
+    /// The edge proxy's admin API (read-only calls; the deployer owns the
+    /// table).
+    pub(crate) proxy: gantry_proxy::AdminClient,
 }
 
 impl AppState {

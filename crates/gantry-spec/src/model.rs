@@ -690,9 +690,15 @@ pub enum TlsMode {
 pub struct SecurityHeaders {
     /// `Content-Security-Policy`. The default allows same-origin content
     /// only, requires Trusted Types for scripts, and sends violation
-    /// reports to the proxy (`/_gantry/csp-report`, see `gantry proxy`'s
-    /// admin `GET /csp-reports`).
+    /// reports to the proxy (`/_gantry/csp-report`; read them with
+    /// `gantry check headers --reports --env ENV`).
     pub csp: String,
+    /// `enforce` the CSP, or send it as `report-only`
+    /// (`Content-Security-Policy-Report-Only`): browsers then only report
+    /// what it would block, so pages with inline scripts keep working while
+    /// the policy is tuned. Set it per environment to try a policy in
+    /// staging first.
+    pub csp_mode: CspMode,
     /// `Reporting-Endpoints`: the report groups the CSP's `report-to`
     /// names; the default names `gantry-csp`, the proxy's own endpoint.
     pub reporting_endpoints: String,
@@ -708,6 +714,19 @@ pub struct SecurityHeaders {
     pub content_type_options: String,
 }
 
+/// Whether browsers enforce the CSP or only report what it would block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CspMode {
+    /// `Content-Security-Policy`: browsers block what the policy does not
+    /// allow, and report it.
+    #[default]
+    Enforce,
+    /// `Content-Security-Policy-Report-Only`: browsers block nothing and
+    /// report what the policy would block.
+    ReportOnly,
+}
+
 impl Default for SecurityHeaders {
     fn default() -> Self {
         SecurityHeaders {
@@ -715,6 +734,7 @@ impl Default for SecurityHeaders {
                   frame-ancestors 'none'; require-trusted-types-for 'script'; \
                   report-uri /_gantry/csp-report; report-to gantry-csp"
                 .to_string(),
+            csp_mode: CspMode::Enforce,
             reporting_endpoints: "gantry-csp=\"/_gantry/csp-report\"".to_string(),
             hsts: "max-age=31536000; includeSubDomains".to_string(),
             frame_options: "DENY".to_string(),

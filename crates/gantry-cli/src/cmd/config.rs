@@ -293,12 +293,22 @@ fn check(ctx: &Ctx, path: &Path, env: Option<&str>) -> anyhow::Result<ExitCode> 
     if !problems.is_empty() {
         return report(ctx, path, &problems);
     }
+    // Warnings, not errors: an enforced CSP no page was checked against.
+    let mut warnings = Vec::new();
+    if let Some(e) = env {
+        let (w, n) = crate::cmd::check::csp_warnings(ctx, &spec, e)?;
+        warnings.extend(w);
+        notes.extend(n);
+    }
     if ctx.json {
         output::json(&serde_json::json!({
             "ok": true, "file": path.display().to_string(), "app": spec.app_name(),
-            "environments": envs, "notes": notes,
+            "environments": envs, "notes": notes, "warnings": warnings,
         }))?;
     } else {
+        for w in warnings {
+            eprintln!("warning: {w}\n");
+        }
         for n in notes {
             eprintln!("{n}");
         }

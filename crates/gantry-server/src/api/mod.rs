@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod config;
+mod csp;
 mod deploys;
 mod instances;
 mod releases;
@@ -90,6 +91,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/apps/{app}/envs/{env}/deploys/{id}/abort",
             post(deploys::abort),
+        )
+        .route(
+            "/api/v1/apps/{app}/envs/{env}/csp-reports",
+            get(csp::reports),
         )
         .route("/api/v1/audit", get(audit_log::list))
         .route("/api/v1/audit/verify", get(audit_log::verify))
