@@ -550,3 +550,94 @@ fn gates_judge_the_code_against_the_stable_set_not_the_machine() {
     let seen = load.finish();
     assert_eq!(seen.failed, 0, "failed requests: {:?}", seen.samples);
 }
+
+/// A hostile client: POSTs with broken chunked bodies (bad chunk syntax, a
+/// chunk-size overflow, bare LF, a body cut off) until `stop`.
+fn garbage_bodies(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let bodies: [&[u8]; 4] = [
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\n0\n\n",
+            b"10\r\nhel",
+        ];
+        let mut sent = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            for body in bodies {
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.write_all(
+                    b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+                );
+                let _ = s.write_all(body);
+                // The cut-off body ends with the client going away.
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer);
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    })
+}
+
+#[test]
+fn garbage_from_a_client_all_through_a_canary_cannot_roll_it_back() {
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\"", ""));
+    let mut first = deploy_args(r1);
+    first.push("--wait".into());
+    run(&server, &first).ok();
+    let canary = "strategy = \"canary\"\nsteps = [{ weight = 50, pause = \"4s\" }]";
+    let r2 = release(&server, &config(canary, "APP_VERSION = \"v2\"", ""));
+    let load = Load::start_n(proxy.port, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let hostile = garbage_bodies(proxy.port, stop.clone());
+    let mut args = deploy_args(r2);
+    args.push("--wait".into());
+    let r = run(&server, &args);
+    stop.store(true, Ordering::SeqCst);
+    let sent = hostile.join().unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = server
+        .run(&["--json", "deploys", "--env", "production", "show", "2"])
+        .json();
+    assert_eq!(d["outcome"], "succeeded", "{d:#}");
+    let gate = |name: &str| {
+        d["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .map(|g| g["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(gate("error rate").as_deref(), Some("0.00 %"), "{d:#}");
+    assert_eq!(gate("success rate").as_deref(), Some("100.00 %"), "{d:#}");
+    // The proxy counted them, as the client's.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stats = rt
+        .block_on(gantry_proxy::AdminClient::new(&admin).stats())
+        .unwrap();
+    let broken: u64 = ["r1", "r2"]
+        .iter()
+        .filter_map(|s| stats.set("hello/production", s))
+        .map(|s| s.client_errors.total())
+        .sum();
+    assert!(sent > 20 && broken > 20, "sent {sent}, counted {broken}");
+    let canary = stats.set("hello/production", "r2").unwrap();
+    assert_eq!(canary.requests.c5xx, 0, "{canary:?}");
+    assert!(canary.client_errors.total() > 0, "{canary:?}");
+    let seen = load.finish();
+    assert_eq!(seen.failed, 0, "failed requests: {:?}", seen.samples);
+}

@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// Close a client connection idle for this long, e.g. `90s`.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// A client must keep its request body coming: no byte of it for this
+    /// long answers 408 (counted as the client's error, never the app's).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    body_read_timeout: std::time::Duration,
     /// Largest request head (request line and headers) in bytes; 431 above it.
     #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     max_header_size: u32,
@@ -141,6 +145,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     config.trust_forwarded = args.trust_forwarded;
     config.header_read_timeout = args.header_read_timeout;
     config.idle_timeout = args.idle_timeout;
+    config.body_read_timeout = args.body_read_timeout;
     config.max_header_size = args.max_header_size as usize;
     config.websocket_drain_grace = args.websocket_drain_grace;
     config.metrics_listen = args.metrics_listen;
