@@ -467,3 +467,58 @@ async fn a_python_app_is_supervised_the_same_way() {
     let e = h.expect(EventKind::Stopped).await;
     assert!(e.message.contains("stopped by SIGTERM"), "{}", e.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_failures_inside_the_startup_grace_do_not_count() {
+    // The app binds its port only after 5 s; readiness asks every second,
+    // and a single failure would call it not ready.
+    let mut h = Harness::new();
+    let mut probe = http_probe("/readiness");
+    probe.interval = Duration::from_secs(1);
+    probe.failure_threshold = 1;
+    let mut graced = spec("slow-graced", &[("STARTUP_DELAY_MS", "5000")]);
+    graced.readiness = Some(ProbeSpec {
+        startup_grace: Duration::from_secs(8),
+        ..probe.clone()
+    });
+    let mut bare = spec("slow-bare", &[("STARTUP_DELAY_MS", "5000")]);
+    bare.readiness = Some(probe);
+    let graced = h.runtime.start(graced);
+    let bare = h.runtime.start(bare);
+    // Without a grace the first refused probe counts...
+    let st = wait(&bare, "not ready without a grace", |s| {
+        s.not_ready.is_some()
+    })
+    .await;
+    assert!(
+        st.not_ready.as_deref().unwrap().contains("connect refused"),
+        "{st:?}"
+    );
+    // ...with one, the same app becomes ready and is never called not ready.
+    let st = wait(&graced, "ready or not ready", |s| {
+        s.ready || s.not_ready.is_some()
+    })
+    .await;
+    assert!(st.ready, "{st:?}");
+    assert_eq!(st.not_ready, None);
+    while let Ok(e) = h.events.try_recv() {
+        h.seen.push(e);
+    }
+    let id = graced.spec().id();
+    assert!(
+        h.seen
+            .iter()
+            .any(|e| e.instance == id && e.kind == EventKind::Ready),
+        "{:#?}",
+        h.seen
+    );
+    assert!(
+        !h.seen
+            .iter()
+            .any(|e| e.instance == id && e.kind == EventKind::NotReady),
+        "{:#?}",
+        h.seen
+    );
+    graced.stop().await;
+    bare.stop().await;
+}

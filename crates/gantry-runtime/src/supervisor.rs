@@ -575,11 +575,13 @@ impl Supervisor {
         let mut live = ProbeState::default();
         let now = tokio::time::Instant::now();
         let mut next_ready = now;
+        // Liveness is not even asked inside its grace: only failures could
+        // come of it, and those would not count.
         let grace = spec
             .liveness
             .as_ref()
             .map_or(Duration::ZERO, |l| l.startup_grace);
-        let mut next_live = now + grace;
+        let mut next_live = now + grace.saturating_sub(run.started.elapsed());
         let mut next_usage = now;
         let mut last_cpu: Option<(u64, Instant)> = None;
         let far = Duration::from_secs(86_400 * 365);
@@ -600,7 +602,7 @@ impl Supervisor {
                     let Some(p) = &spec.readiness else { continue };
                     next_ready = tokio::time::Instant::now() + p.interval;
                     let r = probe::run_once(p, spec.port, &exec).await;
-                    let changed = ready.observe(p, &r);
+                    let changed = ready.observe_since_start(p, &r, run.started.elapsed());
                     let detail = r.detail.clone();
                     self.update(|s| s.last_probe = Some(format!("readiness: {detail}")));
                     match changed {
@@ -626,7 +628,7 @@ impl Supervisor {
                     let Some(p) = &spec.liveness else { continue };
                     next_live = tokio::time::Instant::now() + p.interval;
                     let r = probe::run_once(p, spec.port, &exec).await;
-                    if live.observe(p, &r) == Some(false) {
+                    if live.observe_since_start(p, &r, run.started.elapsed()) == Some(false) {
                         self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
                         self.stop_process(run).await;
                         return Outcome::Exited(ExitReason::LivenessFailed);
