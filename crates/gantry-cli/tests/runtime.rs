@@ -501,17 +501,8 @@ async fn readiness_failures_inside_the_startup_grace_do_not_count() {
     .await;
     assert!(st.ready, "{st:?}");
     assert_eq!(st.not_ready, None);
-    while let Ok(e) = h.events.try_recv() {
-        h.seen.push(e);
-    }
     let id = graced.spec().id();
-    assert!(
-        h.seen
-            .iter()
-            .any(|e| e.instance == id && e.kind == EventKind::Ready),
-        "{:#?}",
-        h.seen
-    );
+    while h.expect(EventKind::Ready).await.instance != id {}
     assert!(
         !h.seen
             .iter()
@@ -521,4 +512,156 @@ async fn readiness_failures_inside_the_startup_grace_do_not_count() {
     );
     graced.stop().await;
     bare.stop().await;
+}
+
+/// Runs `command` in `workdir` until ready, then stops it; returns the
+/// harness's Stopped event, the app's pid while it ran, its command line
+/// (from /proc), its log and its exit record.
+async fn run_and_stop(
+    h: &mut Harness,
+    name: &str,
+    command: &str,
+    workdir: &std::path::Path,
+    readiness: &str,
+    env: &[(&str, &str)],
+    check: impl FnOnce(u16),
+) -> (Event, String, Vec<String>, gantry_runtime::shim::ShimExit) {
+    let mut s = spec(name, env);
+    s.command = command.into();
+    s.workdir = workdir.to_path_buf();
+    s.readiness = Some(http_probe(readiness));
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    check(port);
+    let pid = st.pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    i.stop().await;
+    let stopped = loop {
+        let e = h.expect(EventKind::Stopped).await;
+        if e.instance == i.spec().id() {
+            break e;
+        }
+    };
+    assert!(!alive(pid));
+    let dir = h.runtime.instance_dir(i.spec());
+    let exit: gantry_runtime::shim::ShimExit =
+        gantry_runtime::shim::read_json(&dir.join("exit.json")).expect("exit record");
+    (
+        stopped,
+        cmdline,
+        gantry_runtime::logs::tail(&dir, 100),
+        exit,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compound_command_line_runs_and_the_app_itself_gets_the_stop_signal() {
+    let mut h = Harness::new();
+    let app = support::hello_app();
+    let app_dir = app.parent().unwrap().to_path_buf();
+
+    // `cd sub && …`: the directory changes, and python (not the shell) is
+    // the process: it dies of the SIGTERM itself, and the record says so.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("sub")).unwrap();
+    std::fs::write(site.path().join("sub/index.html"), "hello from sub").unwrap();
+    let (stopped, cmdline, _, exit) = run_and_stop(
+        &mut h,
+        "cd-and",
+        "cd sub && python3 -m http.server --bind 127.0.0.1 $PORT",
+        site.path(),
+        "/",
+        &[],
+        |port| assert_eq!(get(port, "/"), (200, "hello from sub".into())),
+    )
+    .await;
+    assert!(cmdline.starts_with("python3 -m http.server"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!(
+        (exit.code, exit.signal),
+        (None, Some(15)),
+        "the app's own exit"
+    );
+
+    // `A=1 ./server`: the assignment reaches the app; it shuts down
+    // gracefully and exits 0.
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "assign",
+        "GREETING='hi there' ./hello-app",
+        &app_dir,
+        "/readiness",
+        &[("EXPOSE_ENV", "GREETING")],
+        |port| assert_eq!(get(port, "/env/GREETING"), (200, "hi there".into())),
+    )
+    .await;
+    assert!(cmdline.starts_with("./hello-app"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{log:#?}"
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
+
+    // `echo start; exec ./server`: the line's own exec is kept.
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "echo-exec",
+        "echo start; exec ./hello-app",
+        &app_dir,
+        "/readiness",
+        &[],
+        |_| {},
+    )
+    .await;
+    assert!(cmdline.starts_with("./hello-app"), "{cmdline}");
+    assert!(log.iter().any(|l| l.ends_with(" stdout start")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{log:#?}"
+    );
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
+
+    // A loop cannot be exec'ed: the shell stays, but waits for the app's
+    // graceful shutdown instead of dying first (and does not loop again).
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "loop",
+        "while true; do ./hello-app; done",
+        &app_dir,
+        "/readiness",
+        &[],
+        |_| {},
+    )
+    .await;
+    assert!(cmdline.starts_with("/bin/sh -c"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("shutdown complete"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
 }

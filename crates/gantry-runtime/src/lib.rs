@@ -5,7 +5,9 @@
 //! - [`Runtime::start`] / [`Runtime::adopt`] give an [`Instance`] handle,
 //!   backed by one tokio task per instance ([`supervisor`]).
 //! - The task starts a **shim** (`gantry shim DIR`, [`shim`]), which runs
-//!   the app in its own process group and session, under its limits
+//!   the app's command line (`/bin/sh -c`, with `exec` before its last
+//!   command so the app is the process signalled and waited for:
+//!   [`cmdline`]) in its own process group and session, under its limits
 //!   ([`limits`]: cgroup v2, else v1, else rlimits), captures its output
 //!   with timestamps into rotated files ([`logs`]), and records the app's
 //!   pid, start time and exit in the instance directory. Because the pipes
@@ -22,6 +24,7 @@
 //! [`InstanceSpec`]; a container driver would implement the same.
 #![forbid(unsafe_code)]
 
+pub mod cmdline;
 pub mod limits;
 pub mod logs;
 pub mod ports;

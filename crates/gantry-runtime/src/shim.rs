@@ -30,14 +30,23 @@ pub const SHIM_LOG: &str = "shim.log";
 pub struct ShimSpec {
     /// Cgroup name for this instance.
     pub id: String,
-    /// Run with `/bin/sh -c`.
+    /// A shell command line, run as [`crate::cmdline::shell_script`] makes
+    /// it.
     pub command: String,
+    /// The signal that stops the app gracefully (15 = SIGTERM): the shell
+    /// traps it, so it waits for the app instead of dying first.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
     pub workdir: PathBuf,
     /// The app's whole environment.
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub log_max_bytes: u64,
     pub log_keep: u32,
+}
+
+fn default_stop_signal() -> i32 {
+    15
 }
 
 /// Written once the app runs.
@@ -113,7 +122,10 @@ fn run(dir: &Path) -> Result<(), String> {
 
     let mut child = Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("exec {}", spec.command))
+        .arg(crate::cmdline::shell_script(
+            &spec.command,
+            spec.stop_signal,
+        ))
         .current_dir(&spec.workdir)
         .env_clear()
         .envs(&spec.env)

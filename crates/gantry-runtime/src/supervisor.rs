@@ -28,7 +28,7 @@ pub struct InstanceSpec {
     /// The backend set (e.g. a release id), so sets of one env coexist.
     pub set: String,
     pub index: u32,
-    /// Run with `/bin/sh -c`.
+    /// A shell command line (see [`crate::cmdline`]).
     pub command: String,
     pub workdir: PathBuf,
     /// The app's environment (secrets included); `PORT` is added.
@@ -396,6 +396,7 @@ impl Supervisor {
         ShimSpec {
             id: self.spec.id(),
             command: self.spec.command.clone(),
+            stop_signal: self.spec.stop_signal,
             workdir: self.spec.workdir.clone(),
             env,
             limits: self.spec.limits,
