@@ -452,7 +452,13 @@ pub(crate) fn app_env(
                 "secret `{name}` has no (UTF-8) value in `{env}`; set it with `gantry secrets set {name} --env {env}`"
             ))
         })?;
-    Ok(gantry_runtime::instance_env(app, env, data, vars))
+    Ok(gantry_runtime::instance_env(
+        app,
+        env,
+        data,
+        &spec.run.inherited_env(),
+        vars,
+    ))
 }
 
 fn probe(p: &model::Probe) -> ProbeSpec {

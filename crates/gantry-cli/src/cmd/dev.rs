@@ -222,6 +222,7 @@ async fn start(
         spec.app_name(),
         env,
         &app_dir.join(".gantry/data"),
+        &resolved.run.inherited_env(),
         app_vars,
     );
     let workdir = resolved

@@ -1,0 +1,109 @@
+//! An instance's life through a real server, at its rough edges: which of
+//! the server's variables it inherits, what a failed start says, the logs
+//! of a set that has stopped, the death of a shim, a stop that fails, and
+//! secrets that never reach a file.
+
+mod support;
+
+use support::TestServer;
+
+/// A server with `toml` applied as production's config, the example app
+/// copied to ./app; returns the server and the app directory.
+fn setup(toml: &str) -> (TestServer, std::path::PathBuf) {
+    let server = TestServer::start();
+    let app_dir = server.dir.path().join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::copy(support::hello_app(), app_dir.join("hello-app")).unwrap();
+    std::fs::write(server.dir.path().join("gantry.toml"), toml).unwrap();
+    server.run(&["config", "apply", "--env", "production"]).ok();
+    (server, app_dir)
+}
+
+fn config(run: &str, env: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "hello"
+
+[run]
+{run}
+
+[health.readiness]
+kind = "http"
+path = "/readiness"
+interval = "200ms"
+timeout = "200ms"
+
+[env]
+{env}
+"#
+    )
+}
+
+fn get(port: u64, path: &str) -> (u16, String) {
+    support::http_get(port as u16, path)
+}
+
+#[test]
+fn an_instance_inherits_only_the_listed_server_variables_and_a_custom_path_works() {
+    // The test process (and so the server) has HOME and cargo's CARGO_PKG_*.
+    assert!(std::env::var_os("HOME").is_some());
+    assert_eq!(std::env::var("CARGO_PKG_NAME").as_deref(), Ok("gantry-cli"));
+    let bin = tempfile::tempdir().unwrap();
+    let toml = config(
+        "command = \"hello-app\"\ninherit_env = [\"CARGO_PKG_*\"]",
+        &format!(
+            "EXPOSE_ENV = \"CARGO_PKG_NAME,HOME,PATH\"\nPATH = \"{}:/usr/bin:/bin\"",
+            bin.path().display()
+        ),
+    );
+    let (server, app_dir) = setup(&toml);
+    // The command is found on the PATH that `[env]` sets, as in a venv.
+    std::fs::copy(app_dir.join("hello-app"), bin.path().join("hello-app")).unwrap();
+    server
+        .run(&[
+            "start",
+            "--env",
+            "production",
+            "--dir",
+            app_dir.to_str().unwrap(),
+        ])
+        .ok();
+    let list = server.wait_ready("production", 1);
+    let port = list[0]["port"].as_u64().unwrap();
+    assert_eq!(
+        get(port, "/env/CARGO_PKG_NAME"),
+        (200, "gantry-cli".into()),
+        "a pattern of inherit_env"
+    );
+    assert_eq!(get(port, "/env/HOME").0, 404, "not in inherit_env");
+    assert_eq!(
+        get(port, "/env/PATH").1,
+        format!("{}:/usr/bin:/bin", bin.path().display())
+    );
+}
+
+#[test]
+fn by_default_an_instance_inherits_path_and_home_but_not_the_rest() {
+    let (server, app_dir) = setup(&config(
+        "command = \"./hello-app\"",
+        "EXPOSE_ENV = \"CARGO_PKG_NAME,HOME\"",
+    ));
+    server
+        .run(&[
+            "start",
+            "--env",
+            "production",
+            "--dir",
+            app_dir.to_str().unwrap(),
+        ])
+        .ok();
+    let list = server.wait_ready("production", 1);
+    let port = list[0]["port"].as_u64().unwrap();
+    assert_eq!(
+        get(port, "/env/HOME").1,
+        std::env::var("HOME").unwrap(),
+        "HOME is in the default list"
+    );
+    assert_eq!(get(port, "/env/CARGO_PKG_NAME").0, 404);
+}
