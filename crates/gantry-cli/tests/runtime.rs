@@ -665,3 +665,39 @@ async fn a_compound_command_line_runs_and_the_app_itself_gets_the_stop_signal() 
     );
     assert_eq!((exit.code, exit.signal), (Some(0), None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_keeps_the_last_lines_of_output() {
+    let h = Harness::new();
+    let mut s = spec("notfound", &[]);
+    s.command = "echo booting; echo \"$(printf 'x%.0s' $(seq 1 500))\"; datasette serve".into();
+    s.restart.policy = RestartPolicy::Never;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "exited", |s| s.phase == Phase::Exited).await;
+    assert_eq!(st.last_exit.as_deref(), Some("exited with code 127"));
+    // stdout and stderr are two pipes: their lines may interleave either way.
+    let has = |want: &str| st.output_tail.iter().any(|l| l == want);
+    assert!(has("booting"), "{st:?}");
+    assert!(has("/bin/sh: 1: exec: datasette: not found"), "{st:?}");
+    assert_eq!(st.output_tail.len(), 3, "{st:?}");
+    // Long lines are cut.
+    let long = st
+        .output_tail
+        .iter()
+        .find(|l| l.starts_with("xxx"))
+        .unwrap();
+    assert_eq!(
+        long.chars().count(),
+        gantry_runtime::supervisor::TAIL_LINE_CHARS + 1
+    );
+    assert!(long.ends_with('…'), "{long}");
+    let reason = st.with_output("hello.notfound.v1.0 exited with code 127".into());
+    assert!(
+        reason.starts_with("hello.notfound.v1.0 exited with code 127; its last output:\n  "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("\n  /bin/sh: 1: exec: datasette: not found"),
+        "{reason}"
+    );
+}

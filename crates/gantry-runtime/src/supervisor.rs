@@ -86,6 +86,33 @@ pub struct InstanceStatus {
     pub rss_bytes: Option<u64>,
     /// How limits are enforced ("cgroup v1", "rlimit (memory only)", "none").
     pub limits: Option<String>,
+    /// The app's last lines of output (at most [`TAIL_LINES`], each cut at
+    /// [`TAIL_LINE_CHARS`]), taken when it failed: exited with a failure,
+    /// could not start, or was found not ready. Cleared when it is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+}
+
+/// How many lines of output [`InstanceStatus::output_tail`] keeps.
+pub const TAIL_LINES: usize = 10;
+/// Longer lines of [`InstanceStatus::output_tail`] are cut, with `…`.
+pub const TAIL_LINE_CHARS: usize = 200;
+
+impl InstanceStatus {
+    /// `reason`, followed by the app's last lines of output when there
+    /// are any: what a failed start is reported with.
+    pub fn with_output(&self, reason: String) -> String {
+        if self.output_tail.is_empty() {
+            return reason;
+        }
+        let mut out = reason;
+        out.push_str("; its last output:");
+        for l in &self.output_tail {
+            out.push_str("\n  ");
+            out.push_str(l);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +200,7 @@ impl Runtime {
             cpu_percent: None,
             rss_bytes: None,
             limits: None,
+            output_tail: Vec::new(),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let spec = Arc::new(spec);
@@ -313,10 +341,16 @@ impl Supervisor {
                 }
                 Outcome::Exited(reason) => reason,
             };
+            let tail = if reason.is_failure() {
+                self.output_tail()
+            } else {
+                Vec::new()
+            };
             self.update(|s| {
                 s.ready = false;
                 s.pid = None;
                 s.last_exit = Some(reason.to_string());
+                s.output_tail = tail;
             });
             let jitter = jitter();
             let rules = self.spec.restart;
@@ -388,6 +422,33 @@ impl Supervisor {
             // Every handle is gone: nobody can ask for a restart any more.
             None => false,
         }
+    }
+
+    /// The app's last lines of output, without their timestamps, bounded
+    /// ([`TAIL_LINES`], [`TAIL_LINE_CHARS`]); what the shim said when
+    /// there are none (it could not start the app).
+    fn output_tail(&self) -> Vec<String> {
+        let mut lines: Vec<String> = crate::logs::tail(&self.dir, TAIL_LINES)
+            .into_iter()
+            .map(|l| {
+                // `<time> <stream> <text>`: keep the text.
+                l.splitn(3, ' ').nth(2).unwrap_or("").to_string()
+            })
+            .collect();
+        if lines.iter().all(|l| l.trim().is_empty()) {
+            lines = std::fs::read_to_string(self.dir.join(shim::SHIM_LOG))
+                .map(|t| t.lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            let skip = lines.len().saturating_sub(TAIL_LINES);
+            lines.drain(..skip);
+        }
+        lines
+            .into_iter()
+            .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+                Some((at, _)) => format!("{}…", &l[..at]),
+                None => l,
+            })
+            .collect()
     }
 
     fn shim_spec(&self) -> ShimSpec {
@@ -611,14 +672,17 @@ impl Supervisor {
                             self.update(|s| {
                                 s.ready = true;
                                 s.not_ready = None;
+                                s.output_tail.clear();
                             });
                             self.event(EventKind::Ready, format!("ready: {}", r.detail));
                         }
                         Some(false) => {
                             let why = r.detail.clone();
+                            let tail = self.output_tail();
                             self.update(|s| {
                                 s.ready = false;
                                 s.not_ready = Some(why);
+                                s.output_tail = tail;
                             });
                             self.event(EventKind::NotReady, format!("not ready: {}", r.detail));
                         }

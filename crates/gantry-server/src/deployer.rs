@@ -475,6 +475,7 @@ impl Deployer {
                                 )
                             })
                         })
+                        .map(|why| s.with_output(why))
                 }) {
                     queue.push_back(Input::StartFailed { detail: bad });
                 } else if !st.is_empty() && st.iter().all(|(_, s)| s.ready) {
