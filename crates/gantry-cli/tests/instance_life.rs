@@ -107,3 +107,79 @@ fn by_default_an_instance_inherits_path_and_home_but_not_the_rest() {
     );
     assert_eq!(get(port, "/env/CARGO_PKG_NAME").0, 404);
 }
+
+#[test]
+fn a_stop_whose_records_cannot_be_removed_is_an_error_and_a_retry_finishes_it() {
+    let (server, app_dir) = setup(&config("command = \"./hello-app\"\ninstances = 2", ""));
+    server
+        .run(&[
+            "start",
+            "--env",
+            "production",
+            "--dir",
+            app_dir.to_str().unwrap(),
+        ])
+        .ok();
+    let list = server.wait_ready("production", 2);
+    let pids: Vec<i32> = list
+        .iter()
+        .map(|i| i["pid"].as_i64().unwrap() as i32)
+        .collect();
+    // The store refuses to forget instances, as on a full disk.
+    server
+        .sqlite(
+            "CREATE TRIGGER refuse BEFORE DELETE ON instances \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .ok();
+    let r = server.run(&["stop", "--env", "production"]);
+    assert_ne!(r.code, 0, "a stop that could not finish is not a success");
+    assert!(
+        r.stderr.contains("hello.production.main.0, hello.production.main.1 stopped, but their records could not be removed")
+            && r.stderr.contains("database or disk is full")
+            && r.stderr.contains("stop again to retry"),
+        "{}",
+        r.stderr
+    );
+    for pid in &pids {
+        assert!(!support_alive(*pid), "the processes did stop");
+    }
+    // Still known, as stopped, so nothing is lost and a retry can finish.
+    let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+    let phases: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["stopped", "stopped"], "{ps:#}");
+    assert_eq!(
+        server
+            .sqlite("SELECT count(*) FROM instances;")
+            .stdout
+            .trim(),
+        "2"
+    );
+    server.sqlite("DROP TRIGGER refuse;").ok();
+    let r = server.run(&["stop", "--env", "production"]);
+    r.ok();
+    assert!(r.stdout.contains("stopped 2 instance(s)"), "{}", r.stdout);
+    assert_eq!(
+        server
+            .sqlite("SELECT count(*) FROM instances;")
+            .stdout
+            .trim(),
+        "0"
+    );
+    let r = server.run(&["stop", "--env", "production"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("has no running instances"),
+        "{}",
+        r.stderr
+    );
+}
+
+fn support_alive(pid: i32) -> bool {
+    gantry_runtime::procfs::stat(pid).is_some_and(|s| s.state != 'Z')
+}

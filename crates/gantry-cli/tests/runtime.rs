@@ -200,7 +200,7 @@ async fn starts_with_env_and_port_serves_logs_and_stops_gracefully() {
     );
 
     let pid = st.pid.unwrap();
-    i.stop().await;
+    i.stop().await.unwrap();
     let stopped = h.expect(EventKind::Stopped).await;
     assert!(
         stopped.message.contains("stopped by SIGTERM after"),
@@ -229,7 +229,7 @@ async fn readiness_that_never_passes_keeps_the_instance_out() {
     assert!(!st.ready);
     assert_eq!(st.phase, Phase::Running, "not ready is not a crash");
     assert!(!h.seen.iter().any(|e| e.kind == EventKind::Ready));
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +251,7 @@ async fn liveness_failure_restarts_the_process() {
     let second = h.expect(EventKind::Started).await;
     assert_ne!(first.message, second.message, "a new pid");
     assert!(i.status().restarts >= 1);
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +300,7 @@ async fn crash_loop_backs_off_then_stops_restarting() {
     // ...until an explicit restart.
     i.restart().await;
     h.expect(EventKind::Started).await;
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +347,7 @@ async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
         .unwrap();
     assert!(alive(child));
     let pid = i.status().pid.unwrap();
-    i.stop().await;
+    i.stop().await.unwrap();
     let e = h.expect(EventKind::Stopped).await;
     assert!(
         e.message.contains(
@@ -357,14 +357,11 @@ async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
         e.message
     );
     assert!(!alive(pid));
-    // The child was in the app's process group: gone too (reaped by init).
-    for _ in 0..100 {
-        if !alive(child) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(child), "child {child} outlived the app");
+    // The child was in the app's process group: a stop is done only once
+    // the whole group is gone.
+    assert!(!alive(child), "child {child} outlived the stop");
+    // Stopping again is fine: nothing is left to stop.
+    i.stop().await.unwrap();
 }
 
 #[test]
@@ -410,7 +407,7 @@ fn instances_survive_the_control_plane_and_are_adopted() {
         })
         .await;
         assert_ne!(st.pid, Some(pid));
-        i.stop().await;
+        i.stop().await.unwrap();
     });
 }
 
@@ -446,7 +443,7 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
         h.expect(EventKind::Started).await;
         let st = wait(&i, "ready", |s| s.ready).await;
         assert_ne!(st.pid, Some(me));
-        i.stop().await;
+        i.stop().await.unwrap();
     });
 }
 
@@ -463,7 +460,7 @@ async fn a_python_app_is_supervised_the_same_way() {
     let (status, body) = get(port, "/");
     assert_eq!(status, 200);
     assert!(body.contains("hello"), "{body}");
-    i.stop().await;
+    i.stop().await.unwrap();
     let e = h.expect(EventKind::Stopped).await;
     assert!(e.message.contains("stopped by SIGTERM"), "{}", e.message);
 }
@@ -510,8 +507,8 @@ async fn readiness_failures_inside_the_startup_grace_do_not_count() {
         "{:#?}",
         h.seen
     );
-    graced.stop().await;
-    bare.stop().await;
+    graced.stop().await.unwrap();
+    bare.stop().await.unwrap();
 }
 
 /// Runs `command` in `workdir` until ready, then stops it; returns the
@@ -538,7 +535,7 @@ async fn run_and_stop(
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default();
-    i.stop().await;
+    i.stop().await.unwrap();
     let stopped = loop {
         let e = h.expect(EventKind::Stopped).await;
         if e.instance == i.spec().id() {

@@ -34,7 +34,9 @@ pub mod restart;
 pub mod shim;
 pub mod supervisor;
 
-pub use supervisor::{Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime};
+pub use supervisor::{
+    Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime, StopError,
+};
 
 /// The environment every instance starts from: the variables of this
 /// process that `inherit` names (names, or patterns with `*`: `LC_*`; the

@@ -129,6 +129,8 @@ pub enum EventKind {
     Restarting,
     CrashLoop,
     Stopped,
+    /// A stop did not get rid of every process of the instance.
+    StopFailed,
 }
 
 /// A state change of an instance, with the reason in words.
@@ -141,9 +143,22 @@ pub struct Event {
 }
 
 enum Command {
-    Stop(oneshot::Sender<()>),
+    Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
 }
+
+/// A stop that did not stop: the instance's processes are still there.
+/// Supervision goes on, and the next [`Instance::stop`] tries again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{instance}: {reason}")]
+pub struct StopError {
+    pub instance: String,
+    pub reason: String,
+}
+
+/// How long a stop waits for the process group to be gone after SIGKILL
+/// before it reports that it failed.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts and adopts instances. Cheap to clone.
 #[derive(Clone)]
@@ -248,11 +263,22 @@ impl Instance {
     }
 
     /// Stops gracefully (stop signal, grace period, then SIGKILL to the
-    /// whole process group) and ends supervision.
-    pub async fn stop(&self) {
+    /// whole process group) and ends supervision. An error means something
+    /// of the instance is still alive [`KILL_WAIT`] after the SIGKILL: it
+    /// stays supervised, and calling `stop` again tries again. Stopping an
+    /// instance that is already stopped is fine.
+    pub async fn stop(&self) -> Result<(), StopError> {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
+        if self.commands.send(Command::Stop(tx)).await.is_err() {
+            // Supervision is over: it was stopped before.
+            return Ok(());
+        }
+        match rx.await {
+            Ok(Err(reason)) => Err(StopError {
+                instance: self.spec.id(),
+                reason,
+            }),
+            Ok(Ok(())) | Err(_) => Ok(()),
         }
     }
 
@@ -273,8 +299,22 @@ struct Running {
 
 enum Outcome {
     Exited(ExitReason),
-    Stop(oneshot::Sender<()>),
+    Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
+}
+
+/// What asked for the app to be stopped.
+enum Ask {
+    Stop(oneshot::Sender<Result<(), String>>),
+    Restart(oneshot::Sender<()>),
+}
+
+/// After [`Supervisor::stop_run`].
+enum AfterStop {
+    Stopped,
+    Restart,
+    /// No handle is left to ask again.
+    Gone,
 }
 
 struct Supervisor {
@@ -319,25 +359,39 @@ impl Supervisor {
                 .map_or(Duration::ZERO, |r| r.started.elapsed());
             let reason = match outcome {
                 Outcome::Stop(reply) => {
-                    if let Ok(run) = &started {
-                        self.stop_process(run).await;
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::Stop(reply)).await,
+                        Err(_) => {
+                            self.stopped();
+                            let _ = reply.send(Ok(()));
+                            AfterStop::Stopped
+                        }
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        AfterStop::Restart => {
+                            self.tracker.reset();
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
                     }
-                    self.update(|s| {
-                        s.phase = Phase::Stopped;
-                        s.ready = false;
-                        s.pid = None;
-                    });
-                    let _ = reply.send(());
-                    return;
                 }
                 Outcome::Restart(reply) => {
-                    if let Ok(run) = &started {
-                        self.stop_process(run).await;
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::Restart(reply)).await,
+                        Err(_) => {
+                            let _ = reply.send(());
+                            AfterStop::Restart
+                        }
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        AfterStop::Restart => {
+                            self.tracker.reset();
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
                     }
-                    self.tracker.reset();
-                    let _ = reply.send(());
-                    self.update(|s| s.restarts += 1);
-                    continue;
                 }
                 Outcome::Exited(reason) => reason,
             };
@@ -369,7 +423,7 @@ impl Supervisor {
                         cmd = self.commands.recv() => match cmd {
                             Some(Command::Stop(reply)) => {
                                 self.update(|s| s.phase = Phase::Stopped);
-                                let _ = reply.send(());
+                                let _ = reply.send(Ok(()));
                                 return;
                             }
                             Some(Command::Restart(reply)) => {
@@ -405,6 +459,55 @@ impl Supervisor {
         }
     }
 
+    fn stopped(&self) {
+        self.update(|s| {
+            s.phase = Phase::Stopped;
+            s.ready = false;
+            s.pid = None;
+        });
+    }
+
+    /// Stops the running app for `ask`. When the stop fails, the asker
+    /// hears so, and the app stays supervised as `stopping` until the next
+    /// command, which tries again (a restart too: it must stop first).
+    async fn stop_run(&mut self, run: &Running, ask: Ask) -> AfterStop {
+        let mut ask = ask;
+        loop {
+            let result = self.stop_process(run).await;
+            match (result, ask) {
+                (Ok(()), Ask::Stop(reply)) => {
+                    self.stopped();
+                    let _ = reply.send(Ok(()));
+                    return AfterStop::Stopped;
+                }
+                (Ok(()), Ask::Restart(reply)) => {
+                    let _ = reply.send(());
+                    return AfterStop::Restart;
+                }
+                (Err(e), asked) => {
+                    self.event(EventKind::StopFailed, e.clone());
+                    self.update(|s| {
+                        s.phase = Phase::Stopping;
+                        s.ready = false;
+                    });
+                    match asked {
+                        Ask::Stop(reply) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        Ask::Restart(reply) => {
+                            let _ = reply.send(());
+                        }
+                    }
+                    ask = match self.commands.recv().await {
+                        Some(Command::Stop(reply)) => Ask::Stop(reply),
+                        Some(Command::Restart(reply)) => Ask::Restart(reply),
+                        None => return AfterStop::Gone,
+                    };
+                }
+            }
+        }
+    }
+
     /// Parks until a command: true to start again, false when stopped.
     async fn wait_for_restart(&mut self) -> bool {
         match self.commands.recv().await {
@@ -416,7 +519,7 @@ impl Supervisor {
             }
             Some(Command::Stop(reply)) => {
                 self.update(|s| s.phase = Phase::Stopped);
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
                 false
             }
             // Every handle is gone: nobody can ask for a restart any more.
@@ -695,7 +798,9 @@ impl Supervisor {
                     let r = probe::run_once(p, spec.port, &exec).await;
                     if live.observe_since_start(p, &r, run.started.elapsed()) == Some(false) {
                         self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
-                        self.stop_process(run).await;
+                        if let Err(e) = self.stop_process(run).await {
+                            self.event(EventKind::StopFailed, e);
+                        }
                         return Outcome::Exited(ExitReason::LivenessFailed);
                     }
                 }
@@ -735,12 +840,14 @@ impl Supervisor {
     }
 
     /// Stop signal to the process group, wait up to the grace period, then
-    /// SIGKILL the group.
-    async fn stop_process(&self, run: &Running) {
+    /// SIGKILL the group and wait (at most [`KILL_WAIT`]) until every
+    /// process of it is gone; an error says what is still alive.
+    async fn stop_process(&self, run: &Running) -> Result<(), String> {
         let pid = run.state.app_pid;
         let start = run.state.app_start_ticks;
         if !procfs::is_alive(pid, start) {
-            return;
+            // It exited on its own; the shim has killed what was left.
+            return Ok(());
         }
         self.update(|s| {
             s.phase = Phase::Stopping;
@@ -754,27 +861,50 @@ impl Supervisor {
         while procfs::is_alive(pid, start) && Instant::now() < deadline {
             sleep(Duration::from_millis(20)).await;
         }
-        let how = if procfs::is_alive(pid, start) {
-            let _ = killpg(group, Signal::SIGKILL);
-            while procfs::is_alive(pid, start) {
-                sleep(Duration::from_millis(10)).await;
+        let forced = procfs::is_alive(pid, start);
+        let took = t0.elapsed();
+        // SIGKILL to whatever is left of the group, the app itself if it
+        // outlived the grace period.
+        let _ = killpg(group, Signal::SIGKILL);
+        let killed_at = Instant::now();
+        let left = loop {
+            // The group is looked at only while its leader is ours or just
+            // gone: a group id is not reused while any member lives.
+            let leader = procfs::is_alive(pid, start);
+            let members = procfs::group_members(pid);
+            if !leader && members.is_empty() {
+                break None;
             }
+            if killed_at.elapsed() > KILL_WAIT {
+                break Some((leader, members));
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        if let Some((leader, members)) = left {
+            let what = if leader {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid}'s group")
+            };
+            let mut members = members;
+            members.sort_unstable();
+            return Err(format!(
+                "{what} is still alive {} ms after SIGKILL (processes {members:?}); not stopped",
+                KILL_WAIT.as_millis()
+            ));
+        }
+        let how = if forced {
             format!(
                 "did not stop within the {} ms grace period after {}; killed with SIGKILL",
                 self.spec.grace.as_millis(),
                 sig.as_str()
             )
         } else {
-            format!(
-                "stopped by {} after {} ms",
-                sig.as_str(),
-                t0.elapsed().as_millis()
-            )
+            format!("stopped by {} after {} ms", sig.as_str(), took.as_millis())
         };
-        // Whatever else is left of the group goes too.
-        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
         self.event(EventKind::Stopped, format!("pid {pid} {how}"));
+        Ok(())
     }
 }
 

@@ -248,12 +248,26 @@ impl Fleet {
         Ok(self.list(Some((app, env))))
     }
 
-    /// Stops every instance of an app environment gracefully and forgets them.
+    /// Stops every instance of an app environment gracefully and forgets
+    /// them (`gantry stop`): NOT_FOUND when none runs.
     pub(crate) async fn stop(&self, app: &str, env: &str) -> Result<usize, ApiError> {
-        self.stop_set(app, env, None).await
+        match self.stop_set(app, env, None).await? {
+            0 => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{app}/{env} has no running instances; start them with `gantry start --env {env}`"
+                ),
+            )),
+            n => Ok(n),
+        }
     }
 
-    /// Stops one backend set (or all of them) of an app environment.
+    /// Stops one backend set (or all of them) of an app environment and
+    /// forgets its instances. `Ok(0)`: nothing to stop (none runs, e.g. it
+    /// was stopped before). `Ok(n)`: `n` stopped and forgotten. `Err`: some
+    /// are still alive, or their records could not be removed; the error
+    /// names them, they stay in the fleet (and in the store), and calling
+    /// this again retries them.
     pub(crate) async fn stop_set(
         &self,
         app: &str,
@@ -261,48 +275,65 @@ impl Fleet {
         set: Option<&str>,
     ) -> Result<usize, ApiError> {
         let _busy = self.busy.lock().await;
-        let stopping: Vec<(String, Running)> = {
-            let mut running = lock(&self.running);
-            let ids: Vec<String> = running
-                .iter()
-                .filter(|(_, r)| r.app == app && r.env == env && set.is_none_or(|s| r.set == s))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| running.remove(&id).map(|r| (id, r)))
-                .collect()
-        };
+        let stopping: Vec<(String, Instance)> = lock(&self.running)
+            .iter()
+            .filter(|(_, r)| r.app == app && r.env == env && set.is_none_or(|s| r.set == s))
+            .map(|(id, r)| (id.clone(), r.instance.clone()))
+            .collect();
         if stopping.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "{app}/{env} has no running instances; start them with `gantry start --env {env}`"
-                ),
-            ));
+            return Ok(0);
         }
-        let n = stopping.len();
         let handles: Vec<_> = stopping
             .iter()
-            .map(|(_, r)| {
-                let i = r.instance.clone();
+            .map(|(_, i)| {
+                let i = i.clone();
                 tokio::spawn(async move { i.stop().await })
             })
             .collect();
-        for h in handles {
-            let _ = h.await;
-        }
-        {
-            let mut ports = lock(&self.ports);
-            for (_, r) in &stopping {
-                ports.release(r.instance.spec().port);
+        let mut stopped = Vec::new();
+        let mut failed = Vec::new();
+        for ((id, i), h) in stopping.into_iter().zip(handles) {
+            match h.await {
+                Ok(Ok(())) => stopped.push((id, i)),
+                Ok(Err(e)) => failed.push(e.to_string()),
+                Err(e) => failed.push(format!("{id}: {e}")),
             }
         }
-        let ids: Vec<String> = stopping.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = stopped.iter().map(|(id, _)| id.clone()).collect();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
+        let removed = tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-        Ok(n)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let n = stopped.len();
+        match removed {
+            Ok(_) => {
+                let mut running = lock(&self.running);
+                let mut ports = lock(&self.ports);
+                for (id, i) in &stopped {
+                    running.remove(id);
+                    ports.release(i.spec().port);
+                }
+            }
+            Err(e) => {
+                // Stopped, but still recorded: kept, so a retry removes them
+                // (their stop is then a no-op) and a new control plane does
+                // not adopt what the old one was told is gone.
+                let ids: Vec<&str> = stopped.iter().map(|(id, _)| id.as_str()).collect();
+                failed.push(format!(
+                    "{} stopped, but their records could not be removed: {e}",
+                    ids.join(", ")
+                ));
+            }
+        }
+        if failed.is_empty() {
+            return Ok(n);
+        }
+        Err(ApiError::internal(format!(
+            "could not stop every instance of {app}/{env}{}: {}; stop again to retry",
+            set.map(|s| format!(" set {s}")).unwrap_or_default(),
+            failed.join("; ")
+        )))
     }
 
     /// The statuses of one backend set.

@@ -171,7 +171,9 @@ fn relevant(app_dir: &Path, p: &Path) -> bool {
 
 async fn stop_all(instances: &[Instance], ports: &mut PortPool) {
     for i in instances {
-        i.stop().await;
+        if let Err(e) = i.stop().await {
+            eprintln!("gantry: {e}");
+        }
         ports.release(i.spec().port);
     }
 }
