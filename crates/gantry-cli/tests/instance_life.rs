@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use support::TestServer;
 
 /// A server with `toml` applied as production's config, the example app
@@ -182,4 +184,103 @@ fn a_stop_whose_records_cannot_be_removed_is_an_error_and_a_retry_finishes_it() 
 
 fn support_alive(pid: i32) -> bool {
     gantry_runtime::procfs::stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// Whether `pid`'s parent is a live `gantry shim`, i.e. someone captures
+/// its output.
+fn captured(pid: i32) -> bool {
+    let Some(ppid) = gantry_runtime::procfs::stat(pid).map(|s| s.ppid) else {
+        return false;
+    };
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+    support_alive(ppid) && String::from_utf8_lossy(&cmdline).contains("\0shim\0")
+}
+
+/// Kills the shim of production's only instance with SIGKILL; then, until
+/// the instance is ready again under a new shim, checks every `gantry ps`
+/// that shows it running has a live shim. Returns the new pid.
+fn kill_the_shim_and_watch(server: &TestServer) -> i32 {
+    let list = server.wait_ready("production", 1);
+    let pid = list[0]["pid"].as_i64().unwrap() as i32;
+    let shim = gantry_runtime::procfs::stat(pid).unwrap().ppid;
+    assert!(captured(pid), "pid {pid} runs under its shim {shim}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_not_running = false;
+    loop {
+        let ps = server.run(&["--json", "ps", "--env", "production"]).json();
+        let i = &ps[0];
+        let now_pid = i["pid"].as_i64().map(|p| p as i32);
+        if i["phase"] == "running" {
+            let p = now_pid.unwrap();
+            assert!(captured(p), "shown running with no shim: {i:#}");
+            if p != pid && i["ready"] == true {
+                assert!(!support_alive(pid), "the old app {pid} was stopped");
+                assert!(seen_not_running || !support_alive(shim));
+                return p;
+            }
+        } else {
+            seen_not_running = true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back under a new shim: {i:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_app_whose_shim_is_killed_is_restarted_under_a_new_one_before_and_after_adoption() {
+    let (mut server, app_dir) = setup(&config("command = \"./hello-app\"", ""));
+    server
+        .run(&[
+            "start",
+            "--env",
+            "production",
+            "--dir",
+            app_dir.to_str().unwrap(),
+        ])
+        .ok();
+    let first = kill_the_shim_and_watch(&server);
+    // A new control plane adopts the app; its shim dies: the same again.
+    server.kill9_and_restart_paused(|| {});
+    let list = server.wait_ready("production", 1);
+    assert_eq!(list[0]["pid"].as_i64(), Some(i64::from(first)), "adopted");
+    let second = kill_the_shim_and_watch(&server);
+    assert_ne!(first, second);
+
+    let events = server
+        .run(&["--json", "events", "--env", "production"])
+        .json();
+    let lost: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "shim-lost")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost.len(), 2, "{events:#}");
+    assert!(
+        lost[1].contains(&format!("of pid {first} is gone")),
+        "{lost:?}"
+    );
+    // The app's output is captured again.
+    let port = server.wait_ready("production", 1)[0]["port"]
+        .as_u64()
+        .unwrap();
+    get(port, "/version");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.run(&["logs", "--env", "production"]);
+        if logs.stdout.contains("/version") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", logs.stdout);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

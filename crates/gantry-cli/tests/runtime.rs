@@ -424,6 +424,7 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
     let me = std::process::id() as i32;
     let state = gantry_runtime::shim::ShimState {
         shim_pid: me,
+        shim_start_ticks: 0,
         app_pid: me,
         app_start_ticks: 1,
         started_at_ms: 0,
@@ -697,4 +698,48 @@ async fn a_failed_start_keeps_the_last_lines_of_output() {
         reason.contains("\n  /bin/sh: 1: exec: datasette: not found"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_shim_dies_is_stopped_and_started_under_a_new_shim() {
+    let mut h = Harness::new();
+    let s = spec("shimdeath", &[]);
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    let (pid, (shim, _)) = (st.pid.unwrap(), st.shim.unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    while alive(shim) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // From the moment the shim is gone, the app is not shown running.
+    let now = i.status();
+    assert_ne!(now.phase, Phase::Running, "{now:?}");
+    assert!(!now.ready);
+    let e = h.expect(EventKind::ShimLost).await;
+    assert!(
+        e.message
+            .starts_with(&format!("the shim (pid {shim}) of pid {pid} is gone")),
+        "{}",
+        e.message
+    );
+    let stopped = h.expect(EventKind::Stopped).await;
+    assert!(stopped.message.starts_with(&format!("pid {pid} ")));
+    h.expect(EventKind::Started).await;
+    let st = wait(&i, "ready under a new shim", |s| {
+        s.ready && s.pid.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert!(!alive(pid), "the old app is gone");
+    let (new_shim, _) = st.shim.unwrap();
+    assert_ne!(new_shim, shim);
+    assert!(alive(new_shim));
+    assert_eq!(st.restarts, 1);
+    // Its output is captured again.
+    assert_eq!(get(port, "/health").0, 200);
+    i.stop().await.unwrap();
 }

@@ -53,6 +53,10 @@ fn default_stop_signal() -> i32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimState {
     pub shim_pid: i32,
+    /// With the pid, the shim's identity: the supervisor watches it too, as
+    /// an app whose shim is gone has nobody reading its output.
+    #[serde(default)]
+    pub shim_start_ticks: u64,
     pub app_pid: i32,
     /// With the pid, the app's identity (see [`crate::procfs`]).
     pub app_start_ticks: u64,
@@ -145,8 +149,10 @@ fn run(dir: &Path) -> Result<(), String> {
     let app_start_ticks = crate::procfs::stat(app_pid)
         .map(|s| s.start_ticks)
         .unwrap_or(0);
+    let shim_pid = std::process::id() as i32;
     let state = ShimState {
-        shim_pid: std::process::id() as i32,
+        shim_pid,
+        shim_start_ticks: crate::procfs::stat(shim_pid).map_or(0, |s| s.start_ticks),
         app_pid,
         app_start_ticks,
         started_at_ms: crate::now_ms(),

@@ -86,6 +86,10 @@ pub struct InstanceStatus {
     pub rss_bytes: Option<u64>,
     /// How limits are enforced ("cgroup v1", "rlimit (memory only)", "none").
     pub limits: Option<String>,
+    /// The shim capturing the app's output, while the app runs: pid and
+    /// start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<(i32, u64)>,
     /// The app's last lines of output (at most [`TAIL_LINES`], each cut at
     /// [`TAIL_LINE_CHARS`]), taken when it failed: exited with a failure,
     /// could not start, or was found not ready. Cleared when it is ready.
@@ -131,6 +135,22 @@ pub enum EventKind {
     Stopped,
     /// A stop did not get rid of every process of the instance.
     StopFailed,
+    /// The shim of a running app died: the app is stopped and started again
+    /// under a new shim.
+    ShimLost,
+}
+
+/// How often the supervisor looks at the app's and the shim's processes.
+pub const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether the shim `pid` started at `ticks` (0: not recorded, by an older
+/// shim) is alive.
+fn shim_alive(pid: i32, ticks: u64) -> bool {
+    if ticks == 0 {
+        procfs::stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+    } else {
+        procfs::is_alive(pid, ticks)
+    }
 }
 
 /// A state change of an instance, with the reason in words.
@@ -215,6 +235,7 @@ impl Runtime {
             cpu_percent: None,
             rss_bytes: None,
             limits: None,
+            shim: None,
             output_tail: Vec::new(),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
@@ -251,8 +272,17 @@ impl Instance {
         &self.spec
     }
 
+    /// The status. An app whose shim has died is never shown running: with
+    /// nobody reading its output it is as good as stopped, and the
+    /// supervisor, which notices within [`WATCH_EVERY`], is about to stop it
+    /// and start it again under a new shim; until then it is `stopping`.
     pub fn status(&self) -> InstanceStatus {
-        self.status.borrow().clone()
+        let mut s = self.status.borrow().clone();
+        if s.phase == Phase::Running && s.shim.is_some_and(|(pid, ticks)| !shim_alive(pid, ticks)) {
+            s.phase = Phase::Stopping;
+            s.ready = false;
+        }
+        s
     }
 
     /// Waits until `pred` holds for the status (callers add a timeout).
@@ -299,6 +329,8 @@ struct Running {
 
 enum Outcome {
     Exited(ExitReason),
+    /// The app runs, but its shim is gone.
+    ShimLost,
     Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
 }
@@ -307,6 +339,8 @@ enum Outcome {
 enum Ask {
     Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
+    /// The supervisor itself, for an app whose shim died.
+    ShimLost,
 }
 
 /// After [`Supervisor::stop_run`].
@@ -393,6 +427,20 @@ impl Supervisor {
                         }
                     }
                 }
+                Outcome::ShimLost => {
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::ShimLost).await,
+                        Err(_) => AfterStop::Restart,
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        // Not the app's failure: no backoff, no crash count.
+                        AfterStop::Restart => {
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
+                    }
+                }
                 Outcome::Exited(reason) => reason,
             };
             let tail = if reason.is_failure() {
@@ -403,6 +451,7 @@ impl Supervisor {
             self.update(|s| {
                 s.ready = false;
                 s.pid = None;
+                s.shim = None;
                 s.last_exit = Some(reason.to_string());
                 s.output_tail = tail;
             });
@@ -464,6 +513,7 @@ impl Supervisor {
             s.phase = Phase::Stopped;
             s.ready = false;
             s.pid = None;
+            s.shim = None;
         });
     }
 
@@ -473,7 +523,7 @@ impl Supervisor {
     async fn stop_run(&mut self, run: &Running, ask: Ask) -> AfterStop {
         let mut ask = ask;
         loop {
-            let result = self.stop_process(run).await;
+            let result = self.stop_process(run, !matches!(ask, Ask::ShimLost)).await;
             match (result, ask) {
                 (Ok(()), Ask::Stop(reply)) => {
                     self.stopped();
@@ -484,6 +534,7 @@ impl Supervisor {
                     let _ = reply.send(());
                     return AfterStop::Restart;
                 }
+                (Ok(()), Ask::ShimLost) => return AfterStop::Restart,
                 (Err(e), asked) => {
                     self.event(EventKind::StopFailed, e.clone());
                     self.update(|s| {
@@ -497,6 +548,7 @@ impl Supervisor {
                         Ask::Restart(reply) => {
                             let _ = reply.send(());
                         }
+                        Ask::ShimLost => {}
                     }
                     ask = match self.commands.recv().await {
                         Some(Command::Stop(reply)) => Ask::Stop(reply),
@@ -650,9 +702,11 @@ impl Supervisor {
             state.started_at_ms,
             state.enforced.describe(),
         );
+        let shim = (state.shim_pid, state.shim_start_ticks);
         self.update(|s| {
             s.phase = Phase::Running;
             s.pid = Some(pid);
+            s.shim = Some(shim);
             s.started_at_ms = Some(at);
             s.limits = Some(limits.to_string());
         });
@@ -755,12 +809,29 @@ impl Supervisor {
         }
         loop {
             tokio::select! {
-                _ = sleep(Duration::from_millis(50)) => {
+                _ = sleep(WATCH_EVERY) => {
                     if !procfs::is_alive(pid, run.state.app_start_ticks) {
                         let reason = self.await_exit_reason(pid, Duration::from_secs(3)).await;
                         let kind = if reason == ExitReason::OutOfMemory { EventKind::OutOfMemory } else { EventKind::Exited };
                         self.event(kind, format!("pid {pid} {reason}"));
                         return Outcome::Exited(reason);
+                    }
+                    // The shim outlives its app (it records the exit), so a
+                    // live app without its shim is one nobody captures.
+                    if !shim_alive(run.state.shim_pid, run.state.shim_start_ticks) {
+                        self.update(|s| {
+                            s.phase = Phase::Stopping;
+                            s.ready = false;
+                        });
+                        self.event(
+                            EventKind::ShimLost,
+                            format!(
+                                "the shim (pid {}) of pid {pid} is gone, so nothing captures its \
+                                 output: stopping it to start it again under a new shim",
+                                run.state.shim_pid
+                            ),
+                        );
+                        return Outcome::ShimLost;
                     }
                 }
                 _ = tokio::time::sleep_until(next_ready), if spec.readiness.is_some() => {
@@ -798,7 +869,7 @@ impl Supervisor {
                     let r = probe::run_once(p, spec.port, &exec).await;
                     if live.observe_since_start(p, &r, run.started.elapsed()) == Some(false) {
                         self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
-                        if let Err(e) = self.stop_process(run).await {
+                        if let Err(e) = self.stop_process(run, true).await {
                             self.event(EventKind::StopFailed, e);
                         }
                         return Outcome::Exited(ExitReason::LivenessFailed);
@@ -842,7 +913,8 @@ impl Supervisor {
     /// Stop signal to the process group, wait up to the grace period, then
     /// SIGKILL the group and wait (at most [`KILL_WAIT`]) until every
     /// process of it is gone; an error says what is still alive.
-    async fn stop_process(&self, run: &Running) -> Result<(), String> {
+    /// Without `exit_record`, the shim is gone and no exit record will come.
+    async fn stop_process(&self, run: &Running, exit_record: bool) -> Result<(), String> {
         let pid = run.state.app_pid;
         let start = run.state.app_start_ticks;
         if !procfs::is_alive(pid, start) {
@@ -902,7 +974,9 @@ impl Supervisor {
         } else {
             format!("stopped by {} after {} ms", sig.as_str(), took.as_millis())
         };
-        let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+        if exit_record {
+            let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+        }
         self.event(EventKind::Stopped, format!("pid {pid} {how}"));
         Ok(())
     }
