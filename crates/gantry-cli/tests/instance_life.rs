@@ -284,3 +284,79 @@ fn an_app_whose_shim_is_killed_is_restarted_under_a_new_one_before_and_after_ado
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_release_that_cannot_start_says_why_and_stopped_sets_keep_their_logs() {
+    use support::deploy::{config, release, serial};
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let _proxy = support::start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
+    let bg = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
+    let deploy =
+        |n: i64| server.run(&["deploy", "--env", "production", "--release", &n.to_string()]);
+    let r1 = release(&server, &config(bg, "APP_VERSION = \"v1\"", ""));
+    deploy(r1).ok();
+
+    // A release whose command is not there: the deploy says what it said.
+    let bad = config(bg, "", "").replace(
+        "command = \"./hello-app\"",
+        "command = \"echo booting; datasette serve\"",
+    );
+    let r2 = release(&server, &bad);
+    let out = deploy(r2);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("a new instance failed: hello.production.r{r2}."))
+            && out
+                .stdout
+                .contains("exited with code 127; its last output:")
+            && out.stdout.contains("\n  booting")
+            && out.stdout.contains("exec: datasette: not found"),
+        "{}",
+        out.stdout
+    );
+    // Its set is stopped, and its logs are still there.
+    let logs = server.run(&["logs", "--env", "production", "--release", &r2.to_string()]);
+    logs.ok();
+    assert!(
+        logs.stdout.contains("stdout booting")
+            && logs
+                .stdout
+                .contains("stderr /bin/sh: 1: exec: datasette: not found"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        !logs.stdout.contains("listening"),
+        "only release {r2}'s lines"
+    );
+
+    // Release 1 is replaced by 3: once stopped, its logs stay readable too.
+    let r3 = release(&server, &config(bg, "APP_VERSION = \"v3\"", ""));
+    deploy(r3).ok();
+    let sets = support::deploy::sets(&server);
+    assert_eq!(sets, [format!("r{r3}")]);
+    let logs = server.run(&["logs", "--env", "production", "--release", &r1.to_string()]);
+    logs.ok();
+    assert!(logs.stdout.contains("listening"), "{}", logs.stdout);
+    assert!(logs.stdout.contains("shutdown complete"), "{}", logs.stdout);
+    // Without --release: the running instances only.
+    let logs = server.run(&["logs", "--env", "production"]);
+    assert!(
+        !logs.stdout.contains("shutdown complete"),
+        "{}",
+        logs.stdout
+    );
+
+    let none = server.run(&["logs", "--env", "production", "--release", "99"]);
+    assert_ne!(none.code, 0);
+    assert!(
+        none.stderr
+            .contains("release 99 has no instances with logs in hello/production"),
+        "{}",
+        none.stderr
+    );
+}

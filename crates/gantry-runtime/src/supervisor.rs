@@ -201,10 +201,14 @@ impl Runtime {
     }
 
     pub fn instance_dir(&self, spec: &InstanceSpec) -> PathBuf {
-        self.root
-            .join(&spec.app)
-            .join(&spec.env)
+        self.env_dir(&spec.app, &spec.env)
             .join(format!("{}-{}", spec.set, spec.index))
+    }
+
+    /// The directory holding the instance directories (`<set>-<index>`) of
+    /// an app environment, running or stopped.
+    pub fn env_dir(&self, app: &str, env: &str) -> PathBuf {
+        self.root.join(app).join(env)
     }
 
     /// Starts a new process for `spec` and supervises it.

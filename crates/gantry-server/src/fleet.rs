@@ -27,6 +27,11 @@ use crate::error::ApiError;
 /// The backend set started by `gantry start` (releases bring their own).
 const MAIN_SET: &str = "main";
 
+/// How many stopped sets of an environment keep their instance directories
+/// (and so their logs, for `gantry logs --release N`); older ones are
+/// removed when another set stops.
+pub(crate) const KEEP_STOPPED_SETS: usize = 5;
+
 pub(crate) struct FleetOptions {
     /// Command that runs a shim (the instance dir is appended).
     pub(crate) shim: Vec<OsString>,
@@ -327,6 +332,11 @@ impl Fleet {
             }
         }
         if failed.is_empty() {
+            let live: Vec<PathBuf> = lock(&self.running)
+                .values()
+                .map(|r| self.runtime.instance_dir(r.instance.spec()))
+                .collect();
+            prune_stopped_sets(&self.runtime.env_dir(app, env), &live, KEEP_STOPPED_SETS);
             return Ok(n);
         }
         Err(ApiError::internal(format!(
@@ -405,13 +415,37 @@ impl Fleet {
     }
 
     /// The last `n` log lines of an app environment's instances, merged by
-    /// time, only those after `after` (an RFC 3339 time) if given.
-    pub(crate) fn logs(&self, app: &str, env: &str, n: usize, after: Option<&str>) -> Vec<LogLine> {
-        let dirs: Vec<(String, PathBuf)> = lock(&self.running)
-            .iter()
-            .filter(|(_, r)| r.app == app && r.env == env)
-            .map(|(id, r)| (id.clone(), self.runtime.instance_dir(r.instance.spec())))
-            .collect();
+    /// time, only those after `after` (an RFC 3339 time) if given: of the
+    /// running instances, or with `release`, of every instance of that
+    /// release's sets (`r<N>`, `r<N>-…`), running or stopped (as long as
+    /// their directories are kept: [`KEEP_STOPPED_SETS`]). `None` when no
+    /// instance of the release is known.
+    pub(crate) fn logs(
+        &self,
+        app: &str,
+        env: &str,
+        n: usize,
+        after: Option<&str>,
+        release: Option<i64>,
+    ) -> Option<Vec<LogLine>> {
+        let dirs: Vec<(String, PathBuf)> = match release {
+            None => lock(&self.running)
+                .iter()
+                .filter(|(_, r)| r.app == app && r.env == env)
+                .map(|(id, r)| (id.clone(), self.runtime.instance_dir(r.instance.spec())))
+                .collect(),
+            Some(number) => {
+                let dirs: Vec<(String, PathBuf)> = instance_dirs(&self.runtime.env_dir(app, env))
+                    .into_iter()
+                    .filter(|(set, _, _)| is_release_set(set, number))
+                    .map(|(set, index, dir)| (format!("{app}.{env}.{set}.{index}"), dir))
+                    .collect();
+                if dirs.is_empty() {
+                    return None;
+                }
+                dirs
+            }
+        };
         let mut lines: Vec<LogLine> = dirs
             .iter()
             .flat_map(|(id, dir)| {
@@ -435,7 +469,65 @@ impl Fleet {
             .collect();
         lines.sort_by(|a, b| a.at.cmp(&b.at));
         let skip = lines.len().saturating_sub(n);
-        lines.split_off(skip)
+        Some(lines.split_off(skip))
+    }
+}
+
+/// Whether backend set `set` runs release `number`: `r<N>`, or `r<N>-…`
+/// for a redeploy of the same release.
+fn is_release_set(set: &str, number: i64) -> bool {
+    let name = format!("r{number}");
+    set == name || set.strip_prefix(&name).is_some_and(|r| r.starts_with('-'))
+}
+
+/// The instance directories (`<set>-<index>`) under an environment's
+/// directory: set, index and path.
+fn instance_dirs(env_dir: &Path) -> Vec<(String, u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(env_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (set, index) = name.rsplit_once('-')?;
+            Some((set.to_string(), index.parse().ok()?, e.path()))
+        })
+        .collect()
+}
+
+/// Removes the instance directories of all but the `keep` most recently
+/// used stopped sets of an environment; `live` are the directories of
+/// running instances, never removed (nor is any other directory of their
+/// sets).
+fn prune_stopped_sets(env_dir: &Path, live: &[PathBuf], keep: usize) {
+    let mut sets: BTreeMap<String, (std::time::SystemTime, Vec<PathBuf>, bool)> = BTreeMap::new();
+    for (set, _, dir) in instance_dirs(env_dir) {
+        let used = [dir.join(gantry_runtime::logs::LOG_FILE), dir.clone()]
+            .iter()
+            .find_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let is_live = live.contains(&dir);
+        let entry = sets
+            .entry(set)
+            .or_insert((std::time::UNIX_EPOCH, Vec::new(), false));
+        entry.0 = entry.0.max(used);
+        entry.1.push(dir);
+        entry.2 |= is_live;
+    }
+    let mut stopped: Vec<(std::time::SystemTime, Vec<PathBuf>)> = sets
+        .into_values()
+        .filter(|(_, _, is_live)| !is_live)
+        .map(|(used, dirs, _)| (used, dirs))
+        .collect();
+    stopped.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (_, dirs) in stopped.into_iter().skip(keep) {
+        for dir in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old instance directory");
+            }
+        }
     }
 }
 
@@ -577,5 +669,58 @@ fn instance_spec(
         log_max_bytes: 10 * 1024 * 1024,
         log_keep: 3,
         usage_interval: Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_sets_are_matched_by_name() {
+        assert!(is_release_set("r4", 4));
+        assert!(is_release_set("r4-17", 4));
+        assert!(!is_release_set("r41", 4));
+        assert!(!is_release_set("r41-2", 4));
+        assert!(!is_release_set("main", 4));
+        assert!(!is_release_set("r", 4));
+    }
+
+    #[test]
+    fn only_the_newest_stopped_sets_keep_their_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let env = root.path();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+        // Sets r1..r6, two instances each, used in that order; r1 runs.
+        for n in 1..=6u64 {
+            for i in 0..2 {
+                let dir = env.join(format!("r{n}-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let log = dir.join(gantry_runtime::logs::LOG_FILE);
+                std::fs::write(&log, "x").unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&log)
+                    .unwrap()
+                    .set_modified(t0 + Duration::from_secs(60 * n))
+                    .unwrap();
+            }
+        }
+        std::fs::create_dir_all(env.join("not-an-instance")).unwrap();
+        let live = vec![env.join("r1-0")];
+        prune_stopped_sets(env, &live, 3);
+        let mut left: Vec<String> = instance_dirs(env)
+            .into_iter()
+            .map(|(s, i, _)| format!("{s}-{i}"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "r1-0", "r1-1", "r4-0", "r4-1", "r5-0", "r5-1", "r6-0", "r6-1"
+            ],
+            "the running set, and the three newest stopped ones"
+        );
+        assert!(env.join("not-an-instance").is_dir());
     }
 }
