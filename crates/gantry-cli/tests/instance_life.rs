@@ -360,3 +360,143 @@ fn a_release_that_cannot_start_says_why_and_stopped_sets_keep_their_logs() {
         none.stderr
     );
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_stay_off_disk_through_deploys_adoption_and_restarts() {
+    use support::deploy::{config, release, serial};
+    let _serial = serial();
+    // An age key of our own, as GANTRY_SECRET_KEY (taken from a throwaway
+    // server's key file).
+    let key = {
+        let scratch = TestServer::start();
+        let text = std::fs::read_to_string(scratch.data_dir().join("secret.key")).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap()
+            .to_string()
+    };
+    let proxy_state = tempfile::tempdir().unwrap();
+    let _proxy = support::start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    let mut server = TestServer::start_in_with_env(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--proxy-admin",
+            admin.to_str().unwrap(),
+            "--port-range",
+            "30400-30449",
+        ],
+        &[("GANTRY_SECRET_KEY", &key)],
+    );
+    assert!(!server.data_dir().join("secret.key").exists());
+    const PW: &str = "pw-7f3a9c1e-never-on-disk";
+    let toml = format!(
+        "secrets = [\"PW\"]\n{}",
+        config(
+            "strategy = \"blue-green\"\nrollback_window = \"1s\"",
+            "EXPOSE_ENV = \"PW,DATABASE_URL\"\nDATABASE_URL = \"postgres://u:${secret.PW}@h/db\"",
+            "",
+        )
+    );
+    let r1 = release(&server, &toml);
+    server
+        .run_stdin(&["secrets", "set", "PW", "--env", "production"], PW)
+        .ok();
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r1.to_string(),
+        ])
+        .ok();
+    let r2 = release(
+        &server,
+        &toml.replace("[env]\n", "[env]\nAPP_VERSION = \"v2\"\n"),
+    );
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r2.to_string(),
+        ])
+        .ok();
+    let check = |server: &TestServer| {
+        let list = server.wait_ready("production", 2);
+        for i in &list {
+            let port = i["port"].as_u64().unwrap();
+            assert_eq!(get(port, "/env/PW"), (200, PW.to_string()));
+            assert_eq!(
+                get(port, "/env/DATABASE_URL").1,
+                format!("postgres://u:{PW}@h/db")
+            );
+            // The shim's arguments and environment carry neither the secret
+            // nor the key (the app's own environment has the secret: that
+            // is what it is for).
+            let pid = i["pid"].as_i64().unwrap() as i32;
+            let shim = gantry_runtime::procfs::stat(pid).unwrap().ppid;
+            for f in ["cmdline", "environ"] {
+                let b = std::fs::read(format!("/proc/{shim}/{f}")).unwrap();
+                let has = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+                assert!(!has(PW.as_bytes()), "the shim's {f} has the secret");
+                assert!(!has(key.as_bytes()), "the shim's {f} has the key");
+            }
+        }
+        list
+    };
+    let before = check(&server);
+
+    // A new control plane adopts the instances; one crashes and restarts:
+    // the value comes from the store again.
+    server.kill9_and_restart_paused(|| {});
+    let list = check(&server);
+    assert_eq!(list[0]["pid"], before[0]["pid"], "adopted");
+    let pid = list[0]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.wait_ready("production", 2)[0]["pid"].as_i64() == Some(i64::from(pid)) {
+        assert!(Instant::now() < deadline, "not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check(&server);
+    // SQLite's WAL and database, instance directories and logs: nowhere,
+    // while the server runs and after it stopped.
+    let scan = |server: &TestServer| {
+        for needle in [PW, &format!("u:{PW}@h")] {
+            assert_eq!(
+                files_containing(&server.data_dir(), needle.as_bytes()),
+                Vec::<std::path::PathBuf>::new(),
+                "files holding the secret"
+            );
+        }
+    };
+    assert!(server.data_dir().join("gantry.db-wal").exists());
+    scan(&server);
+    server.stop();
+    scan(&server);
+    assert!(
+        !server.log.lock().unwrap().contains(PW),
+        "the server's own log"
+    );
+}

@@ -58,6 +58,7 @@ fn spec(name: &str, env: &[(&str, &str)]) -> InstanceSpec {
         command: app.display().to_string(),
         workdir: app.parent().unwrap().to_path_buf(),
         env_vars: vars,
+        secret_env: BTreeMap::new(),
         port: port(),
         readiness: Some(http_probe("/readiness")),
         liveness: None,
@@ -742,4 +743,111 @@ async fn an_app_whose_shim_dies_is_stopped_and_started_under_a_new_shim() {
     // Its output is captured again.
     assert_eq!(get(port, "/health").0, 200);
     i.stop().await.unwrap();
+}
+
+/// A source of secret values that counts how often it is asked, and whose
+/// values the test can change.
+struct Secrets {
+    values: std::sync::Mutex<BTreeMap<String, String>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl gantry_runtime::SecretSource for Secrets {
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
+        assert_eq!((app, env), ("hello", "secret"));
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.values.lock().unwrap().clone())
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_reach_the_app_from_the_source_and_never_a_file() {
+    let source = std::sync::Arc::new(Secrets {
+        values: std::sync::Mutex::new(BTreeMap::from([("PW".into(), "s3cr3t-one".into())])),
+        asked: Default::default(),
+    });
+    let mut h = Harness::new();
+    h.runtime = h.runtime.clone().with_secrets(source.clone());
+    let mut s = spec("secret", &[("EXPOSE_ENV", "PW,DATABASE_URL")]);
+    s.secret_env = BTreeMap::from([
+        ("PW".into(), "${secret.PW}".into()),
+        (
+            "DATABASE_URL".into(),
+            "postgres://u:${secret.PW}@h/db".into(),
+        ),
+    ]);
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    assert_eq!(get(port, "/env/PW"), (200, "s3cr3t-one".into()));
+    assert_eq!(
+        get(port, "/env/DATABASE_URL").1,
+        "postgres://u:s3cr3t-one@h/db"
+    );
+    // Neither the shim's arguments nor its environment carry it.
+    let (shim, _) = st.shim.unwrap();
+    for f in ["cmdline", "environ"] {
+        let b = std::fs::read(format!("/proc/{shim}/{f}")).unwrap();
+        assert!(!b.windows(10).any(|w| w == b"s3cr3t-one"), "shim {f}");
+    }
+    // A crash: the restart asks the source again, and gets today's value.
+    *source.values.lock().unwrap() = BTreeMap::from([("PW".into(), "s3cr3t-two".into())]);
+    let pid = st.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait(&i, "restarted", |s| {
+        s.ready && s.pid.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert_eq!(get(port, "/env/PW"), (200, "s3cr3t-two".into()));
+    assert_eq!(source.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    for secret in ["s3cr3t-one", "s3cr3t-two"] {
+        assert_eq!(
+            files_containing(h.root.path(), secret.as_bytes()),
+            Vec::<std::path::PathBuf>::new(),
+            "{secret} is in a file"
+        );
+    }
+    // The shim's spec on disk has no secret variable at all.
+    let dir = h.runtime.instance_dir(i.spec());
+    let spec_json = std::fs::read_to_string(dir.join("spec.json")).unwrap();
+    assert!(!spec_json.contains("postgres://"), "{spec_json}");
+    i.stop().await.unwrap();
+
+    // A secret without a value: a start failure that names it.
+    *source.values.lock().unwrap() = BTreeMap::new();
+    let mut s = spec("secret", &[]);
+    s.index = 1;
+    s.secret_env = BTreeMap::from([("PW".into(), "${secret.PW}".into())]);
+    s.restart.policy = RestartPolicy::Never;
+    let i = h.runtime.start(s);
+    let e = loop {
+        let e = h.expect(EventKind::StartFailed).await;
+        if e.instance == i.spec().id() {
+            break e;
+        }
+    };
+    assert!(
+        e.message
+            .starts_with("secret `PW` (for `PW`) has no value in `secret`; set it with"),
+        "{}",
+        e.message
+    );
 }

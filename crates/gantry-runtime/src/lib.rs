@@ -19,6 +19,9 @@
 //!   and stop in a crash-loop state ([`restart`], pure and unit-tested).
 //! - Ports come from one host-wide pool, verified free by binding ([`ports`]).
 //! - Every state change is an [`Event`] with a reason, sent to the caller.
+//! - Secret values are never written down: specs carry templates, filled in
+//!   from a [`SecretSource`] at each start and handed to the shim on its
+//!   stdin ([`secrets`]).
 //!
 //! The driver boundary is [`Runtime`]'s methods and the serializable
 //! [`InstanceSpec`]; a container driver would implement the same.
@@ -31,11 +34,13 @@ pub mod ports;
 pub mod probe;
 pub mod procfs;
 pub mod restart;
+pub mod secrets;
 pub mod shim;
 pub mod supervisor;
 
 pub use supervisor::{
-    Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime, StopError,
+    Event, EventKind, Instance, InstanceSpec, InstanceStatus, Phase, Runtime, SecretSource,
+    StopError,
 };
 
 /// The environment every instance starts from: the variables of this

@@ -11,6 +11,7 @@
 //! `shim.json`.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,7 +39,8 @@ pub struct ShimSpec {
     #[serde(default = "default_stop_signal")]
     pub stop_signal: i32,
     pub workdir: PathBuf,
-    /// The app's whole environment.
+    /// The app's environment, without the secret variables (those come on
+    /// the shim's stdin).
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub log_max_bytes: u64,
@@ -114,6 +116,17 @@ fn run(dir: &Path) -> Result<(), String> {
     let spec: ShimSpec = read_json(&dir.join(SPEC_FILE))
         .ok_or_else(|| format!("cannot read {}", dir.join(SPEC_FILE).display()))?;
     let _ = std::fs::remove_file(dir.join(EXIT_FILE));
+    // The secret variables come on stdin (JSON), never from a file.
+    let mut secret = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut secret)
+        .map_err(|e| format!("cannot read the secret variables from stdin: {e}"))?;
+    let secret: BTreeMap<String, String> = if secret.iter().all(u8::is_ascii_whitespace) {
+        BTreeMap::new()
+    } else {
+        serde_json::from_slice(&secret)
+            .map_err(|e| format!("the secret variables on stdin are not a JSON object: {e}"))?
+    };
     let enforced = limits::apply_to_self(&spec.id, &spec.limits);
     let (tx, dropped, writer) = logs::start_writer(
         dir,
@@ -133,6 +146,7 @@ fn run(dir: &Path) -> Result<(), String> {
         .current_dir(&spec.workdir)
         .env_clear()
         .envs(&spec.env)
+        .envs(&secret)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -31,8 +31,14 @@ pub struct InstanceSpec {
     /// A shell command line (see [`crate::cmdline`]).
     pub command: String,
     pub workdir: PathBuf,
-    /// The app's environment (secrets included); `PORT` is added.
+    /// The app's environment without secret values; `PORT` is added.
     pub env_vars: BTreeMap<String, String>,
+    /// Variables that carry secrets, as templates: `${secret.NAME}` stands
+    /// for the value of secret `NAME`, filled in from the runtime's
+    /// [`SecretSource`] each time the app starts (so the values are never
+    /// stored with the spec). They are set on top of `env_vars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     pub port: u16,
     pub readiness: Option<ProbeSpec>,
     pub liveness: Option<ProbeSpec>,
@@ -180,12 +186,22 @@ pub struct StopError {
 /// before it reports that it failed.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// Where the values of secrets come from when an app (re)starts: e.g.
+/// decrypted from the store on demand, so they are never on disk in the
+/// clear (see [`crate::secrets`]). Called on a blocking thread.
+pub trait SecretSource: Send + Sync {
+    /// The current values of the secrets of app environment `app`/`env`,
+    /// by name; an error in words.
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String>;
+}
+
 /// Starts and adopts instances. Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
     root: PathBuf,
     shim: Arc<Vec<OsString>>,
     events: mpsc::UnboundedSender<Event>,
+    secrets: Option<Arc<dyn SecretSource>>,
 }
 
 impl Runtime {
@@ -197,7 +213,15 @@ impl Runtime {
             root,
             shim: Arc::new(shim),
             events,
+            secrets: None,
         }
+    }
+
+    /// Fills in [`InstanceSpec::secret_env`] from `source`. Without one, an
+    /// instance with secret variables cannot start.
+    pub fn with_secrets(mut self, source: Arc<dyn SecretSource>) -> Self {
+        self.secrets = Some(source);
+        self
     }
 
     pub fn instance_dir(&self, spec: &InstanceSpec) -> PathBuf {
@@ -248,6 +272,7 @@ impl Runtime {
             spec: spec.clone(),
             dir,
             shim: self.shim.clone(),
+            secrets: self.secrets.clone(),
             events: self.events.clone(),
             status: status_tx,
             commands: cmd_rx,
@@ -329,6 +354,9 @@ impl Instance {
 struct Running {
     state: ShimState,
     started: Instant,
+    /// The app's whole environment, secrets included (in memory only), for
+    /// exec probes.
+    env: BTreeMap<String, String>,
 }
 
 enum Outcome {
@@ -359,6 +387,7 @@ struct Supervisor {
     spec: Arc<InstanceSpec>,
     dir: PathBuf,
     shim: Arc<Vec<OsString>>,
+    secrets: Option<Arc<dyn SecretSource>>,
     events: mpsc::UnboundedSender<Event>,
     status: watch::Sender<InstanceStatus>,
     commands: mpsc::Receiver<Command>,
@@ -610,6 +639,35 @@ impl Supervisor {
             .collect()
     }
 
+    /// The variables of [`InstanceSpec::secret_env`] with the secrets'
+    /// current values filled in (never `PORT`).
+    async fn secret_vars(&self) -> Result<BTreeMap<String, String>, String> {
+        if self.spec.secret_env.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let Some(source) = self.secrets.clone() else {
+            return Err("this runtime has no source of secret values".into());
+        };
+        let (app, env) = (self.spec.app.clone(), self.spec.env.clone());
+        let values = tokio::task::spawn_blocking(move || source.secrets(&app, &env))
+            .await
+            .map_err(|e| e.to_string())??;
+        let mut vars = BTreeMap::new();
+        for (k, template) in &self.spec.secret_env {
+            let v = crate::secrets::render(template, &values).map_err(|name| {
+                format!(
+                    "secret `{name}` (for `{k}`) has no value in `{}`; set it with `gantry secrets \
+                     set {name} --env {}`",
+                    self.spec.env, self.spec.env
+                )
+            })?;
+            vars.insert(k.clone(), v);
+        }
+        vars.remove("PORT");
+        Ok(vars)
+    }
+
+    /// What the shim writes down: the environment without secret values.
     fn shim_spec(&self) -> ShimSpec {
         let mut env = self.spec.env_vars.clone();
         env.insert("PORT".into(), self.spec.port.to_string());
@@ -627,6 +685,13 @@ impl Supervisor {
 
     async fn spawn(&mut self) -> Result<Running, ExitReason> {
         self.update(|s| s.phase = Phase::Starting);
+        let secret = match self.secret_vars().await {
+            Ok(v) => v,
+            Err(e) => {
+                self.event(EventKind::StartFailed, e);
+                return Err(ExitReason::Code(127));
+            }
+        };
         let dir = self.dir.clone();
         let prepared = std::fs::create_dir_all(&dir).and_then(|()| {
             let _ = std::fs::remove_file(dir.join(shim::STATE_FILE));
@@ -647,15 +712,20 @@ impl Supervisor {
             self.event(EventKind::StartFailed, "no shim command configured".into());
             return Err(ExitReason::Code(127));
         };
-        let child = tokio::process::Command::new(program)
+        // The shim gets only PATH of this process's environment (never its
+        // secret key), and the secret variables on its stdin, not in a file
+        // or its arguments.
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .arg(&dir)
-            .stdin(std::process::Stdio::null())
+            .env_clear()
+            .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .kill_on_drop(false)
-            .spawn();
-        let mut child = match child {
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
             Ok(c) => c,
             Err(e) => {
                 self.event(
@@ -665,6 +735,15 @@ impl Supervisor {
                 return Err(ExitReason::Code(127));
             }
         };
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let bytes = serde_json::to_vec(&secret).unwrap_or_default();
+            // A shim that died before reading is seen below.
+            let _ = stdin.write_all(&bytes).await;
+            drop(stdin);
+        }
+        let mut env = self.shim_spec().env;
+        env.extend(secret);
         // Reap the shim whenever it exits, so it never lingers as a zombie.
         let mut reaped = tokio::spawn(async move { child.wait().await });
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -682,6 +761,7 @@ impl Supervisor {
                 return Ok(Running {
                     state,
                     started: Instant::now(),
+                    env,
                 });
             }
             if reaped.is_finished() || Instant::now() > deadline {
@@ -727,9 +807,18 @@ impl Supervisor {
                 self.running(&state);
                 let age =
                     Duration::from_millis((crate::now_ms() - state.started_at_ms).max(0) as u64);
+                let mut env = self.shim_spec().env;
+                match self.secret_vars().await {
+                    Ok(secret) => env.extend(secret),
+                    Err(e) => tracing::warn!(
+                        instance = %self.spec.id(),
+                        "exec probes run without the secret variables: {e}"
+                    ),
+                }
                 Ok(Running {
                     state,
                     started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    env,
                 })
             }
             Some(state) => {
@@ -792,7 +881,7 @@ impl Supervisor {
         let pid = run.state.app_pid;
         let exec = ExecContext {
             workdir: spec.workdir.clone(),
-            env: self.shim_spec().env,
+            env: run.env.clone(),
         };
         let mut ready = ProbeState::default();
         let mut live = ProbeState::default();

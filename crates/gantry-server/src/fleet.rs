@@ -2,6 +2,11 @@
 //! app environment, on which ports, recorded in the store *before* they
 //! start, so a restarted control plane adopts them (see `gantry-runtime`).
 //! Runtime events are stored as they come; usage is sampled into the store.
+//!
+//! Secret values are never in an instance's record (nor in any file): the
+//! variables that carry one are stored as templates, and the runtime asks
+//! [`StoreSecrets`] for the values, decrypted from the store, each time it
+//! starts the app (see `gantry_runtime::secrets`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,7 +21,7 @@ use gantry_runtime::limits::Limits;
 use gantry_runtime::ports::PortPool;
 use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
 use gantry_runtime::restart::{Backoff, CrashLoop, RestartPolicy, RestartRules};
-use gantry_runtime::{Event, Instance, InstanceSpec, Runtime};
+use gantry_runtime::{Event, Instance, InstanceSpec, Runtime, SecretSource};
 use gantry_spec::AppSpec;
 use gantry_spec::model::{self, ProbeKind, StopSignal};
 use gantry_store::Store;
@@ -70,7 +75,8 @@ impl Fleet {
         opts: FleetOptions,
     ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx);
+        let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
+            .with_secrets(Arc::new(StoreSecrets(store.clone())));
         let fleet = Arc::new(Self {
             runtime,
             store: store.clone(),
@@ -183,7 +189,7 @@ impl Fleet {
         let data = self.env_data_dir(app, env);
         std::fs::create_dir_all(&data)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", data.display())))?;
-        let env_vars = app_env(app, env, spec, &secrets, &data)?;
+        let (env_vars, secret_env) = instance_env_split(app, env, spec, &secrets, &data)?;
         let count = spec.run.instances;
         let mut specs = Vec::new();
         {
@@ -191,7 +197,15 @@ impl Fleet {
             for index in 0..count {
                 match ports.allocate() {
                     Ok(port) => specs.push(instance_spec(
-                        app, env, set, index, port, spec, &dir, &env_vars,
+                        app,
+                        env,
+                        set,
+                        index,
+                        port,
+                        spec,
+                        &dir,
+                        &env_vars,
+                        &secret_env,
                     )),
                     Err(e) => {
                         for s in &specs {
@@ -554,6 +568,47 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedRece
     }
 }
 
+/// The runtime's source of secret values: decrypted from the store when an
+/// app starts.
+struct StoreSecrets(Arc<Store>);
+
+impl SecretSource for StoreSecrets {
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
+        let values = self.0.secret_values(app, env).map_err(|e| e.to_string())?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(name, v)| Some((name, String::from_utf8(v).ok()?)))
+            .collect())
+    }
+}
+
+type Vars = BTreeMap<String, String>;
+
+/// An instance's environment in two parts: the variables without secrets
+/// (the runtime's base and `[env]`), and those that carry one (declared
+/// secrets, `[env]` values with `${secret.NAME}`) as templates for the
+/// runtime to fill in. `secrets` only checks that every reference has a
+/// value now.
+fn instance_env_split(
+    app: &str,
+    env: &str,
+    spec: &AppSpec,
+    secrets: &[(String, Vec<u8>)],
+    data: &Path,
+) -> Result<(Vars, Vars), ApiError> {
+    app_env(app, env, spec, secrets, data)?;
+    let templates = spec
+        .render_env(|name| Some(format!("${{secret.{name}}}")))
+        .map_err(|gantry_spec::MissingSecret(name)| {
+            ApiError::internal(format!("secret `{name}` cannot be referenced"))
+        })?;
+    let (secret, plain): (BTreeMap<_, _>, BTreeMap<_, _>) = templates
+        .into_iter()
+        .partition(|(_, v)| gantry_runtime::secrets::refers_to_secret(v));
+    let plain = gantry_runtime::instance_env(app, env, data, &spec.run.inherited_env(), plain);
+    Ok((plain, secret))
+}
+
 /// The app's environment: the runtime's base, the config's `[env]` with
 /// secret references filled in, and every declared secret by name.
 pub(crate) fn app_env(
@@ -619,6 +674,7 @@ fn instance_spec(
     spec: &AppSpec,
     dir: &Path,
     env_vars: &BTreeMap<String, String>,
+    secret_env: &BTreeMap<String, String>,
 ) -> InstanceSpec {
     let run = &spec.run;
     let mut vars = env_vars.clone();
@@ -635,6 +691,7 @@ fn instance_spec(
         command: run.command.clone(),
         workdir,
         env_vars: vars,
+        secret_env: secret_env.clone(),
         port,
         readiness: Some(probe(&spec.health.readiness)),
         liveness: spec.health.liveness.as_ref().map(probe),

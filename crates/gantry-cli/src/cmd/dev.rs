@@ -245,6 +245,7 @@ async fn start(
             command: resolved.run.command.clone(),
             workdir: workdir.clone(),
             env_vars,
+            secret_env: Default::default(),
             port,
             readiness: None,
             liveness: None,
