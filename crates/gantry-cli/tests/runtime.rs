@@ -58,6 +58,7 @@ fn spec(name: &str, env: &[(&str, &str)]) -> InstanceSpec {
         command: app.display().to_string(),
         workdir: app.parent().unwrap().to_path_buf(),
         env_vars: vars,
+        secret_env: BTreeMap::new(),
         port: port(),
         readiness: Some(http_probe("/readiness")),
         liveness: None,
@@ -200,7 +201,7 @@ async fn starts_with_env_and_port_serves_logs_and_stops_gracefully() {
     );
 
     let pid = st.pid.unwrap();
-    i.stop().await;
+    i.stop().await.unwrap();
     let stopped = h.expect(EventKind::Stopped).await;
     assert!(
         stopped.message.contains("stopped by SIGTERM after"),
@@ -229,7 +230,7 @@ async fn readiness_that_never_passes_keeps_the_instance_out() {
     assert!(!st.ready);
     assert_eq!(st.phase, Phase::Running, "not ready is not a crash");
     assert!(!h.seen.iter().any(|e| e.kind == EventKind::Ready));
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +252,7 @@ async fn liveness_failure_restarts_the_process() {
     let second = h.expect(EventKind::Started).await;
     assert_ne!(first.message, second.message, "a new pid");
     assert!(i.status().restarts >= 1);
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +301,7 @@ async fn crash_loop_backs_off_then_stops_restarting() {
     // ...until an explicit restart.
     i.restart().await;
     h.expect(EventKind::Started).await;
-    i.stop().await;
+    i.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +348,7 @@ async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
         .unwrap();
     assert!(alive(child));
     let pid = i.status().pid.unwrap();
-    i.stop().await;
+    i.stop().await.unwrap();
     let e = h.expect(EventKind::Stopped).await;
     assert!(
         e.message.contains(
@@ -357,14 +358,11 @@ async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
         e.message
     );
     assert!(!alive(pid));
-    // The child was in the app's process group: gone too (reaped by init).
-    for _ in 0..100 {
-        if !alive(child) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(child), "child {child} outlived the app");
+    // The child was in the app's process group: a stop is done only once
+    // the whole group is gone.
+    assert!(!alive(child), "child {child} outlived the stop");
+    // Stopping again is fine: nothing is left to stop.
+    i.stop().await.unwrap();
 }
 
 #[test]
@@ -410,7 +408,7 @@ fn instances_survive_the_control_plane_and_are_adopted() {
         })
         .await;
         assert_ne!(st.pid, Some(pid));
-        i.stop().await;
+        i.stop().await.unwrap();
     });
 }
 
@@ -427,6 +425,7 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
     let me = std::process::id() as i32;
     let state = gantry_runtime::shim::ShimState {
         shim_pid: me,
+        shim_start_ticks: 0,
         app_pid: me,
         app_start_ticks: 1,
         started_at_ms: 0,
@@ -446,7 +445,7 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
         h.expect(EventKind::Started).await;
         let st = wait(&i, "ready", |s| s.ready).await;
         assert_ne!(st.pid, Some(me));
-        i.stop().await;
+        i.stop().await.unwrap();
     });
 }
 
@@ -463,7 +462,392 @@ async fn a_python_app_is_supervised_the_same_way() {
     let (status, body) = get(port, "/");
     assert_eq!(status, 200);
     assert!(body.contains("hello"), "{body}");
-    i.stop().await;
+    i.stop().await.unwrap();
     let e = h.expect(EventKind::Stopped).await;
     assert!(e.message.contains("stopped by SIGTERM"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_failures_inside_the_startup_grace_do_not_count() {
+    // The app binds its port only after 5 s; readiness asks every second,
+    // and a single failure would call it not ready.
+    let mut h = Harness::new();
+    let mut probe = http_probe("/readiness");
+    probe.interval = Duration::from_secs(1);
+    probe.failure_threshold = 1;
+    let mut graced = spec("slow-graced", &[("STARTUP_DELAY_MS", "5000")]);
+    graced.readiness = Some(ProbeSpec {
+        startup_grace: Duration::from_secs(8),
+        ..probe.clone()
+    });
+    let mut bare = spec("slow-bare", &[("STARTUP_DELAY_MS", "5000")]);
+    bare.readiness = Some(probe);
+    let graced = h.runtime.start(graced);
+    let bare = h.runtime.start(bare);
+    // Without a grace the first refused probe counts...
+    let st = wait(&bare, "not ready without a grace", |s| {
+        s.not_ready.is_some()
+    })
+    .await;
+    assert!(
+        st.not_ready.as_deref().unwrap().contains("connect refused"),
+        "{st:?}"
+    );
+    // ...with one, the same app becomes ready and is never called not ready.
+    let st = wait(&graced, "ready or not ready", |s| {
+        s.ready || s.not_ready.is_some()
+    })
+    .await;
+    assert!(st.ready, "{st:?}");
+    assert_eq!(st.not_ready, None);
+    let id = graced.spec().id();
+    while h.expect(EventKind::Ready).await.instance != id {}
+    assert!(
+        !h.seen
+            .iter()
+            .any(|e| e.instance == id && e.kind == EventKind::NotReady),
+        "{:#?}",
+        h.seen
+    );
+    graced.stop().await.unwrap();
+    bare.stop().await.unwrap();
+}
+
+/// Runs `command` in `workdir` until ready, then stops it; returns the
+/// harness's Stopped event, the app's pid while it ran, its command line
+/// (from /proc), its log and its exit record.
+async fn run_and_stop(
+    h: &mut Harness,
+    name: &str,
+    command: &str,
+    workdir: &std::path::Path,
+    readiness: &str,
+    env: &[(&str, &str)],
+    check: impl FnOnce(u16),
+) -> (Event, String, Vec<String>, gantry_runtime::shim::ShimExit) {
+    let mut s = spec(name, env);
+    s.command = command.into();
+    s.workdir = workdir.to_path_buf();
+    s.readiness = Some(http_probe(readiness));
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    check(port);
+    let pid = st.pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    i.stop().await.unwrap();
+    let stopped = loop {
+        let e = h.expect(EventKind::Stopped).await;
+        if e.instance == i.spec().id() {
+            break e;
+        }
+    };
+    assert!(!alive(pid));
+    let dir = h.runtime.instance_dir(i.spec());
+    let exit: gantry_runtime::shim::ShimExit =
+        gantry_runtime::shim::read_json(&dir.join("exit.json")).expect("exit record");
+    (
+        stopped,
+        cmdline,
+        gantry_runtime::logs::tail(&dir, 100),
+        exit,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compound_command_line_runs_and_the_app_itself_gets_the_stop_signal() {
+    let mut h = Harness::new();
+    let app = support::hello_app();
+    let app_dir = app.parent().unwrap().to_path_buf();
+
+    // `cd sub && …`: the directory changes, and python (not the shell) is
+    // the process: it dies of the SIGTERM itself, and the record says so.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("sub")).unwrap();
+    std::fs::write(site.path().join("sub/index.html"), "hello from sub").unwrap();
+    let (stopped, cmdline, _, exit) = run_and_stop(
+        &mut h,
+        "cd-and",
+        "cd sub && python3 -m http.server --bind 127.0.0.1 $PORT",
+        site.path(),
+        "/",
+        &[],
+        |port| assert_eq!(get(port, "/"), (200, "hello from sub".into())),
+    )
+    .await;
+    assert!(cmdline.starts_with("python3 -m http.server"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!(
+        (exit.code, exit.signal),
+        (None, Some(15)),
+        "the app's own exit"
+    );
+
+    // `A=1 ./server`: the assignment reaches the app; it shuts down
+    // gracefully and exits 0.
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "assign",
+        "GREETING='hi there' ./hello-app",
+        &app_dir,
+        "/readiness",
+        &[("EXPOSE_ENV", "GREETING")],
+        |port| assert_eq!(get(port, "/env/GREETING"), (200, "hi there".into())),
+    )
+    .await;
+    assert!(cmdline.starts_with("./hello-app"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{log:#?}"
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
+
+    // `echo start; exec ./server`: the line's own exec is kept.
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "echo-exec",
+        "echo start; exec ./hello-app",
+        &app_dir,
+        "/readiness",
+        &[],
+        |_| {},
+    )
+    .await;
+    assert!(cmdline.starts_with("./hello-app"), "{cmdline}");
+    assert!(log.iter().any(|l| l.ends_with(" stdout start")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{log:#?}"
+    );
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
+
+    // A loop cannot be exec'ed: the shell stays, but waits for the app's
+    // graceful shutdown instead of dying first (and does not loop again).
+    let (stopped, cmdline, log, exit) = run_and_stop(
+        &mut h,
+        "loop",
+        "while true; do ./hello-app; done",
+        &app_dir,
+        "/readiness",
+        &[],
+        |_| {},
+    )
+    .await;
+    assert!(cmdline.starts_with("/bin/sh -c"), "{cmdline}");
+    assert!(
+        stopped.message.contains("stopped by SIGTERM"),
+        "{}",
+        stopped.message
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("shutdown complete"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!((exit.code, exit.signal), (Some(0), None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_keeps_the_last_lines_of_output() {
+    let h = Harness::new();
+    let mut s = spec("notfound", &[]);
+    s.command = "echo booting; echo \"$(printf 'x%.0s' $(seq 1 500))\"; datasette serve".into();
+    s.restart.policy = RestartPolicy::Never;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "exited", |s| s.phase == Phase::Exited).await;
+    assert_eq!(st.last_exit.as_deref(), Some("exited with code 127"));
+    // stdout and stderr are two pipes: their lines may interleave either way.
+    let has = |want: &str| st.output_tail.iter().any(|l| l == want);
+    assert!(has("booting"), "{st:?}");
+    assert!(has("/bin/sh: 1: exec: datasette: not found"), "{st:?}");
+    assert_eq!(st.output_tail.len(), 3, "{st:?}");
+    // Long lines are cut.
+    let long = st
+        .output_tail
+        .iter()
+        .find(|l| l.starts_with("xxx"))
+        .unwrap();
+    assert_eq!(
+        long.chars().count(),
+        gantry_runtime::supervisor::TAIL_LINE_CHARS + 1
+    );
+    assert!(long.ends_with('…'), "{long}");
+    let reason = st.with_output("hello.notfound.v1.0 exited with code 127".into());
+    assert!(
+        reason.starts_with("hello.notfound.v1.0 exited with code 127; its last output:\n  "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("\n  /bin/sh: 1: exec: datasette: not found"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_shim_dies_is_stopped_and_started_under_a_new_shim() {
+    let mut h = Harness::new();
+    let s = spec("shimdeath", &[]);
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    let (pid, (shim, _)) = (st.pid.unwrap(), st.shim.unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    while alive(shim) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // From the moment the shim is gone, the app is not shown running.
+    let now = i.status();
+    assert_ne!(now.phase, Phase::Running, "{now:?}");
+    assert!(!now.ready);
+    let e = h.expect(EventKind::ShimLost).await;
+    assert!(
+        e.message
+            .starts_with(&format!("the shim (pid {shim}) of pid {pid} is gone")),
+        "{}",
+        e.message
+    );
+    let stopped = h.expect(EventKind::Stopped).await;
+    assert!(stopped.message.starts_with(&format!("pid {pid} ")));
+    h.expect(EventKind::Started).await;
+    let st = wait(&i, "ready under a new shim", |s| {
+        s.ready && s.pid.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert!(!alive(pid), "the old app is gone");
+    let (new_shim, _) = st.shim.unwrap();
+    assert_ne!(new_shim, shim);
+    assert!(alive(new_shim));
+    assert_eq!(st.restarts, 1);
+    // Its output is captured again.
+    assert_eq!(get(port, "/health").0, 200);
+    i.stop().await.unwrap();
+}
+
+/// A source of secret values that counts how often it is asked, and whose
+/// values the test can change.
+struct Secrets {
+    values: std::sync::Mutex<BTreeMap<String, String>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl gantry_runtime::SecretSource for Secrets {
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
+        assert_eq!((app, env), ("hello", "secret"));
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.values.lock().unwrap().clone())
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_reach_the_app_from_the_source_and_never_a_file() {
+    let source = std::sync::Arc::new(Secrets {
+        values: std::sync::Mutex::new(BTreeMap::from([("PW".into(), "s3cr3t-one".into())])),
+        asked: Default::default(),
+    });
+    let mut h = Harness::new();
+    h.runtime = h.runtime.clone().with_secrets(source.clone());
+    let mut s = spec("secret", &[("EXPOSE_ENV", "PW,DATABASE_URL")]);
+    s.secret_env = BTreeMap::from([
+        ("PW".into(), "${secret.PW}".into()),
+        (
+            "DATABASE_URL".into(),
+            "postgres://u:${secret.PW}@h/db".into(),
+        ),
+    ]);
+    let port = s.port;
+    let i = h.runtime.start(s);
+    let st = wait(&i, "ready", |s| s.ready).await;
+    assert_eq!(get(port, "/env/PW"), (200, "s3cr3t-one".into()));
+    assert_eq!(
+        get(port, "/env/DATABASE_URL").1,
+        "postgres://u:s3cr3t-one@h/db"
+    );
+    // Neither the shim's arguments nor its environment carry it.
+    let (shim, _) = st.shim.unwrap();
+    for f in ["cmdline", "environ"] {
+        let b = std::fs::read(format!("/proc/{shim}/{f}")).unwrap();
+        assert!(!b.windows(10).any(|w| w == b"s3cr3t-one"), "shim {f}");
+    }
+    // A crash: the restart asks the source again, and gets today's value.
+    *source.values.lock().unwrap() = BTreeMap::from([("PW".into(), "s3cr3t-two".into())]);
+    let pid = st.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait(&i, "restarted", |s| {
+        s.ready && s.pid.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert_eq!(get(port, "/env/PW"), (200, "s3cr3t-two".into()));
+    assert_eq!(source.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    for secret in ["s3cr3t-one", "s3cr3t-two"] {
+        assert_eq!(
+            files_containing(h.root.path(), secret.as_bytes()),
+            Vec::<std::path::PathBuf>::new(),
+            "{secret} is in a file"
+        );
+    }
+    // The shim's spec on disk has no secret variable at all.
+    let dir = h.runtime.instance_dir(i.spec());
+    let spec_json = std::fs::read_to_string(dir.join("spec.json")).unwrap();
+    assert!(!spec_json.contains("postgres://"), "{spec_json}");
+    i.stop().await.unwrap();
+
+    // A secret without a value: a start failure that names it.
+    *source.values.lock().unwrap() = BTreeMap::new();
+    let mut s = spec("secret", &[]);
+    s.index = 1;
+    s.secret_env = BTreeMap::from([("PW".into(), "${secret.PW}".into())]);
+    s.restart.policy = RestartPolicy::Never;
+    let i = h.runtime.start(s);
+    let e = loop {
+        let e = h.expect(EventKind::StartFailed).await;
+        if e.instance == i.spec().id() {
+            break e;
+        }
+    };
+    assert!(
+        e.message
+            .starts_with("secret `PW` (for `PW`) has no value in `secret`; set it with"),
+        "{}",
+        e.message
+    );
 }

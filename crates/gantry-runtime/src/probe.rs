@@ -39,7 +39,8 @@ pub struct ProbeSpec {
     pub timeout: Duration,
     pub success_threshold: u32,
     pub failure_threshold: u32,
-    /// No verdict before this much time after start.
+    /// Failures inside this much time after the app started do not count
+    /// (a success does: an app that is up early is ready early).
     pub startup_grace: Duration,
 }
 
@@ -211,6 +212,22 @@ impl ProbeState {
         }
         None
     }
+
+    /// [`ProbeState::observe`] for a result taken `since_start` after the
+    /// app started: a failure inside [`ProbeSpec::startup_grace`] is noted
+    /// (`last`) but not counted.
+    pub fn observe_since_start(
+        &mut self,
+        spec: &ProbeSpec,
+        r: &ProbeResult,
+        since_start: Duration,
+    ) -> Option<bool> {
+        if !r.ok && since_start < spec.startup_grace {
+            self.last = Some(r.detail.clone());
+            return None;
+        }
+        self.observe(spec, r)
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +272,42 @@ mod tests {
         }
         assert_eq!(st.observe(&s, &bad), Some(false));
         assert_eq!(st.last.as_deref(), Some("bad"));
+    }
+
+    #[test]
+    fn failures_inside_the_startup_grace_do_not_count() {
+        let mut s = spec(ProbeCheck::Tcp);
+        s.success_threshold = 1;
+        s.failure_threshold = 1;
+        s.startup_grace = Duration::from_secs(5);
+        let bad = ProbeResult {
+            ok: false,
+            detail: "refused".into(),
+        };
+        let ok = ProbeResult {
+            ok: true,
+            detail: "ok".into(),
+        };
+        let mut st = ProbeState::default();
+        for secs in 0..5 {
+            assert_eq!(
+                st.observe_since_start(&s, &bad, Duration::from_secs(secs)),
+                None
+            );
+        }
+        assert_eq!(st.healthy, None, "no verdict from failures in the grace");
+        assert_eq!(st.last.as_deref(), Some("refused"));
+        // A success inside the grace counts at once.
+        let mut early = ProbeState::default();
+        assert_eq!(
+            early.observe_since_start(&s, &ok, Duration::from_secs(1)),
+            Some(true)
+        );
+        // After the grace, failures count again.
+        assert_eq!(
+            st.observe_since_start(&s, &bad, Duration::from_secs(5)),
+            Some(false)
+        );
     }
 
     #[tokio::test]

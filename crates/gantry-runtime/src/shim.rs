@@ -11,6 +11,7 @@
 //! `shim.json`.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,20 +31,34 @@ pub const SHIM_LOG: &str = "shim.log";
 pub struct ShimSpec {
     /// Cgroup name for this instance.
     pub id: String,
-    /// Run with `/bin/sh -c`.
+    /// A shell command line, run as [`crate::cmdline::shell_script`] makes
+    /// it.
     pub command: String,
+    /// The signal that stops the app gracefully (15 = SIGTERM): the shell
+    /// traps it, so it waits for the app instead of dying first.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
     pub workdir: PathBuf,
-    /// The app's whole environment.
+    /// The app's environment, without the secret variables (those come on
+    /// the shim's stdin).
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub log_max_bytes: u64,
     pub log_keep: u32,
 }
 
+fn default_stop_signal() -> i32 {
+    15
+}
+
 /// Written once the app runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimState {
     pub shim_pid: i32,
+    /// With the pid, the shim's identity: the supervisor watches it too, as
+    /// an app whose shim is gone has nobody reading its output.
+    #[serde(default)]
+    pub shim_start_ticks: u64,
     pub app_pid: i32,
     /// With the pid, the app's identity (see [`crate::procfs`]).
     pub app_start_ticks: u64,
@@ -101,6 +116,17 @@ fn run(dir: &Path) -> Result<(), String> {
     let spec: ShimSpec = read_json(&dir.join(SPEC_FILE))
         .ok_or_else(|| format!("cannot read {}", dir.join(SPEC_FILE).display()))?;
     let _ = std::fs::remove_file(dir.join(EXIT_FILE));
+    // The secret variables come on stdin (JSON), never from a file.
+    let mut secret = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut secret)
+        .map_err(|e| format!("cannot read the secret variables from stdin: {e}"))?;
+    let secret: BTreeMap<String, String> = if secret.iter().all(u8::is_ascii_whitespace) {
+        BTreeMap::new()
+    } else {
+        serde_json::from_slice(&secret)
+            .map_err(|e| format!("the secret variables on stdin are not a JSON object: {e}"))?
+    };
     let enforced = limits::apply_to_self(&spec.id, &spec.limits);
     let (tx, dropped, writer) = logs::start_writer(
         dir,
@@ -113,10 +139,14 @@ fn run(dir: &Path) -> Result<(), String> {
 
     let mut child = Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("exec {}", spec.command))
+        .arg(crate::cmdline::shell_script(
+            &spec.command,
+            spec.stop_signal,
+        ))
         .current_dir(&spec.workdir)
         .env_clear()
         .envs(&spec.env)
+        .envs(&secret)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -133,8 +163,10 @@ fn run(dir: &Path) -> Result<(), String> {
     let app_start_ticks = crate::procfs::stat(app_pid)
         .map(|s| s.start_ticks)
         .unwrap_or(0);
+    let shim_pid = std::process::id() as i32;
     let state = ShimState {
-        shim_pid: std::process::id() as i32,
+        shim_pid,
+        shim_start_ticks: crate::procfs::stat(shim_pid).map_or(0, |s| s.start_ticks),
         app_pid,
         app_start_ticks,
         started_at_ms: crate::now_ms(),

@@ -28,11 +28,17 @@ pub struct InstanceSpec {
     /// The backend set (e.g. a release id), so sets of one env coexist.
     pub set: String,
     pub index: u32,
-    /// Run with `/bin/sh -c`.
+    /// A shell command line (see [`crate::cmdline`]).
     pub command: String,
     pub workdir: PathBuf,
-    /// The app's environment (secrets included); `PORT` is added.
+    /// The app's environment without secret values; `PORT` is added.
     pub env_vars: BTreeMap<String, String>,
+    /// Variables that carry secrets, as templates: `${secret.NAME}` stands
+    /// for the value of secret `NAME`, filled in from the runtime's
+    /// [`SecretSource`] each time the app starts (so the values are never
+    /// stored with the spec). They are set on top of `env_vars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     pub port: u16,
     pub readiness: Option<ProbeSpec>,
     pub liveness: Option<ProbeSpec>,
@@ -86,6 +92,37 @@ pub struct InstanceStatus {
     pub rss_bytes: Option<u64>,
     /// How limits are enforced ("cgroup v1", "rlimit (memory only)", "none").
     pub limits: Option<String>,
+    /// The shim capturing the app's output, while the app runs: pid and
+    /// start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<(i32, u64)>,
+    /// The app's last lines of output (at most [`TAIL_LINES`], each cut at
+    /// [`TAIL_LINE_CHARS`]), taken when it failed: exited with a failure,
+    /// could not start, or was found not ready. Cleared when it is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+}
+
+/// How many lines of output [`InstanceStatus::output_tail`] keeps.
+pub const TAIL_LINES: usize = 10;
+/// Longer lines of [`InstanceStatus::output_tail`] are cut, with `…`.
+pub const TAIL_LINE_CHARS: usize = 200;
+
+impl InstanceStatus {
+    /// `reason`, followed by the app's last lines of output when there
+    /// are any: what a failed start is reported with.
+    pub fn with_output(&self, reason: String) -> String {
+        if self.output_tail.is_empty() {
+            return reason;
+        }
+        let mut out = reason;
+        out.push_str("; its last output:");
+        for l in &self.output_tail {
+            out.push_str("\n  ");
+            out.push_str(l);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +139,24 @@ pub enum EventKind {
     Restarting,
     CrashLoop,
     Stopped,
+    /// A stop did not get rid of every process of the instance.
+    StopFailed,
+    /// The shim of a running app died: the app is stopped and started again
+    /// under a new shim.
+    ShimLost,
+}
+
+/// How often the supervisor looks at the app's and the shim's processes.
+pub const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether the shim `pid` started at `ticks` (0: not recorded, by an older
+/// shim) is alive.
+fn shim_alive(pid: i32, ticks: u64) -> bool {
+    if ticks == 0 {
+        procfs::stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+    } else {
+        procfs::is_alive(pid, ticks)
+    }
 }
 
 /// A state change of an instance, with the reason in words.
@@ -114,8 +169,30 @@ pub struct Event {
 }
 
 enum Command {
-    Stop(oneshot::Sender<()>),
+    Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
+}
+
+/// A stop that did not stop: the instance's processes are still there.
+/// Supervision goes on, and the next [`Instance::stop`] tries again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{instance}: {reason}")]
+pub struct StopError {
+    pub instance: String,
+    pub reason: String,
+}
+
+/// How long a stop waits for the process group to be gone after SIGKILL
+/// before it reports that it failed.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the values of secrets come from when an app (re)starts: e.g.
+/// decrypted from the store on demand, so they are never on disk in the
+/// clear (see [`crate::secrets`]). Called on a blocking thread.
+pub trait SecretSource: Send + Sync {
+    /// The current values of the secrets of app environment `app`/`env`,
+    /// by name; an error in words.
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String>;
 }
 
 /// Starts and adopts instances. Cheap to clone.
@@ -124,6 +201,7 @@ pub struct Runtime {
     root: PathBuf,
     shim: Arc<Vec<OsString>>,
     events: mpsc::UnboundedSender<Event>,
+    secrets: Option<Arc<dyn SecretSource>>,
 }
 
 impl Runtime {
@@ -135,14 +213,26 @@ impl Runtime {
             root,
             shim: Arc::new(shim),
             events,
+            secrets: None,
         }
     }
 
+    /// Fills in [`InstanceSpec::secret_env`] from `source`. Without one, an
+    /// instance with secret variables cannot start.
+    pub fn with_secrets(mut self, source: Arc<dyn SecretSource>) -> Self {
+        self.secrets = Some(source);
+        self
+    }
+
     pub fn instance_dir(&self, spec: &InstanceSpec) -> PathBuf {
-        self.root
-            .join(&spec.app)
-            .join(&spec.env)
+        self.env_dir(&spec.app, &spec.env)
             .join(format!("{}-{}", spec.set, spec.index))
+    }
+
+    /// The directory holding the instance directories (`<set>-<index>`) of
+    /// an app environment, running or stopped.
+    pub fn env_dir(&self, app: &str, env: &str) -> PathBuf {
+        self.root.join(app).join(env)
     }
 
     /// Starts a new process for `spec` and supervises it.
@@ -173,6 +263,8 @@ impl Runtime {
             cpu_percent: None,
             rss_bytes: None,
             limits: None,
+            shim: None,
+            output_tail: Vec::new(),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let spec = Arc::new(spec);
@@ -180,6 +272,7 @@ impl Runtime {
             spec: spec.clone(),
             dir,
             shim: self.shim.clone(),
+            secrets: self.secrets.clone(),
             events: self.events.clone(),
             status: status_tx,
             commands: cmd_rx,
@@ -208,8 +301,17 @@ impl Instance {
         &self.spec
     }
 
+    /// The status. An app whose shim has died is never shown running: with
+    /// nobody reading its output it is as good as stopped, and the
+    /// supervisor, which notices within [`WATCH_EVERY`], is about to stop it
+    /// and start it again under a new shim; until then it is `stopping`.
     pub fn status(&self) -> InstanceStatus {
-        self.status.borrow().clone()
+        let mut s = self.status.borrow().clone();
+        if s.phase == Phase::Running && s.shim.is_some_and(|(pid, ticks)| !shim_alive(pid, ticks)) {
+            s.phase = Phase::Stopping;
+            s.ready = false;
+        }
+        s
     }
 
     /// Waits until `pred` holds for the status (callers add a timeout).
@@ -220,11 +322,22 @@ impl Instance {
     }
 
     /// Stops gracefully (stop signal, grace period, then SIGKILL to the
-    /// whole process group) and ends supervision.
-    pub async fn stop(&self) {
+    /// whole process group) and ends supervision. An error means something
+    /// of the instance is still alive [`KILL_WAIT`] after the SIGKILL: it
+    /// stays supervised, and calling `stop` again tries again. Stopping an
+    /// instance that is already stopped is fine.
+    pub async fn stop(&self) -> Result<(), StopError> {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
+        if self.commands.send(Command::Stop(tx)).await.is_err() {
+            // Supervision is over: it was stopped before.
+            return Ok(());
+        }
+        match rx.await {
+            Ok(Err(reason)) => Err(StopError {
+                instance: self.spec.id(),
+                reason,
+            }),
+            Ok(Ok(())) | Err(_) => Ok(()),
         }
     }
 
@@ -241,18 +354,40 @@ impl Instance {
 struct Running {
     state: ShimState,
     started: Instant,
+    /// The app's whole environment, secrets included (in memory only), for
+    /// exec probes.
+    env: BTreeMap<String, String>,
 }
 
 enum Outcome {
     Exited(ExitReason),
-    Stop(oneshot::Sender<()>),
+    /// The app runs, but its shim is gone.
+    ShimLost,
+    Stop(oneshot::Sender<Result<(), String>>),
     Restart(oneshot::Sender<()>),
+}
+
+/// What asked for the app to be stopped.
+enum Ask {
+    Stop(oneshot::Sender<Result<(), String>>),
+    Restart(oneshot::Sender<()>),
+    /// The supervisor itself, for an app whose shim died.
+    ShimLost,
+}
+
+/// After [`Supervisor::stop_run`].
+enum AfterStop {
+    Stopped,
+    Restart,
+    /// No handle is left to ask again.
+    Gone,
 }
 
 struct Supervisor {
     spec: Arc<InstanceSpec>,
     dir: PathBuf,
     shim: Arc<Vec<OsString>>,
+    secrets: Option<Arc<dyn SecretSource>>,
     events: mpsc::UnboundedSender<Event>,
     status: watch::Sender<InstanceStatus>,
     commands: mpsc::Receiver<Command>,
@@ -291,32 +426,67 @@ impl Supervisor {
                 .map_or(Duration::ZERO, |r| r.started.elapsed());
             let reason = match outcome {
                 Outcome::Stop(reply) => {
-                    if let Ok(run) = &started {
-                        self.stop_process(run).await;
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::Stop(reply)).await,
+                        Err(_) => {
+                            self.stopped();
+                            let _ = reply.send(Ok(()));
+                            AfterStop::Stopped
+                        }
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        AfterStop::Restart => {
+                            self.tracker.reset();
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
                     }
-                    self.update(|s| {
-                        s.phase = Phase::Stopped;
-                        s.ready = false;
-                        s.pid = None;
-                    });
-                    let _ = reply.send(());
-                    return;
                 }
                 Outcome::Restart(reply) => {
-                    if let Ok(run) = &started {
-                        self.stop_process(run).await;
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::Restart(reply)).await,
+                        Err(_) => {
+                            let _ = reply.send(());
+                            AfterStop::Restart
+                        }
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        AfterStop::Restart => {
+                            self.tracker.reset();
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
                     }
-                    self.tracker.reset();
-                    let _ = reply.send(());
-                    self.update(|s| s.restarts += 1);
-                    continue;
+                }
+                Outcome::ShimLost => {
+                    let after = match &started {
+                        Ok(run) => self.stop_run(run, Ask::ShimLost).await,
+                        Err(_) => AfterStop::Restart,
+                    };
+                    match after {
+                        AfterStop::Stopped | AfterStop::Gone => return,
+                        // Not the app's failure: no backoff, no crash count.
+                        AfterStop::Restart => {
+                            self.update(|s| s.restarts += 1);
+                            continue;
+                        }
+                    }
                 }
                 Outcome::Exited(reason) => reason,
+            };
+            let tail = if reason.is_failure() {
+                self.output_tail()
+            } else {
+                Vec::new()
             };
             self.update(|s| {
                 s.ready = false;
                 s.pid = None;
+                s.shim = None;
                 s.last_exit = Some(reason.to_string());
+                s.output_tail = tail;
             });
             let jitter = jitter();
             let rules = self.spec.restart;
@@ -335,7 +505,7 @@ impl Supervisor {
                         cmd = self.commands.recv() => match cmd {
                             Some(Command::Stop(reply)) => {
                                 self.update(|s| s.phase = Phase::Stopped);
-                                let _ = reply.send(());
+                                let _ = reply.send(Ok(()));
                                 return;
                             }
                             Some(Command::Restart(reply)) => {
@@ -371,6 +541,58 @@ impl Supervisor {
         }
     }
 
+    fn stopped(&self) {
+        self.update(|s| {
+            s.phase = Phase::Stopped;
+            s.ready = false;
+            s.pid = None;
+            s.shim = None;
+        });
+    }
+
+    /// Stops the running app for `ask`. When the stop fails, the asker
+    /// hears so, and the app stays supervised as `stopping` until the next
+    /// command, which tries again (a restart too: it must stop first).
+    async fn stop_run(&mut self, run: &Running, ask: Ask) -> AfterStop {
+        let mut ask = ask;
+        loop {
+            let result = self.stop_process(run, !matches!(ask, Ask::ShimLost)).await;
+            match (result, ask) {
+                (Ok(()), Ask::Stop(reply)) => {
+                    self.stopped();
+                    let _ = reply.send(Ok(()));
+                    return AfterStop::Stopped;
+                }
+                (Ok(()), Ask::Restart(reply)) => {
+                    let _ = reply.send(());
+                    return AfterStop::Restart;
+                }
+                (Ok(()), Ask::ShimLost) => return AfterStop::Restart,
+                (Err(e), asked) => {
+                    self.event(EventKind::StopFailed, e.clone());
+                    self.update(|s| {
+                        s.phase = Phase::Stopping;
+                        s.ready = false;
+                    });
+                    match asked {
+                        Ask::Stop(reply) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        Ask::Restart(reply) => {
+                            let _ = reply.send(());
+                        }
+                        Ask::ShimLost => {}
+                    }
+                    ask = match self.commands.recv().await {
+                        Some(Command::Stop(reply)) => Ask::Stop(reply),
+                        Some(Command::Restart(reply)) => Ask::Restart(reply),
+                        None => return AfterStop::Gone,
+                    };
+                }
+            }
+        }
+    }
+
     /// Parks until a command: true to start again, false when stopped.
     async fn wait_for_restart(&mut self) -> bool {
         match self.commands.recv().await {
@@ -382,7 +604,7 @@ impl Supervisor {
             }
             Some(Command::Stop(reply)) => {
                 self.update(|s| s.phase = Phase::Stopped);
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
                 false
             }
             // Every handle is gone: nobody can ask for a restart any more.
@@ -390,12 +612,69 @@ impl Supervisor {
         }
     }
 
+    /// The app's last lines of output, without their timestamps, bounded
+    /// ([`TAIL_LINES`], [`TAIL_LINE_CHARS`]); what the shim said when
+    /// there are none (it could not start the app).
+    fn output_tail(&self) -> Vec<String> {
+        let mut lines: Vec<String> = crate::logs::tail(&self.dir, TAIL_LINES)
+            .into_iter()
+            .map(|l| {
+                // `<time> <stream> <text>`: keep the text.
+                l.splitn(3, ' ').nth(2).unwrap_or("").to_string()
+            })
+            .collect();
+        if lines.iter().all(|l| l.trim().is_empty()) {
+            lines = std::fs::read_to_string(self.dir.join(shim::SHIM_LOG))
+                .map(|t| t.lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            let skip = lines.len().saturating_sub(TAIL_LINES);
+            lines.drain(..skip);
+        }
+        lines
+            .into_iter()
+            .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+                Some((at, _)) => format!("{}…", &l[..at]),
+                None => l,
+            })
+            .collect()
+    }
+
+    /// The variables of [`InstanceSpec::secret_env`] with the secrets'
+    /// current values filled in (never `PORT`).
+    async fn secret_vars(&self) -> Result<BTreeMap<String, String>, String> {
+        if self.spec.secret_env.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let Some(source) = self.secrets.clone() else {
+            return Err("this runtime has no source of secret values".into());
+        };
+        let (app, env) = (self.spec.app.clone(), self.spec.env.clone());
+        let values = tokio::task::spawn_blocking(move || source.secrets(&app, &env))
+            .await
+            .map_err(|e| e.to_string())??;
+        let mut vars = BTreeMap::new();
+        for (k, template) in &self.spec.secret_env {
+            let v = crate::secrets::render(template, &values).map_err(|name| {
+                format!(
+                    "secret `{name}` (for `{k}`) has no value in `{}`; set it with `gantry secrets \
+                     set {name} --env {}`",
+                    self.spec.env, self.spec.env
+                )
+            })?;
+            vars.insert(k.clone(), v);
+        }
+        vars.remove("PORT");
+        Ok(vars)
+    }
+
+    /// What the shim writes down: the environment without secret values.
     fn shim_spec(&self) -> ShimSpec {
         let mut env = self.spec.env_vars.clone();
         env.insert("PORT".into(), self.spec.port.to_string());
         ShimSpec {
             id: self.spec.id(),
             command: self.spec.command.clone(),
+            stop_signal: self.spec.stop_signal,
             workdir: self.spec.workdir.clone(),
             env,
             limits: self.spec.limits,
@@ -406,6 +685,13 @@ impl Supervisor {
 
     async fn spawn(&mut self) -> Result<Running, ExitReason> {
         self.update(|s| s.phase = Phase::Starting);
+        let secret = match self.secret_vars().await {
+            Ok(v) => v,
+            Err(e) => {
+                self.event(EventKind::StartFailed, e);
+                return Err(ExitReason::Code(127));
+            }
+        };
         let dir = self.dir.clone();
         let prepared = std::fs::create_dir_all(&dir).and_then(|()| {
             let _ = std::fs::remove_file(dir.join(shim::STATE_FILE));
@@ -426,15 +712,20 @@ impl Supervisor {
             self.event(EventKind::StartFailed, "no shim command configured".into());
             return Err(ExitReason::Code(127));
         };
-        let child = tokio::process::Command::new(program)
+        // The shim gets only PATH of this process's environment (never its
+        // secret key), and the secret variables on its stdin, not in a file
+        // or its arguments.
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .arg(&dir)
-            .stdin(std::process::Stdio::null())
+            .env_clear()
+            .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .kill_on_drop(false)
-            .spawn();
-        let mut child = match child {
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
             Ok(c) => c,
             Err(e) => {
                 self.event(
@@ -444,6 +735,15 @@ impl Supervisor {
                 return Err(ExitReason::Code(127));
             }
         };
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let bytes = serde_json::to_vec(&secret).unwrap_or_default();
+            // A shim that died before reading is seen below.
+            let _ = stdin.write_all(&bytes).await;
+            drop(stdin);
+        }
+        let mut env = self.shim_spec().env;
+        env.extend(secret);
         // Reap the shim whenever it exits, so it never lingers as a zombie.
         let mut reaped = tokio::spawn(async move { child.wait().await });
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -461,6 +761,7 @@ impl Supervisor {
                 return Ok(Running {
                     state,
                     started: Instant::now(),
+                    env,
                 });
             }
             if reaped.is_finished() || Instant::now() > deadline {
@@ -485,9 +786,11 @@ impl Supervisor {
             state.started_at_ms,
             state.enforced.describe(),
         );
+        let shim = (state.shim_pid, state.shim_start_ticks);
         self.update(|s| {
             s.phase = Phase::Running;
             s.pid = Some(pid);
+            s.shim = Some(shim);
             s.started_at_ms = Some(at);
             s.limits = Some(limits.to_string());
         });
@@ -504,9 +807,18 @@ impl Supervisor {
                 self.running(&state);
                 let age =
                     Duration::from_millis((crate::now_ms() - state.started_at_ms).max(0) as u64);
+                let mut env = self.shim_spec().env;
+                match self.secret_vars().await {
+                    Ok(secret) => env.extend(secret),
+                    Err(e) => tracing::warn!(
+                        instance = %self.spec.id(),
+                        "exec probes run without the secret variables: {e}"
+                    ),
+                }
                 Ok(Running {
                     state,
                     started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    env,
                 })
             }
             Some(state) => {
@@ -569,17 +881,19 @@ impl Supervisor {
         let pid = run.state.app_pid;
         let exec = ExecContext {
             workdir: spec.workdir.clone(),
-            env: self.shim_spec().env,
+            env: run.env.clone(),
         };
         let mut ready = ProbeState::default();
         let mut live = ProbeState::default();
         let now = tokio::time::Instant::now();
         let mut next_ready = now;
+        // Liveness is not even asked inside its grace: only failures could
+        // come of it, and those would not count.
         let grace = spec
             .liveness
             .as_ref()
             .map_or(Duration::ZERO, |l| l.startup_grace);
-        let mut next_live = now + grace;
+        let mut next_live = now + grace.saturating_sub(run.started.elapsed());
         let mut next_usage = now;
         let mut last_cpu: Option<(u64, Instant)> = None;
         let far = Duration::from_secs(86_400 * 365);
@@ -588,19 +902,36 @@ impl Supervisor {
         }
         loop {
             tokio::select! {
-                _ = sleep(Duration::from_millis(50)) => {
+                _ = sleep(WATCH_EVERY) => {
                     if !procfs::is_alive(pid, run.state.app_start_ticks) {
                         let reason = self.await_exit_reason(pid, Duration::from_secs(3)).await;
                         let kind = if reason == ExitReason::OutOfMemory { EventKind::OutOfMemory } else { EventKind::Exited };
                         self.event(kind, format!("pid {pid} {reason}"));
                         return Outcome::Exited(reason);
                     }
+                    // The shim outlives its app (it records the exit), so a
+                    // live app without its shim is one nobody captures.
+                    if !shim_alive(run.state.shim_pid, run.state.shim_start_ticks) {
+                        self.update(|s| {
+                            s.phase = Phase::Stopping;
+                            s.ready = false;
+                        });
+                        self.event(
+                            EventKind::ShimLost,
+                            format!(
+                                "the shim (pid {}) of pid {pid} is gone, so nothing captures its \
+                                 output: stopping it to start it again under a new shim",
+                                run.state.shim_pid
+                            ),
+                        );
+                        return Outcome::ShimLost;
+                    }
                 }
                 _ = tokio::time::sleep_until(next_ready), if spec.readiness.is_some() => {
                     let Some(p) = &spec.readiness else { continue };
                     next_ready = tokio::time::Instant::now() + p.interval;
                     let r = probe::run_once(p, spec.port, &exec).await;
-                    let changed = ready.observe(p, &r);
+                    let changed = ready.observe_since_start(p, &r, run.started.elapsed());
                     let detail = r.detail.clone();
                     self.update(|s| s.last_probe = Some(format!("readiness: {detail}")));
                     match changed {
@@ -608,14 +939,17 @@ impl Supervisor {
                             self.update(|s| {
                                 s.ready = true;
                                 s.not_ready = None;
+                                s.output_tail.clear();
                             });
                             self.event(EventKind::Ready, format!("ready: {}", r.detail));
                         }
                         Some(false) => {
                             let why = r.detail.clone();
+                            let tail = self.output_tail();
                             self.update(|s| {
                                 s.ready = false;
                                 s.not_ready = Some(why);
+                                s.output_tail = tail;
                             });
                             self.event(EventKind::NotReady, format!("not ready: {}", r.detail));
                         }
@@ -626,9 +960,11 @@ impl Supervisor {
                     let Some(p) = &spec.liveness else { continue };
                     next_live = tokio::time::Instant::now() + p.interval;
                     let r = probe::run_once(p, spec.port, &exec).await;
-                    if live.observe(p, &r) == Some(false) {
+                    if live.observe_since_start(p, &r, run.started.elapsed()) == Some(false) {
                         self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
-                        self.stop_process(run).await;
+                        if let Err(e) = self.stop_process(run, true).await {
+                            self.event(EventKind::StopFailed, e);
+                        }
                         return Outcome::Exited(ExitReason::LivenessFailed);
                     }
                 }
@@ -668,12 +1004,15 @@ impl Supervisor {
     }
 
     /// Stop signal to the process group, wait up to the grace period, then
-    /// SIGKILL the group.
-    async fn stop_process(&self, run: &Running) {
+    /// SIGKILL the group and wait (at most [`KILL_WAIT`]) until every
+    /// process of it is gone; an error says what is still alive.
+    /// Without `exit_record`, the shim is gone and no exit record will come.
+    async fn stop_process(&self, run: &Running, exit_record: bool) -> Result<(), String> {
         let pid = run.state.app_pid;
         let start = run.state.app_start_ticks;
         if !procfs::is_alive(pid, start) {
-            return;
+            // It exited on its own; the shim has killed what was left.
+            return Ok(());
         }
         self.update(|s| {
             s.phase = Phase::Stopping;
@@ -687,27 +1026,52 @@ impl Supervisor {
         while procfs::is_alive(pid, start) && Instant::now() < deadline {
             sleep(Duration::from_millis(20)).await;
         }
-        let how = if procfs::is_alive(pid, start) {
-            let _ = killpg(group, Signal::SIGKILL);
-            while procfs::is_alive(pid, start) {
-                sleep(Duration::from_millis(10)).await;
+        let forced = procfs::is_alive(pid, start);
+        let took = t0.elapsed();
+        // SIGKILL to whatever is left of the group, the app itself if it
+        // outlived the grace period.
+        let _ = killpg(group, Signal::SIGKILL);
+        let killed_at = Instant::now();
+        let left = loop {
+            // The group is looked at only while its leader is ours or just
+            // gone: a group id is not reused while any member lives.
+            let leader = procfs::is_alive(pid, start);
+            let members = procfs::group_members(pid);
+            if !leader && members.is_empty() {
+                break None;
             }
+            if killed_at.elapsed() > KILL_WAIT {
+                break Some((leader, members));
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        if let Some((leader, members)) = left {
+            let what = if leader {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid}'s group")
+            };
+            let mut members = members;
+            members.sort_unstable();
+            return Err(format!(
+                "{what} is still alive {} ms after SIGKILL (processes {members:?}); not stopped",
+                KILL_WAIT.as_millis()
+            ));
+        }
+        let how = if forced {
             format!(
                 "did not stop within the {} ms grace period after {}; killed with SIGKILL",
                 self.spec.grace.as_millis(),
                 sig.as_str()
             )
         } else {
-            format!(
-                "stopped by {} after {} ms",
-                sig.as_str(),
-                t0.elapsed().as_millis()
-            )
+            format!("stopped by {} after {} ms", sig.as_str(), took.as_millis())
         };
-        // Whatever else is left of the group goes too.
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+        if exit_record {
+            let _ = self.await_exit_reason(pid, Duration::from_secs(3)).await;
+        }
         self.event(EventKind::Stopped, format!("pid {pid} {how}"));
+        Ok(())
     }
 }
 

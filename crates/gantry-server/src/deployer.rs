@@ -879,6 +879,7 @@ impl<'a> Exec<'a> {
                                 )
                             })
                         })
+                        .map(|why| s.with_output(why))
                 }) {
                     self.queue.push_back(Input::StartFailed { detail: bad });
                 } else if !st.is_empty() && st.iter().all(|(_, s)| s.ready) {

@@ -2,6 +2,11 @@
 //! app environment, on which ports, recorded in the store *before* they
 //! start, so a restarted control plane adopts them (see `gantry-runtime`).
 //! Runtime events are stored as they come; usage is sampled into the store.
+//!
+//! Secret values are never in an instance's record (nor in any file): the
+//! variables that carry one are stored as templates, and the runtime asks
+//! [`StoreSecrets`] for the values, decrypted from the store, each time it
+//! starts the app (see `gantry_runtime::secrets`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,7 +21,7 @@ use gantry_runtime::limits::Limits;
 use gantry_runtime::ports::PortPool;
 use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
 use gantry_runtime::restart::{Backoff, CrashLoop, RestartPolicy, RestartRules};
-use gantry_runtime::{Event, Instance, InstanceSpec, Runtime};
+use gantry_runtime::{Event, Instance, InstanceSpec, Runtime, SecretSource};
 use gantry_spec::AppSpec;
 use gantry_spec::model::{self, ProbeKind, StopSignal};
 use gantry_store::Store;
@@ -26,6 +31,11 @@ use crate::error::ApiError;
 
 /// The backend set started by `gantry start` (releases bring their own).
 const MAIN_SET: &str = "main";
+
+/// How many stopped sets of an environment keep their instance directories
+/// (and so their logs, for `gantry logs --release N`); older ones are
+/// removed when another set stops.
+pub(crate) const KEEP_STOPPED_SETS: usize = 5;
 
 pub(crate) struct FleetOptions {
     /// Command that runs a shim (the instance dir is appended).
@@ -65,7 +75,8 @@ impl Fleet {
         opts: FleetOptions,
     ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx);
+        let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
+            .with_secrets(Arc::new(StoreSecrets(store.clone())));
         let fleet = Arc::new(Self {
             runtime,
             store: store.clone(),
@@ -178,7 +189,7 @@ impl Fleet {
         let data = self.env_data_dir(app, env);
         std::fs::create_dir_all(&data)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", data.display())))?;
-        let env_vars = app_env(app, env, spec, &secrets, &data)?;
+        let (env_vars, secret_env) = instance_env_split(app, env, spec, &secrets, &data)?;
         let count = spec.run.instances;
         let mut specs = Vec::new();
         {
@@ -186,7 +197,15 @@ impl Fleet {
             for index in 0..count {
                 match ports.allocate() {
                     Ok(port) => specs.push(instance_spec(
-                        app, env, set, index, port, spec, &dir, &env_vars,
+                        app,
+                        env,
+                        set,
+                        index,
+                        port,
+                        spec,
+                        &dir,
+                        &env_vars,
+                        &secret_env,
                     )),
                     Err(e) => {
                         for s in &specs {
@@ -248,12 +267,26 @@ impl Fleet {
         Ok(self.list(Some((app, env))))
     }
 
-    /// Stops every instance of an app environment gracefully and forgets them.
+    /// Stops every instance of an app environment gracefully and forgets
+    /// them (`gantry stop`): NOT_FOUND when none runs.
     pub(crate) async fn stop(&self, app: &str, env: &str) -> Result<usize, ApiError> {
-        self.stop_set(app, env, None).await
+        match self.stop_set(app, env, None).await? {
+            0 => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{app}/{env} has no running instances; start them with `gantry start --env {env}`"
+                ),
+            )),
+            n => Ok(n),
+        }
     }
 
-    /// Stops one backend set (or all of them) of an app environment.
+    /// Stops one backend set (or all of them) of an app environment and
+    /// forgets its instances. `Ok(0)`: nothing to stop (none runs, e.g. it
+    /// was stopped before). `Ok(n)`: `n` stopped and forgotten. `Err`: some
+    /// are still alive, or their records could not be removed; the error
+    /// names them, they stay in the fleet (and in the store), and calling
+    /// this again retries them.
     pub(crate) async fn stop_set(
         &self,
         app: &str,
@@ -261,48 +294,70 @@ impl Fleet {
         set: Option<&str>,
     ) -> Result<usize, ApiError> {
         let _busy = self.busy.lock().await;
-        let stopping: Vec<(String, Running)> = {
-            let mut running = lock(&self.running);
-            let ids: Vec<String> = running
-                .iter()
-                .filter(|(_, r)| r.app == app && r.env == env && set.is_none_or(|s| r.set == s))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| running.remove(&id).map(|r| (id, r)))
-                .collect()
-        };
+        let stopping: Vec<(String, Instance)> = lock(&self.running)
+            .iter()
+            .filter(|(_, r)| r.app == app && r.env == env && set.is_none_or(|s| r.set == s))
+            .map(|(id, r)| (id.clone(), r.instance.clone()))
+            .collect();
         if stopping.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "{app}/{env} has no running instances; start them with `gantry start --env {env}`"
-                ),
-            ));
+            return Ok(0);
         }
-        let n = stopping.len();
         let handles: Vec<_> = stopping
             .iter()
-            .map(|(_, r)| {
-                let i = r.instance.clone();
+            .map(|(_, i)| {
+                let i = i.clone();
                 tokio::spawn(async move { i.stop().await })
             })
             .collect();
-        for h in handles {
-            let _ = h.await;
-        }
-        {
-            let mut ports = lock(&self.ports);
-            for (_, r) in &stopping {
-                ports.release(r.instance.spec().port);
+        let mut stopped = Vec::new();
+        let mut failed = Vec::new();
+        for ((id, i), h) in stopping.into_iter().zip(handles) {
+            match h.await {
+                Ok(Ok(())) => stopped.push((id, i)),
+                Ok(Err(e)) => failed.push(e.to_string()),
+                Err(e) => failed.push(format!("{id}: {e}")),
             }
         }
-        let ids: Vec<String> = stopping.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = stopped.iter().map(|(id, _)| id.clone()).collect();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
+        let removed = tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-        Ok(n)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let n = stopped.len();
+        match removed {
+            Ok(_) => {
+                let mut running = lock(&self.running);
+                let mut ports = lock(&self.ports);
+                for (id, i) in &stopped {
+                    running.remove(id);
+                    ports.release(i.spec().port);
+                }
+            }
+            Err(e) => {
+                // Stopped, but still recorded: kept, so a retry removes them
+                // (their stop is then a no-op) and a new control plane does
+                // not adopt what the old one was told is gone.
+                let ids: Vec<&str> = stopped.iter().map(|(id, _)| id.as_str()).collect();
+                failed.push(format!(
+                    "{} stopped, but their records could not be removed: {e}",
+                    ids.join(", ")
+                ));
+            }
+        }
+        if failed.is_empty() {
+            let live: Vec<PathBuf> = lock(&self.running)
+                .values()
+                .map(|r| self.runtime.instance_dir(r.instance.spec()))
+                .collect();
+            prune_stopped_sets(&self.runtime.env_dir(app, env), &live, KEEP_STOPPED_SETS);
+            return Ok(n);
+        }
+        Err(ApiError::internal(format!(
+            "could not stop every instance of {app}/{env}{}: {}; stop again to retry",
+            set.map(|s| format!(" set {s}")).unwrap_or_default(),
+            failed.join("; ")
+        )))
     }
 
     /// The statuses of one backend set.
@@ -374,13 +429,37 @@ impl Fleet {
     }
 
     /// The last `n` log lines of an app environment's instances, merged by
-    /// time, only those after `after` (an RFC 3339 time) if given.
-    pub(crate) fn logs(&self, app: &str, env: &str, n: usize, after: Option<&str>) -> Vec<LogLine> {
-        let dirs: Vec<(String, PathBuf)> = lock(&self.running)
-            .iter()
-            .filter(|(_, r)| r.app == app && r.env == env)
-            .map(|(id, r)| (id.clone(), self.runtime.instance_dir(r.instance.spec())))
-            .collect();
+    /// time, only those after `after` (an RFC 3339 time) if given: of the
+    /// running instances, or with `release`, of every instance of that
+    /// release's sets (`r<N>`, `r<N>-…`), running or stopped (as long as
+    /// their directories are kept: [`KEEP_STOPPED_SETS`]). `None` when no
+    /// instance of the release is known.
+    pub(crate) fn logs(
+        &self,
+        app: &str,
+        env: &str,
+        n: usize,
+        after: Option<&str>,
+        release: Option<i64>,
+    ) -> Option<Vec<LogLine>> {
+        let dirs: Vec<(String, PathBuf)> = match release {
+            None => lock(&self.running)
+                .iter()
+                .filter(|(_, r)| r.app == app && r.env == env)
+                .map(|(id, r)| (id.clone(), self.runtime.instance_dir(r.instance.spec())))
+                .collect(),
+            Some(number) => {
+                let dirs: Vec<(String, PathBuf)> = instance_dirs(&self.runtime.env_dir(app, env))
+                    .into_iter()
+                    .filter(|(set, _, _)| is_release_set(set, number))
+                    .map(|(set, index, dir)| (format!("{app}.{env}.{set}.{index}"), dir))
+                    .collect();
+                if dirs.is_empty() {
+                    return None;
+                }
+                dirs
+            }
+        };
         let mut lines: Vec<LogLine> = dirs
             .iter()
             .flat_map(|(id, dir)| {
@@ -404,7 +483,65 @@ impl Fleet {
             .collect();
         lines.sort_by(|a, b| a.at.cmp(&b.at));
         let skip = lines.len().saturating_sub(n);
-        lines.split_off(skip)
+        Some(lines.split_off(skip))
+    }
+}
+
+/// Whether backend set `set` runs release `number`: `r<N>`, or `r<N>-…`
+/// for a redeploy of the same release.
+fn is_release_set(set: &str, number: i64) -> bool {
+    let name = format!("r{number}");
+    set == name || set.strip_prefix(&name).is_some_and(|r| r.starts_with('-'))
+}
+
+/// The instance directories (`<set>-<index>`) under an environment's
+/// directory: set, index and path.
+fn instance_dirs(env_dir: &Path) -> Vec<(String, u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(env_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (set, index) = name.rsplit_once('-')?;
+            Some((set.to_string(), index.parse().ok()?, e.path()))
+        })
+        .collect()
+}
+
+/// Removes the instance directories of all but the `keep` most recently
+/// used stopped sets of an environment; `live` are the directories of
+/// running instances, never removed (nor is any other directory of their
+/// sets).
+fn prune_stopped_sets(env_dir: &Path, live: &[PathBuf], keep: usize) {
+    let mut sets: BTreeMap<String, (std::time::SystemTime, Vec<PathBuf>, bool)> = BTreeMap::new();
+    for (set, _, dir) in instance_dirs(env_dir) {
+        let used = [dir.join(gantry_runtime::logs::LOG_FILE), dir.clone()]
+            .iter()
+            .find_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let is_live = live.contains(&dir);
+        let entry = sets
+            .entry(set)
+            .or_insert((std::time::UNIX_EPOCH, Vec::new(), false));
+        entry.0 = entry.0.max(used);
+        entry.1.push(dir);
+        entry.2 |= is_live;
+    }
+    let mut stopped: Vec<(std::time::SystemTime, Vec<PathBuf>)> = sets
+        .into_values()
+        .filter(|(_, _, is_live)| !is_live)
+        .map(|(used, dirs, _)| (used, dirs))
+        .collect();
+    stopped.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (_, dirs) in stopped.into_iter().skip(keep) {
+        for dir in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an old instance directory");
+            }
+        }
     }
 }
 
@@ -431,6 +568,47 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedRece
     }
 }
 
+/// The runtime's source of secret values: decrypted from the store when an
+/// app starts.
+struct StoreSecrets(Arc<Store>);
+
+impl SecretSource for StoreSecrets {
+    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
+        let values = self.0.secret_values(app, env).map_err(|e| e.to_string())?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(name, v)| Some((name, String::from_utf8(v).ok()?)))
+            .collect())
+    }
+}
+
+type Vars = BTreeMap<String, String>;
+
+/// An instance's environment in two parts: the variables without secrets
+/// (the runtime's base and `[env]`), and those that carry one (declared
+/// secrets, `[env]` values with `${secret.NAME}`) as templates for the
+/// runtime to fill in. `secrets` only checks that every reference has a
+/// value now.
+fn instance_env_split(
+    app: &str,
+    env: &str,
+    spec: &AppSpec,
+    secrets: &[(String, Vec<u8>)],
+    data: &Path,
+) -> Result<(Vars, Vars), ApiError> {
+    app_env(app, env, spec, secrets, data)?;
+    let templates = spec
+        .render_env(|name| Some(format!("${{secret.{name}}}")))
+        .map_err(|gantry_spec::MissingSecret(name)| {
+            ApiError::internal(format!("secret `{name}` cannot be referenced"))
+        })?;
+    let (secret, plain): (BTreeMap<_, _>, BTreeMap<_, _>) = templates
+        .into_iter()
+        .partition(|(_, v)| gantry_runtime::secrets::refers_to_secret(v));
+    let plain = gantry_runtime::instance_env(app, env, data, &spec.run.inherited_env(), plain);
+    Ok((plain, secret))
+}
+
 /// The app's environment: the runtime's base, the config's `[env]` with
 /// secret references filled in, and every declared secret by name.
 pub(crate) fn app_env(
@@ -452,7 +630,13 @@ pub(crate) fn app_env(
                 "secret `{name}` has no (UTF-8) value in `{env}`; set it with `gantry secrets set {name} --env {env}`"
             ))
         })?;
-    Ok(gantry_runtime::instance_env(app, env, data, vars))
+    Ok(gantry_runtime::instance_env(
+        app,
+        env,
+        data,
+        &spec.run.inherited_env(),
+        vars,
+    ))
 }
 
 fn probe(p: &model::Probe) -> ProbeSpec {
@@ -490,6 +674,7 @@ fn instance_spec(
     spec: &AppSpec,
     dir: &Path,
     env_vars: &BTreeMap<String, String>,
+    secret_env: &BTreeMap<String, String>,
 ) -> InstanceSpec {
     let run = &spec.run;
     let mut vars = env_vars.clone();
@@ -506,6 +691,7 @@ fn instance_spec(
         command: run.command.clone(),
         workdir,
         env_vars: vars,
+        secret_env: secret_env.clone(),
         port,
         readiness: Some(probe(&spec.health.readiness)),
         liveness: spec.health.liveness.as_ref().map(probe),
@@ -540,5 +726,58 @@ fn instance_spec(
         log_max_bytes: 10 * 1024 * 1024,
         log_keep: 3,
         usage_interval: Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_sets_are_matched_by_name() {
+        assert!(is_release_set("r4", 4));
+        assert!(is_release_set("r4-17", 4));
+        assert!(!is_release_set("r41", 4));
+        assert!(!is_release_set("r41-2", 4));
+        assert!(!is_release_set("main", 4));
+        assert!(!is_release_set("r", 4));
+    }
+
+    #[test]
+    fn only_the_newest_stopped_sets_keep_their_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let env = root.path();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+        // Sets r1..r6, two instances each, used in that order; r1 runs.
+        for n in 1..=6u64 {
+            for i in 0..2 {
+                let dir = env.join(format!("r{n}-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let log = dir.join(gantry_runtime::logs::LOG_FILE);
+                std::fs::write(&log, "x").unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&log)
+                    .unwrap()
+                    .set_modified(t0 + Duration::from_secs(60 * n))
+                    .unwrap();
+            }
+        }
+        std::fs::create_dir_all(env.join("not-an-instance")).unwrap();
+        let live = vec![env.join("r1-0")];
+        prune_stopped_sets(env, &live, 3);
+        let mut left: Vec<String> = instance_dirs(env)
+            .into_iter()
+            .map(|(s, i, _)| format!("{s}-{i}"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "r1-0", "r1-1", "r4-0", "r4-1", "r5-0", "r5-1", "r6-0", "r6-1"
+            ],
+            "the running set, and the three newest stopped ones"
+        );
+        assert!(env.join("not-an-instance").is_dir());
     }
 }

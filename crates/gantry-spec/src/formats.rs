@@ -38,6 +38,7 @@ pub(crate) fn describe(format: &str) -> Option<&'static str> {
         "env-value" => "a string",
         "cron" => "a cron schedule string like \"0 3 * * *\"",
         "pause" => "a duration string like \"10m\" or \"approval\"",
+        "env-pattern" => "a variable name or pattern string like \"LC_*\"",
         _ => return None,
     })
 }
@@ -97,6 +98,7 @@ pub(crate) fn check(format: &str, value: &str, refs: &mut Vec<String>) -> Result
             Ok(())
         }
         "env-name" => check_env_name(value),
+        "env-pattern" => check_env_pattern(value),
         "cron" => check_cron(value),
         _ => Ok(()),
     }
@@ -155,6 +157,28 @@ fn check_env_name(value: &str) -> Result<(), FormatError> {
         fail(
             format!("invalid environment variable name `{value}`"),
             Some("use letters, digits and `_`, not starting with a digit".to_string()),
+        )
+    }
+}
+
+/// A variable name, or a pattern of one with `*` standing for any run of
+/// characters (`LC_*`), as in `run.inherit_env`.
+fn check_env_pattern(value: &str) -> Result<(), FormatError> {
+    let valid = !value.is_empty()
+        && !value.starts_with(|c: char| c.is_ascii_digit())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*');
+    if valid {
+        Ok(())
+    } else {
+        fail(
+            format!("invalid variable name or pattern `{value}`"),
+            Some(
+                "use letters, digits and `_`, not starting with a digit, and `*` for any \
+                 characters (`LC_*`)"
+                    .to_string(),
+            ),
         )
     }
 }

@@ -132,6 +132,30 @@ pub struct Run {
     /// Resource limits per instance.
     #[serde(default)]
     pub limits: Limits,
+    /// Variables of the server's own environment that each instance
+    /// inherits: names, or patterns with `*` (`LC_*`). When not set:
+    /// `PATH`, `HOME`, `LANG`, `LC_*` and `TZ`. Giving the list replaces
+    /// that default (`[]` inherits nothing), e.g. `["PATH", "HOME",
+    /// "VIRTUAL_ENV"]` for an app run from the server's virtualenv. `[env]`,
+    /// secrets, `PORT`, `DATA_DIR`, `GANTRY_APP`, `GANTRY_ENV` and
+    /// `INSTANCE_ID` are set on top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("items" = { "type": "string", "format": "env-pattern" }))]
+    pub inherit_env: Option<Vec<String>>,
+}
+
+/// What [`Run::inherit_env`] is when not set.
+pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_*", "TZ"];
+
+impl Run {
+    /// The names and patterns of the server's variables an instance
+    /// inherits ([`Run::inherit_env`] or [`DEFAULT_INHERIT_ENV`]).
+    pub fn inherited_env(&self) -> Vec<String> {
+        match &self.inherit_env {
+            Some(list) => list.clone(),
+            None => DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 fn default_instances() -> u32 {
@@ -1043,4 +1067,39 @@ pub enum NotifyChannel {
 
 fn default_smtp_port() -> u16 {
     587
+}
+
+#[cfg(test)]
+mod inherit_env_tests {
+    const BASE: &str = "[app]\nname = \"hello\"\n\n[run]\ncommand = \"./hello-app\"\n";
+
+    #[test]
+    fn inherit_env_defaults_and_is_checked() {
+        let spec = crate::parse_str("gantry.toml", BASE).unwrap();
+        let resolved = spec.resolve("production").unwrap();
+        assert_eq!(
+            resolved.run.inherited_env(),
+            super::DEFAULT_INHERIT_ENV.to_vec()
+        );
+
+        let text = format!("{BASE}inherit_env = [\"PATH\", \"VIRTUAL_ENV\", \"LC_*\"]\n");
+        let spec = crate::parse_str("gantry.toml", &text).unwrap();
+        let resolved = spec.resolve("production").unwrap();
+        assert_eq!(
+            resolved.run.inherited_env(),
+            ["PATH", "VIRTUAL_ENV", "LC_*"]
+        );
+
+        let text = format!("{BASE}inherit_env = [\"PATH\", \"9LIVES\", \"A-B\", 3]\n");
+        let err = crate::parse_str("gantry.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid variable name or pattern `9LIVES`"),
+            "{err}"
+        );
+        assert!(err.contains("`A-B`"), "{err}");
+        assert!(err.contains("run.inherit_env[3]"), "{err}");
+        assert!(err.contains("gantry.toml:6:"), "{err}");
+    }
 }

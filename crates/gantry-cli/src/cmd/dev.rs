@@ -171,7 +171,9 @@ fn relevant(app_dir: &Path, p: &Path) -> bool {
 
 async fn stop_all(instances: &[Instance], ports: &mut PortPool) {
     for i in instances {
-        i.stop().await;
+        if let Err(e) = i.stop().await {
+            eprintln!("gantry: {e}");
+        }
         ports.release(i.spec().port);
     }
 }
@@ -222,6 +224,7 @@ async fn start(
         spec.app_name(),
         env,
         &app_dir.join(".gantry/data"),
+        &resolved.run.inherited_env(),
         app_vars,
     );
     let workdir = resolved
@@ -242,6 +245,7 @@ async fn start(
             command: resolved.run.command.clone(),
             workdir: workdir.clone(),
             env_vars,
+            secret_env: Default::default(),
             port,
             readiness: None,
             liveness: None,

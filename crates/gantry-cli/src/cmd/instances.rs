@@ -52,6 +52,11 @@ pub(crate) struct LogsArgs {
     /// How many of the newest lines to show first.
     #[arg(long, short = 'n', default_value_t = 100)]
     lines: usize,
+    /// The logs of this release's instances, also once they have stopped
+    /// (e.g. a release that failed to start; the last 5 stopped sets of an
+    /// environment are kept), instead of the running ones.
+    #[arg(long)]
+    release: Option<i64>,
 }
 
 fn base(t: &Target) -> anyhow::Result<(String, String)> {
@@ -209,6 +214,9 @@ pub(crate) fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
     let mut after: Option<String> = None;
     loop {
         let mut path = format!("{base}/logs?lines={}", a.lines);
+        if let Some(n) = a.release {
+            path.push_str(&format!("&release={n}"));
+        }
         if let Some(t) = &after {
             path.push_str(&format!("&after={}", seg(t)));
         }

@@ -23,12 +23,19 @@ pub struct TestServer {
     pub api: String,
     pub socket: PathBuf,
     extra: Vec<String>,
+    /// Environment variables the server gets (e.g. GANTRY_SECRET_KEY).
+    env: Vec<(String, String)>,
     /// Everything the server wrote on stderr.
     pub log: Arc<Mutex<String>>,
 }
 
 /// Spawns `gantry server` and reads where it listens from its stdout.
-fn spawn_server(data: &Path, extra: &[&str], log: Arc<Mutex<String>>) -> (Child, String, PathBuf) {
+fn spawn_server(
+    data: &Path,
+    extra: &[&str],
+    env: &[(String, String)],
+    log: Arc<Mutex<String>>,
+) -> (Child, String, PathBuf) {
     let mut child = Command::new(BIN)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -36,6 +43,7 @@ fn spawn_server(data: &Path, extra: &[&str], log: Arc<Mutex<String>>) -> (Child,
         .env_remove("GANTRY_SERVER")
         .env_remove("GANTRY_TOKEN")
         .env_remove("GANTRY_SECRET_KEY")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,14 +101,24 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (to restart one).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_in_with_env(dir, extra, &[])
+    }
+
+    /// Starts a server whose environment has `env` too (kept on restarts).
+    pub fn start_in_with_env(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, api, socket) = spawn_server(&dir.path().join("data"), extra, log.clone());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, api, socket) = spawn_server(&dir.path().join("data"), extra, &env, log.clone());
         Self {
             dir,
             child: Some(child),
             api,
             socket,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
             log,
         }
     }
@@ -114,7 +132,8 @@ impl TestServer {
         }
         meanwhile();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let (child, api, socket) = spawn_server(&self.data_dir(), &extra, self.log.clone());
+        let (child, api, socket) =
+            spawn_server(&self.data_dir(), &extra, &self.env, self.log.clone());
         self.child = Some(child);
         self.api = api;
         self.socket = socket;

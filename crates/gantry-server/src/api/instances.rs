@@ -79,6 +79,9 @@ pub(crate) struct LogsQuery {
     lines: Option<usize>,
     /// Only lines after this RFC 3339 time (for following).
     after: Option<String>,
+    /// The instances of this release (its sets `r<N>`, `r<N>-…`), running
+    /// or stopped, instead of the running ones.
+    release: Option<i64>,
 }
 
 pub(crate) async fn logs(
@@ -89,10 +92,23 @@ pub(crate) async fn logs(
 ) -> ApiResult<LogLines> {
     let n = q.lines.unwrap_or(100).clamp(1, 10_000);
     let fleet = state.fleet.clone();
-    let lines = tokio::task::spawn_blocking(move || fleet.logs(&app, &env, n, q.after.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(LogLines { lines }))
+    let (a, e) = (app.clone(), env.clone());
+    let lines =
+        tokio::task::spawn_blocking(move || fleet.logs(&a, &e, n, q.after.as_deref(), q.release))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    match (lines, q.release) {
+        (Some(lines), _) => Ok(Json(LogLines { lines })),
+        (None, release) => Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!(
+                "release {} has no instances with logs in {app}/{env} (the logs of the last {} \
+                 stopped sets are kept); see `gantry deploys --env {env}`",
+                release.unwrap_or_default(),
+                crate::fleet::KEEP_STOPPED_SETS
+            ),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
