@@ -267,6 +267,34 @@ fn secrets_never_come_back_and_check_reports_missing_ones() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not a valid secret name"), "{}", r.stderr);
 
+    // A NUL byte cannot reach the app as an environment variable: refused
+    // by the CLI, and by the API for any other client.
+    let r = server.run_stdin(
+        &["secrets", "set", "NUL_KEY", "--env", "production"],
+        "ab\0cd",
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("contains a NUL byte (at byte 2)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("base64"), "{}", r.stderr);
+    let api = gantry_api::Client::new(gantry_api::Endpoint::Unix(server.socket.clone()), None);
+    let (status, body) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(api.raw(
+            gantry_api::Method::PUT,
+            "/api/v1/apps/hello/envs/production/secrets/NUL_KEY",
+            Some(&serde_json::json!({ "value": "ab\u{0}cd" })),
+        ))
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert!(body.contains("contains a NUL byte"), "{body}");
+    let list = server.run(&["secrets", "list", "--env", "production"]);
+    assert!(!list.stdout.contains("NUL_KEY"), "{}", list.stdout);
+
     server
         .run(&["secrets", "rm", "SESSION_KEY", "--env", "production"])
         .ok();
