@@ -138,7 +138,8 @@ pub(crate) async fn json_error(resp: Response, method: &Method, path: &str) -> R
             crate::audit::MAX_BODY / (1024 * 1024)
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => format!(
-            "{text}; send the body as JSON with the header `Content-Type: application/json`"
+            "{method} {path} takes a JSON body: send one with the header `Content-Type: \
+             application/json`"
         ),
         _ if text.is_empty() => format!(
             "{method} {path}: {} {}",
