@@ -27,6 +27,8 @@ struct Running {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     port: u16,
+    /// The demo's data directory, once it said it.
+    data: Option<PathBuf>,
     /// Holds the demo's data directory (through TMPDIR).
     _tmp: tempfile::TempDir,
 }
@@ -74,6 +76,7 @@ fn start_demo(extra: &[&str]) -> Running {
         lines,
         seen: Vec::new(),
         port,
+        data: None,
         _tmp: tmp,
     }
 }
@@ -99,7 +102,9 @@ impl Running {
     /// The demo's data directory, from its first line.
     fn data_dir(&mut self) -> PathBuf {
         let line = self.expect("Gantry demo: data directory ");
-        PathBuf::from(line.rsplit(' ').next().unwrap())
+        let data = PathBuf::from(line.rsplit(' ').next().unwrap());
+        self.data = Some(data.clone());
+        data
     }
 
     /// SIGINT to the demo's whole process group, as Ctrl-C in its terminal.
@@ -137,9 +142,26 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// A test that failed half-way still leaves nothing running: Ctrl-C
+    /// for the demo's own cleanup, then SIGKILL for whatever is left of it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.ctrl_c();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(data) = &self.data {
+            for (pid, _) in processes_of(data) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
