@@ -19,7 +19,12 @@ Exit codes:
   1  the command failed (invalid config, failed check, error answer)
   2  wrong usage (unknown flag, missing argument)
   3  the server (or, for `check`, the URL) cannot be reached
-  4  not allowed: missing or invalid token (401) or role too low (403)";
+  4  not allowed: missing or invalid token (401) or role too low (403)
+  141  the output's reader went away (`gantry events | head -1`): ends quietly";
+
+/// Exit status when stdout (or stderr) is a pipe whose reader has gone:
+/// 128 + SIGPIPE, what a shell reports for a program that signal ended.
+const EXIT_CLOSED_PIPE: u8 = 141;
 
 /// Gantry runs your web service in production: environments, secrets,
 /// zero-downtime deploys behind its own proxy, and the audit trail.
@@ -151,7 +156,35 @@ enum Command {
     Whoami,
 }
 
+/// A closed pipe ends the program quietly, whichever command was writing:
+/// `println!` panics on EPIPE (Rust ignores SIGPIPE, and `unsafe` to restore
+/// it is forbidden here), so the panic hook turns exactly that panic into
+/// a silent exit, and every other panic goes to the default hook.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or("");
+        if msg.starts_with("failed printing to std") && is_broken_pipe_text(msg) {
+            std::process::exit(i32::from(EXIT_CLOSED_PIPE));
+        }
+        default(info);
+    }));
+}
+
+fn is_broken_pipe_text(msg: &str) -> bool {
+    msg.contains("Broken pipe") || msg.contains("os error 32")
+}
+
+/// Whether an error is (caused by) writing to a closed pipe.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let ctx = ctx::Ctx::new(&cli);
     let result = match cli.command {
@@ -185,9 +218,149 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_closed_pipe(&e) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
             eprintln!("error: {}", output::error_chain(&e));
             ExitCode::from(ctx::exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Splits a shell line into words (single and double quotes, no
+    /// expansion); enough for the README's command lines.
+    fn words(line: &str) -> Vec<String> {
+        let (mut out, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    any = true;
+                }
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if any {
+                        out.push(std::mem::take(&mut cur));
+                        any = false;
+                    }
+                }
+                (_, c) => {
+                    cur.push(c);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// The `gantry …` commands of one shell line: comments, redirections, a
+    /// trailing `&` and whatever a pipe or `&&` puts around them are dropped.
+    fn gantry_commands(line: &str) -> Vec<Vec<String>> {
+        // A comment, or a redirection, ends the command.
+        let line = [" #", " >"]
+            .iter()
+            .filter_map(|m| line.find(m))
+            .min()
+            .map_or(line, |i| &line[..i]);
+        line.split("&&")
+            .flat_map(|part| part.split('|'))
+            .map(|part| part.trim().trim_end_matches('&').trim())
+            .filter(|part| part.starts_with("gantry "))
+            .map(words)
+            .collect()
+    }
+
+    #[test]
+    fn every_command_of_the_readme_tour_parses() {
+        let readme = include_str!("../../../README.md");
+        let tour = readme
+            .split("## A short tour")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README.md has a section `A short tour`");
+        let mut parsed = 0;
+        for line in tour.lines().filter(|l| l.starts_with("    ")) {
+            for argv in gantry_commands(line) {
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("README tour line `{}` does not parse:\n{e}", line.trim());
+                }
+                parsed += 1;
+            }
+        }
+        assert!(
+            parsed >= 30,
+            "only {parsed} gantry commands found in the tour"
+        );
+    }
+
+    /// Every `Example: gantry …` of every command's help parses, as typed.
+    #[test]
+    fn every_help_example_parses() {
+        fn walk(cmd: &clap::Command, found: &mut Vec<String>) {
+            for text in [cmd.get_about(), cmd.get_long_about()]
+                .into_iter()
+                .flatten()
+            {
+                for line in text.to_string().lines() {
+                    if let Some(ex) = line.trim().strip_prefix("Example: ") {
+                        found.push(ex.to_string());
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut examples = Vec::new();
+        walk(&Cli::command(), &mut examples);
+        assert!(examples.len() >= 30, "{examples:#?}");
+        for ex in &examples {
+            let ex = ex.split("  ").next().unwrap_or(ex);
+            for argv in gantry_commands(ex) {
+                if let Err(e) = Cli::try_parse_from(&argv) {
+                    panic!("help example `{ex}` does not parse:\n{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flags_may_follow_the_deploys_show_subcommand() {
+        for argv in [
+            &["gantry", "deploys", "show", "12", "--env", "production"][..],
+            &["gantry", "deploys", "--env", "production", "show", "12"],
+            &[
+                "gantry", "deploys", "show", "12", "--env", "e", "--app", "hello",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let text = format!("{:?}", cli.command);
+            assert!(text.contains("Show { id: 12 }"), "{argv:?}: {text}");
+            assert!(text.contains("env: \""), "{argv:?}: {text}");
+        }
+        let e = Cli::try_parse_from(["gantry", "deploys", "show", "12"]).unwrap_err();
+        assert!(e.to_string().contains("env"), "{e}");
+    }
+
+    #[test]
+    fn a_closed_pipe_is_recognised_in_panics_and_errors() {
+        assert!(is_broken_pipe_text(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_closed_pipe(&anyhow::Error::new(io).context("writing")));
+        assert!(!is_closed_pipe(&anyhow::anyhow!("disk full")));
     }
 }

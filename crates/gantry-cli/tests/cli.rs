@@ -267,6 +267,34 @@ fn secrets_never_come_back_and_check_reports_missing_ones() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not a valid secret name"), "{}", r.stderr);
 
+    // A NUL byte cannot reach the app as an environment variable: refused
+    // by the CLI, and by the API for any other client.
+    let r = server.run_stdin(
+        &["secrets", "set", "NUL_KEY", "--env", "production"],
+        "ab\0cd",
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("contains a NUL byte (at byte 2)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("base64"), "{}", r.stderr);
+    let api = gantry_api::Client::new(gantry_api::Endpoint::Unix(server.socket.clone()), None);
+    let (status, body) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(api.raw(
+            gantry_api::Method::PUT,
+            "/api/v1/apps/hello/envs/production/secrets/NUL_KEY",
+            Some(&serde_json::json!({ "value": "ab\u{0}cd" })),
+        ))
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert!(body.contains("contains a NUL byte"), "{body}");
+    let list = server.run(&["secrets", "list", "--env", "production"]);
+    assert!(!list.stdout.contains("NUL_KEY"), "{}", list.stdout);
+
     server
         .run(&["secrets", "rm", "SESSION_KEY", "--env", "production"])
         .ok();
@@ -514,4 +542,69 @@ fn every_command_has_help_with_an_example() {
     }
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit codes:"));
+}
+
+/// Runs `cmd` with stdout on a pipe whose reader is already gone; the exit
+/// code and stderr.
+fn with_closed_stdout(mut cmd: Command) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = cmd
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    // Offline commands with a lot of output.
+    for args in [
+        &["--help"][..],
+        &["config", "--help"],
+        &["config", "schema"],
+        &["config", "show", &example(), "--env", "production"],
+        &["config", "check", &example()],
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        let (code, stderr) = with_closed_stdout(c);
+        assert!(stderr.is_empty(), "gantry {args:?}: {stderr}");
+        assert!(matches!(code, Some(0 | 141)), "gantry {args:?}: {code:?}");
+    }
+    // Commands that print what the server answers.
+    let server = TestServer::start();
+    with_example(&server);
+    server.run(&["config", "apply", "--env", "production"]).ok();
+    server
+        .run_stdin(
+            &["secrets", "set", "SESSION_KEY", "--env", "production"],
+            "v",
+        )
+        .ok();
+    server.token("viewer", None);
+    for args in [
+        &["audit"][..],
+        &["--json", "audit"],
+        &["audit", "verify"],
+        &["events", "--env", "production"],
+        &["ps"],
+        &["releases", "--env", "production"],
+        &["deploys", "--env", "production"],
+        &["config", "history", "--env", "production"],
+        &["secrets", "list", "--env", "production"],
+        &["token", "list"],
+        &["whoami"],
+        &["--json", "whoami"],
+    ] {
+        let mut c = server.cmd();
+        c.args(args);
+        let (code, stderr) = with_closed_stdout(c);
+        assert!(stderr.is_empty(), "gantry {args:?}: {stderr}");
+        assert_eq!(code, Some(141), "gantry {args:?}");
+    }
 }

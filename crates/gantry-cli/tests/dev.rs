@@ -49,19 +49,17 @@ fn port_of(line: &str) -> u16 {
     line.rsplit(':').next().unwrap().trim().parse().unwrap()
 }
 
-#[test]
-fn dev_runs_the_app_and_restarts_it_on_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let py = support::repo_root().join("examples/hello-py/app.py");
-    std::fs::copy(py, dir.path().join("app.py")).unwrap();
-    std::fs::write(
-        dir.path().join("gantry.toml"),
-        "[app]\nname = \"devapp\"\n\n[run]\ncommand = \"python3 app.py\"\n",
-    )
-    .unwrap();
+/// `gantry dev` in `dir`, its stderr and stdout lines on channels.
+fn start_dev(
+    dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    mpsc::Receiver<String>,
+    mpsc::Receiver<String>,
+) {
     let mut child = Command::new(support::BIN)
         .arg("dev")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,14 +79,39 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
             let _ = otx.send(l);
         }
     });
+    (child, rx, orx)
+}
+
+const URL: &str = "devapp (development) #0 → http://127.0.0.1:";
+
+#[test]
+fn dev_runs_the_app_and_restarts_it_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = support::repo_root().join("examples/hello-py/app.py");
+    std::fs::copy(py, dir.path().join("app.py")).unwrap();
+    // The app writes a log inside the tree each time it starts; the
+    // .gitignore says so, and that must not restart it (in a loop).
+    std::fs::write(
+        dir.path().join("gantry.toml"),
+        "[app]\nname = \"devapp\"\n\n[run]\ncommand = \"sh -c 'echo started >> app.log && exec python3 app.py'\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".gitignore"),
+        "*.log\n/logs/\nbuild/\n!keep.log\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("build/deep")).unwrap();
+    let (mut child, rx, orx) = start_dev(dir.path());
     let mut seen = Vec::new();
-    let first = expect_line(
-        &rx,
-        "devapp (development) #0 → http://127.0.0.1:",
-        &mut seen,
-    );
+    let first = expect_line(&rx, URL, &mut seen);
     let port = port_of(&first);
     let pid = wait_pid(port);
+    assert!(
+        std::fs::read_to_string(dir.path().join("app.log"))
+            .unwrap()
+            .contains("started")
+    );
 
     // The app's own log lines reach the terminal.
     let log = orx
@@ -96,29 +119,61 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
         .expect("app output on stdout");
     assert!(log.starts_with("#0 "), "{log}");
 
-    // Changes under ignored directories do nothing; a source change restarts.
+    // Changes to ignored files do nothing: the state directory (data and
+    // logs), what .gitignore names, built-in tool directories, swap files.
+    // Only the source change after them restarts, and the restart says so.
     std::fs::create_dir_all(dir.path().join(".gantry/junk")).unwrap();
     std::fs::write(dir.path().join(".gantry/junk/x"), "x").unwrap();
+    std::fs::write(dir.path().join(".gantry/data/db"), "x").unwrap();
+    std::fs::write(dir.path().join("app.log"), "more\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("logs/2026")).unwrap();
+    std::fs::write(dir.path().join("logs/2026/today.txt"), "x").unwrap();
+    std::fs::write(dir.path().join("build/deep/out.o"), "x").unwrap();
+    std::fs::create_dir_all(dir.path().join("target/debug")).unwrap();
+    std::fs::write(dir.path().join("target/debug/x"), "x").unwrap();
+    std::fs::write(dir.path().join(".notes.txt.swp"), "x").unwrap();
     std::fs::write(dir.path().join("notes.txt"), "changed").unwrap();
-    expect_line(
-        &rx,
-        "change in notes.txt: rebuilding and restarting",
-        &mut seen,
+    let line = expect_line(&rx, "rebuilding and restarting", &mut seen);
+    assert!(
+        line.contains("change in notes.txt: rebuilding and restarting"),
+        "the first restart is for the source change: {line}\n{seen:#?}"
     );
-    let second = expect_line(
-        &rx,
-        "devapp (development) #0 → http://127.0.0.1:",
-        &mut seen,
-    );
-    let new_pid = wait_pid(port_of(&second));
+    let second = expect_line(&rx, URL, &mut seen);
+    assert_eq!(port_of(&second), port, "the app keeps its URL");
+    let new_pid = wait_pid(port);
     assert_ne!(pid, new_pid, "a new process after the change");
     assert!(!alive(pid), "the old process was stopped");
-    // One change, one restart (debounced).
+
+    // A directory made after the start is watched too; a re-included name
+    // counts.
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    expect_line(&rx, "change in src: rebuilding and restarting", &mut seen);
+    assert_eq!(port_of(&expect_line(&rx, URL, &mut seen)), port);
+    let pid3 = wait_pid(port);
+    std::fs::write(dir.path().join("src/util.py"), "x = 1\n").unwrap();
+    expect_line(
+        &rx,
+        "change in src/util.py: rebuilding and restarting",
+        &mut seen,
+    );
+    assert_eq!(port_of(&expect_line(&rx, URL, &mut seen)), port);
+    let pid4 = wait_pid(port);
+    std::fs::write(dir.path().join("keep.log"), "x").unwrap();
+    expect_line(
+        &rx,
+        "change in keep.log: rebuilding and restarting",
+        &mut seen,
+    );
+    assert_eq!(port_of(&expect_line(&rx, URL, &mut seen)), port);
+    let last_pid = wait_pid(port);
+    assert!(pid3 != pid4 && pid4 != last_pid);
+    // One restart per change, none for the app's own log.
     assert_eq!(
         seen.iter()
             .filter(|l| l.contains("rebuilding and restarting"))
             .count(),
-        1
+        4,
+        "{seen:#?}"
     );
 
     nix::sys::signal::kill(
@@ -128,7 +183,7 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
     .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(!alive(new_pid), "Ctrl-C stops the app too");
+    assert!(!alive(last_pid), "Ctrl-C stops the app too");
 }
 
 fn alive(pid: i64) -> bool {

@@ -3,21 +3,33 @@
 //! actor, the action (named from the matched route), the target (the
 //! request path), the parameters with secret-bearing fields removed, and the
 //! outcome. Handlers cannot forget to audit, because they never do it.
+//!
+//! The layer reads no body itself: the caller is authenticated from the
+//! headers first, so an unauthenticated upload is refused (401) unread, and
+//! the handler's own extractor reads a JSON body through a tap that keeps a
+//! copy for the entry. An answer that is not the API's JSON error shape
+//! (axum's rejections: malformed JSON, 413, 405) is turned into it before
+//! the outcome is recorded.
 
-use axum::body::{Body, to_bytes};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use gantry_store::audit::NewAuditEntry;
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::auth::Actor;
-use crate::error::{ApiError, ErrorMessage};
+use crate::error::ErrorMessage;
 use crate::state::AppState;
 
-/// Bodies larger than this are refused before they reach a handler.
-const MAX_BODY: usize = 4 * 1024 * 1024;
+/// JSON bodies larger than this are refused (413) by the handler's
+/// extractor (the limit is set on the API's routes); it is also what the
+/// audit layer keeps of one.
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Field names whose values never reach the audit log.
 const SECRET_FIELDS: &[&str] = &["value", "token", "password", "secret", "key"];
@@ -83,58 +95,88 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let target = req
-        .uri()
-        .path()
-        .strip_prefix("/api/v1/")
-        .unwrap_or(req.uri().path())
-        .to_string();
+    let path = req.uri().path().to_string();
+    let target = path.strip_prefix("/api/v1/").unwrap_or(&path).to_string();
     let query = req.uri().query().map(str::to_string);
+    let content_length = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let is_json = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json"));
-    if !is_json {
-        // Uploads (source bundles) stream through; the audit notes their size.
-        let mut params = serde_json::json!({
-            "content_length": req
-                .headers()
-                .get(axum::http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok()),
-        });
-        if let (Some(q), Value::Object(map)) = (query, &mut params) {
-            map.insert("query".into(), Value::String(q));
-        }
-        let resp = next.run(req).await;
-        return finish(state, method, route, target, params, resp).await;
-    }
-    let (parts, body) = req.into_parts();
-    let bytes = match to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            )
-            .into_response();
-        }
-    };
-    let mut params = if bytes.is_empty() {
-        Value::Object(Default::default())
+    // Nothing is read here: authentication (the next layer) decides from the
+    // headers alone, and the handler reads the body through this tap, which
+    // keeps a copy of a JSON body for the entry.
+    let tap = Tap::default();
+    let req = if is_json {
+        let (parts, body) = req.into_parts();
+        let t = tap.clone();
+        let body = Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                t.keep(data);
+            }
+            frame
+        }));
+        Request::from_parts(parts, body)
     } else {
-        serde_json::from_slice::<Value>(&bytes)
-            .map(sanitize)
-            .unwrap_or_else(|_| Value::String(format!("<{} bytes, not JSON>", bytes.len())))
+        req
+    };
+    let resp = next.run(req).await;
+    let resp = crate::error::json_error(resp, &method, &path).await;
+    let mut params = if is_json {
+        tap.params(content_length)
+    } else {
+        // Uploads (source bundles) stream through; the audit notes their size.
+        serde_json::json!({ "content_length": content_length })
     };
     if let (Some(q), Value::Object(map)) = (query, &mut params) {
         map.insert("query".into(), Value::String(q));
     }
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
     finish(state, method, route, target, params, resp).await
+}
+
+/// A copy of the first [`MAX_BODY`] bytes of a JSON body, as the handler
+/// reads it.
+#[derive(Clone, Default)]
+struct Tap(Arc<Mutex<Tapped>>);
+
+#[derive(Default)]
+struct Tapped {
+    bytes: Vec<u8>,
+    /// Every byte read, kept or not.
+    total: u64,
+}
+
+impl Tap {
+    fn keep(&self, data: &Bytes) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        t.total += data.len() as u64;
+        let room = MAX_BODY.saturating_sub(t.bytes.len());
+        t.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// The entry's parameters: the sanitized JSON, or what the body was
+    /// when it is not JSON, too large, or was never read (the call was
+    /// refused first).
+    fn params(&self, content_length: Option<u64>) -> Value {
+        let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if t.total == 0 {
+            return match content_length {
+                Some(n) if n > 0 => serde_json::json!({ "content_length": n, "body": "not read" }),
+                _ => Value::Object(Default::default()),
+            };
+        }
+        if t.total > t.bytes.len() as u64 {
+            return Value::String(format!("<more than {MAX_BODY} bytes, not kept>"));
+        }
+        serde_json::from_slice::<Value>(&t.bytes)
+            .map(sanitize)
+            .unwrap_or_else(|_| Value::String(format!("<{} bytes, not JSON>", t.bytes.len())))
+    }
 }
 
 /// Appends the entry for a finished call and passes the response on.

@@ -38,14 +38,13 @@ pub(crate) async fn build_release(
     actor: &str,
 ) -> Result<Release, ApiError> {
     let data = state.store.dir().to_path_buf();
+    let builds = data.join("builds");
+    std::fs::create_dir_all(&builds)
+        .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
     let work = tempfile::Builder::new()
         .prefix("build-")
-        .tempdir_in({
-            let d = data.join("builds");
-            std::fs::create_dir_all(&d).map_err(|e| ApiError::internal(e.to_string()))?;
-            d
-        })
-        .map_err(|e| ApiError::internal(format!("cannot create a build directory: {e}")))?;
+        .tempdir_in(&builds)
+        .map_err(|e| io_failure(&builds, "cannot create a build directory", e))?;
     let src = work.path().join("src");
     let s2 = src.clone();
     tokio::task::spawn_blocking(move || {
@@ -54,7 +53,13 @@ pub(crate) async fn build_release(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}")))?;
+    .map_err(|e| {
+        if is_disk_full(&e) {
+            disk_full(&src, "unpacking the source bundle", with_causes(&e))
+        } else {
+            ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}"))
+        }
+    })?;
 
     let spec_path = src.join("gantry.toml");
     let spec = gantry_spec::load(&spec_path).map_err(|d| {
@@ -85,16 +90,18 @@ pub(crate) async fn build_release(
         // The spec travels with the artifact, so a release knows its config.
         std::fs::copy(wd.join("gantry.toml"), st.join("gantry.toml"))
             .or_else(|_| std::fs::copy(spec_path, st.join("gantry.toml")))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| io_failure(&st, "cannot copy gantry.toml into the artifact", e))?;
         digest_tree(&st).map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let dest = artifact_dir(&data, &digest);
     if !dest.exists() {
-        std::fs::create_dir_all(dest.parent().unwrap_or(&data))
-            .and_then(|()| std::fs::rename(&staging, &dest))
-            .map_err(|e| ApiError::internal(format!("cannot store the artifact: {e}")))?;
+        let (st, d) = (staging.clone(), dest.clone());
+        tokio::task::spawn_blocking(move || store_artifact(&st, &d))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
     }
     let (a, d, c, actor, l) = (app.to_string(), digest, commit, actor.to_string(), log);
     state
@@ -102,9 +109,46 @@ pub(crate) async fn build_release(
         .await
 }
 
+/// Moves the staged artifact to `dest`; by copy when the builds and
+/// artifacts directories are on different file systems.
+fn store_artifact(staging: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::rename(staging, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            let tmp = dest.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&tmp);
+            let copied = std::fs::create_dir_all(&tmp)
+                .and_then(|()| copy_tree(staging, &tmp))
+                .and_then(|()| std::fs::rename(&tmp, dest));
+            if copied.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            copied
+        }
+        other => other,
+    }
+}
+
 async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
     let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT).await;
     if !out.ok {
+        let wd = workdir.to_path_buf();
+        let full = says_disk_full(&out.output)
+            || tokio::task::spawn_blocking(move || no_space_left(&wd))
+                .await
+                .unwrap_or(false);
+        if full {
+            let mut e = disk_full(
+                workdir,
+                &format!("the build command `{cmd}` failed"),
+                &out.ended,
+            );
+            e.message
+                .push_str(&format!("\nits output:\n{}", out.output));
+            return Err(e);
+        }
         return Err(ApiError::unprocessable(format!(
             "the build command `{cmd}` failed ({}):\n{}",
             out.ended, out.output
@@ -113,10 +157,80 @@ async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
     Ok(out.output)
 }
 
+// === disk full ===
+
+/// Whether an I/O error means the file system is full (no space, or the
+/// user's quota), also when a library wrapped it and kept only its text.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(28 | 122)) // ENOSPC, EDQUOT
+        || says_disk_full(&e.to_string())
+}
+
+/// Whether a message carries the system's words for a full disk.
+fn says_disk_full(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("Disk quota exceeded")
+}
+
+/// Whether writing (and syncing) 64 KiB in `dir` fails for lack of space:
+/// asked after a build command failed without saying why.
+fn no_space_left(dir: &Path) -> bool {
+    use std::io::Write;
+    let probe = dir.join(".gantry-space-probe");
+    let result = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    result.is_err_and(|e| is_disk_full(&e))
+}
+
+/// "the disk is full at PATH (what: detail)", with the way out; 507.
+fn disk_full(path: &Path, what: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "the disk is full at {} ({what}: {detail}); free space on that file system (builds \
+             run under the data directory's builds/, releases are kept in artifacts/) and build \
+             again",
+            path.display()
+        ),
+    )
+}
+
+/// A build step's I/O failure: a full disk says so; anything else names
+/// the step and the path.
+fn io_failure(path: &Path, what: &str, e: std::io::Error) -> ApiError {
+    if is_disk_full(&e) {
+        disk_full(path, what, with_causes(&e))
+    } else {
+        ApiError::internal(format!("{what} ({}): {}", path.display(), with_causes(&e)))
+    }
+}
+
+/// An error with its causes, `: `-separated (a wrapped I/O error, such as
+/// tar's "failed to unpack `x`", hides the system's words otherwise).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result<(), ApiError> {
-    std::fs::create_dir_all(staging).map_err(|e| ApiError::internal(e.to_string()))?;
+    std::fs::create_dir_all(staging)
+        .map_err(|e| io_failure(staging, "cannot create the artifact directory", e))?;
     if outputs.is_empty() {
-        return copy_tree(workdir, staging).map_err(|e| ApiError::internal(e.to_string()));
+        return copy_tree(workdir, staging)
+            .map_err(|e| io_failure(staging, "copying the source tree into the artifact", e));
     }
     for o in outputs {
         let from = workdir.join(o);
@@ -134,7 +248,7 @@ fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result
         } else {
             std::fs::copy(&from, &to).map(|_| ())
         };
-        r.map_err(|e| ApiError::internal(format!("cannot copy `{o}`: {e}")))?;
+        r.map_err(|e| io_failure(&to, &format!("copying build output `{o}`"), e))?;
     }
     Ok(())
 }

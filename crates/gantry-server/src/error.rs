@@ -1,7 +1,9 @@
 //! The one error type of the API: a status and a message that says what to do.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gantry_api::ErrorBody;
 use gantry_store::StoreError;
@@ -72,4 +74,98 @@ impl IntoResponse for ApiError {
         resp.extensions_mut().insert(ErrorMessage(self.message));
         resp
     }
+}
+
+/// Middleware over the whole router: every error answer leaves in the API's
+/// JSON shape, including the ones axum makes itself (405, path and body
+/// rejections).
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    json_error(resp, &method, &path).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// Marks a 405 whose message could not name the allowed methods yet.
+#[derive(Debug, Clone)]
+struct AllowLater;
+
+/// An error answer that is not JSON (an axum rejection's text, or no body)
+/// as an [`ApiError`] with a message that says what to do; any other answer
+/// unchanged. Headers such as `Allow` are kept.
+pub(crate) async fn json_error(resp: Response, method: &Method, path: &str) -> Response {
+    let status = resp.status();
+    // A 405 made inside the route's layers gets its `Allow` header only on
+    // the way out; the outer pass then names the methods.
+    let allow_now = resp.extensions().get::<AllowLater>().is_some()
+        && resp.headers().contains_key(header::ALLOW);
+    if !allow_now
+        && (!(status.is_client_error() || status.is_server_error())
+            || resp.extensions().get::<ErrorMessage>().is_some()
+            || is_json(resp.headers()))
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            match parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(allowed) => format!(
+                    "{method} is not allowed on {path}; it accepts {}",
+                    allowed.replace(',', ", ")
+                ),
+                None => format!("{method} is not allowed on {path}"),
+            }
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is too large for {method} {path}: a JSON body may have at most \
+             {} MiB (a source bundle 1 GiB)",
+            crate::audit::MAX_BODY / (1024 * 1024)
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => format!(
+            "{method} {path} takes a JSON body: send one with the header `Content-Type: \
+             application/json`"
+        ),
+        _ if text.is_empty() => format!(
+            "{method} {path}: {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("error")
+        ),
+        _ => text,
+    };
+    // The new body in the old answer: its headers (`Allow`) and extensions
+    // (the actor, for the audit entry) stay.
+    let fresh = ApiError::new(status, message).into_response();
+    let (mut fresh_parts, body) = fresh.into_parts();
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &fresh_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    if let Some(m) = fresh_parts.extensions.remove::<ErrorMessage>() {
+        parts.extensions.insert(m);
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        if parts.headers.contains_key(header::ALLOW) {
+            parts.extensions.remove::<AllowLater>();
+        } else {
+            parts.extensions.insert(AllowLater);
+        }
+    }
+    Response::from_parts(parts, body)
 }

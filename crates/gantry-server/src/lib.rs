@@ -2,8 +2,11 @@
 //!
 //! It owns the store and serves the JSON API under `/api/v1` on a unix
 //! socket in the data directory (mode 0600) and, optionally, on TCP. Request
-//! path: routing → [`audit::record`] (mutating calls) → [`auth::authenticate`]
-//! → the handler, whose extractor checks role and environment.
+//! path: routing → [`audit::record`] (mutating calls; it reads no body) →
+//! [`auth::authenticate`] (headers only, so an unauthenticated body is never
+//! read) → the handler, whose extractor checks role and environment. Every
+//! error answer, axum's own rejections included, has the JSON shape of
+//! [`error::ApiError`].
 //! `/healthz` says the process is up; `/readyz` that the store answers with
 //! a current schema. SIGTERM/SIGINT stop it gracefully: listeners close,
 //! in-flight requests finish, the socket file is removed.
@@ -73,6 +76,8 @@ pub struct Listening {
 /// The router, for a given store (the tests' entry point too).
 fn app(state: AppState) -> Router {
     let api = api::routes()
+        // The routes that take more (source bundles) set their own limit.
+        .layer(axum::extract::DefaultBodyLimit::max(audit::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -81,7 +86,7 @@ fn app(state: AppState) -> Router {
             state.clone(),
             audit::record,
         ));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(api)
@@ -91,7 +96,12 @@ fn app(state: AppState) -> Router {
                 "no such endpoint; the API lives under /api/v1",
             )
         })
-        .with_state(state)
+        .with_state(state);
+    // Around the whole router as one service (a `layer` on it would wrap
+    // each route inside axum's own 405 handling, before `Allow` is set).
+    Router::new()
+        .fallback_service(router)
+        .layer(axum::middleware::from_fn(error::json_errors))
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {

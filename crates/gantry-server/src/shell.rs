@@ -42,8 +42,9 @@ impl Outcome {
 }
 
 /// Runs `cmd` in `dir`. With `env`, the command sees exactly that
-/// environment; without, the control plane's (minus `CARGO_TARGET_DIR`, so
-/// build outputs stay inside `dir`).
+/// environment; without, the control plane's minus `CARGO_TARGET_DIR` (so
+/// build outputs stay inside `dir`) and Gantry's own credentials
+/// (`GANTRY_SECRET_KEY`, `GANTRY_TOKEN`), which a build must never see.
 pub(crate) async fn run(
     cmd: &str,
     dir: &Path,
@@ -78,7 +79,9 @@ pub(crate) async fn run_marked(
             c.env_clear().envs(vars);
         }
         None => {
-            c.env_remove("CARGO_TARGET_DIR");
+            c.env_remove("CARGO_TARGET_DIR")
+                .env_remove("GANTRY_SECRET_KEY")
+                .env_remove("GANTRY_TOKEN");
         }
     }
     let fail = |ended: String| Outcome {

@@ -34,7 +34,8 @@ fn info(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretInfo> {
 }
 
 impl Store {
-    /// Sets (or replaces) a secret, returning its new metadata.
+    /// Sets (or replaces) a secret, returning its new metadata. A value with
+    /// a NUL byte is refused ([`StoreError::Invalid`]).
     pub fn set_secret(
         &self,
         app: &str,
@@ -43,6 +44,13 @@ impl Store {
         value: &[u8],
         actor: &str,
     ) -> Result<SecretInfo> {
+        // Values become environment variables of the app, which end at a NUL.
+        if let Some(at) = value.iter().position(|b| *b == 0) {
+            return Err(StoreError::Invalid(format!(
+                "the value for secret `{name}` contains a NUL byte (at byte {at}); environment \
+                 variables cannot hold one, so the app could never receive it"
+            )));
+        }
         let ciphertext = self.vault().encrypt(value)?;
         let conn = self.conn();
         let now = now_ms();
@@ -210,6 +218,18 @@ mod tests {
         for bytes in [db, wal] {
             assert!(!bytes.windows(6).any(|w| w == b"pg://s"));
         }
+    }
+
+    #[test]
+    fn a_value_with_a_nul_byte_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = store
+            .set_secret("a", "e", "BIN", b"ab\0cd", "t")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("NUL byte (at byte 2)"), "{err}");
+        assert!(!store.secret_exists("a", "e", "BIN").unwrap());
     }
 
     #[test]

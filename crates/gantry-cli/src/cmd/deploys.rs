@@ -41,7 +41,14 @@ pub(crate) struct DeployArgs {
     config_version: Option<i64>,
 }
 
+/// `--env` and `--app` may also follow `show ID` (`gantry deploys show 12
+/// --env production`): global to the subcommand, so not `required` for
+/// clap; a missing `--env` is still refused (exit 2) when the struct is built.
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("env", |a| a.global(true).required(false)),
+    mut_arg("app", |a| a.global(true))
+)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     target: Target,

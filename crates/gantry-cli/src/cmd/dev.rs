@@ -6,6 +6,16 @@
 //! It needs no server: it is a local loop over one working copy, and keeps
 //! its state in `.gantry/` next to `gantry.toml`. Secrets come from the
 //! shell's environment variables of the same names.
+//!
+//! Each instance keeps its port, so its URL, across restarts. What is
+//! watched: every directory of the tree except `.gantry/` (the app's data
+//! and log directories), what the tree's `.gitignore` files ignore (see
+//! [`gitignore`]) and a few conventional build and tool directories
+//! ([`BUILT_IN`]); each directory has its own, non-recursive watch, so an
+//! ignored `target/` or `node_modules/` costs none. A restart names the
+//! file that changed.
+
+mod gitignore;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -19,15 +29,10 @@ use notify::Watcher;
 
 use crate::ctx::Ctx;
 
-/// Directories whose changes never trigger a restart.
-const IGNORED: &[&str] = &[
-    ".gantry",
-    ".git",
-    "target",
-    "node_modules",
-    "__pycache__",
-    ".venv",
-];
+/// Ignored in every tree, before its own `.gitignore` lines (which may
+/// re-include them with `!`): tool and build directories, editor swap files.
+const BUILT_IN: &str =
+    ".git/\ntarget/\nnode_modules/\n__pycache__/\n.venv/\n*.swp\n*.swx\n*~\n.#*\n";
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, clap::Args)]
@@ -85,22 +90,8 @@ async fn dev_loop(
         }
     });
     let (change_tx, mut change_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let _watcher = if watch {
-        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Reads (of gantry.toml by this very loop, say) are not changes.
-            if let Some(ev) = res
-                .ok()
-                .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
-            {
-                for p in ev.paths {
-                    let _ = change_tx.send(p);
-                }
-            }
-        })
-        .context("cannot watch the app directory")?;
-        w.watch(&app_dir, notify::RecursiveMode::Recursive)
-            .with_context(|| format!("cannot watch {}", app_dir.display()))?;
-        Some(w)
+    let mut tree = if watch {
+        Some(Tree::watch(&app_dir, &state, change_tx)?)
     } else {
         None
     };
@@ -109,7 +100,10 @@ async fn dev_loop(
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut ports = PortPool::new(30000..=30999);
+    let mut ports = Ports {
+        pool: PortPool::new(30000..=30999),
+        by_index: Vec::new(),
+    };
     loop {
         let instances = match start(&path, &app_dir, &env, &runtime, &mut ports).await {
             Ok(i) => i,
@@ -128,7 +122,7 @@ async fn dev_loop(
                     for t in &mut tails { t.print_new(); }
                 }
                 Some(p) = change_rx.recv() => {
-                    if relevant(&app_dir, &p) { break Some(p); }
+                    if tree.as_mut().is_some_and(|t| t.relevant(&p)) { break Some(p); }
                 }
                 _ = int.recv() => break None,
                 _ = term.recv() => break None,
@@ -137,44 +131,216 @@ async fn dev_loop(
         for t in &mut tails {
             t.print_new();
         }
-        stop_all(&instances, &mut ports).await;
+        for i in &instances {
+            if let Err(e) = i.stop().await {
+                eprintln!("gantry: {e}");
+            }
+        }
         let Some(first) = changed else {
             eprintln!("gantry: stopped");
             return Ok(ExitCode::SUCCESS);
         };
         // Debounce: wait until relevant changes have been quiet for a moment.
+        let mut others = std::collections::BTreeSet::new();
         let mut quiet_at = tokio::time::Instant::now() + DEBOUNCE;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(quiet_at) => break,
                 Some(p) = change_rx.recv() => {
-                    if relevant(&app_dir, &p) {
+                    if tree.as_mut().is_some_and(|t| t.relevant(&p)) {
+                        if p != first {
+                            others.insert(p);
+                        }
                         quiet_at = tokio::time::Instant::now() + DEBOUNCE;
                     }
                 }
             }
         }
-        let shown = first
-            .strip_prefix(&app_dir)
-            .unwrap_or(&first)
-            .display()
-            .to_string();
-        eprintln!("gantry: change in {shown}: rebuilding and restarting");
+        let shown = |p: &Path| p.strip_prefix(&app_dir).unwrap_or(p).display().to_string();
+        let more = match others.len() {
+            0 => String::new(),
+            1 => format!(" (and {})", shown(others.first().map_or(&first, |p| p))),
+            n => format!(" (and {n} more files)"),
+        };
+        eprintln!(
+            "gantry: change in {}{more}: rebuilding and restarting",
+            shown(&first)
+        );
     }
 }
 
-fn relevant(app_dir: &Path, p: &Path) -> bool {
-    let rel = p.strip_prefix(app_dir).unwrap_or(p);
-    !rel.components()
-        .any(|c| IGNORED.iter().any(|i| c.as_os_str() == *i))
+/// Each instance's port, kept across restarts so its URL stays the same.
+struct Ports {
+    pool: PortPool,
+    by_index: Vec<u16>,
 }
 
-async fn stop_all(instances: &[Instance], ports: &mut PortPool) {
-    for i in instances {
-        if let Err(e) = i.stop().await {
-            eprintln!("gantry: {e}");
+impl Ports {
+    /// The port of instance `index`: the one it had, while it is free.
+    fn get(&mut self, index: usize) -> anyhow::Result<u16> {
+        if let Some(&port) = self.by_index.get(index) {
+            if gantry_runtime::ports::is_free(port) {
+                return Ok(port);
+            }
+            let new = self.pool.allocate()?;
+            eprintln!(
+                "gantry: port {port} of #{index} is taken by another process now; #{index} moves to {new}"
+            );
+            self.pool.release(port);
+            self.by_index[index] = new;
+            return Ok(new);
         }
-        ports.release(i.spec().port);
+        let port = self.pool.allocate()?;
+        self.by_index.push(port);
+        Ok(port)
+    }
+
+    /// Forgets the ports of instances past `count` (fewer instances now).
+    fn keep(&mut self, count: usize) {
+        for port in self.by_index.drain(count.min(self.by_index.len())..) {
+            self.pool.release(port);
+        }
+    }
+}
+
+/// The watched directories of the app's tree and its ignore rules.
+struct Tree {
+    root: PathBuf,
+    /// `.gantry/`: the app's data and logs; never watched.
+    state: PathBuf,
+    rules: gitignore::Rules,
+    watcher: notify::RecommendedWatcher,
+    watched: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Tree {
+    /// Watches every directory of `root` that is not ignored, each on its
+    /// own; changes go to `tx`.
+    fn watch(
+        root: &Path,
+        state: &Path,
+        tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Reads (of gantry.toml by this very loop, say) are not changes.
+            if let Some(ev) = res
+                .ok()
+                .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+            {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        })
+        .context("cannot watch the app directory")?;
+        let mut tree = Self {
+            root: root.to_path_buf(),
+            state: state.to_path_buf(),
+            rules: gitignore::Rules::default(),
+            watcher,
+            watched: Default::default(),
+        };
+        tree.load_rules();
+        tree.add_dir(root)
+            .with_context(|| format!("cannot watch {}", root.display()))?;
+        Ok(tree)
+    }
+
+    /// The built-in rules, `.git/info/exclude` and every `.gitignore` of
+    /// the directories that are not ignored.
+    fn load_rules(&mut self) {
+        let mut rules = gitignore::Rules::default();
+        rules.add(Path::new(""), BUILT_IN);
+        if let Ok(text) = std::fs::read_to_string(self.root.join(".git/info/exclude")) {
+            rules.add(Path::new(""), &text);
+        }
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            rules.add_file(&self.root, &dir);
+            let Ok(entries) = std::fs::read_dir(self.root.join(&dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let rel = dir.join(e.file_name());
+                if e.file_type().is_ok_and(|t| t.is_dir())
+                    && self.root.join(&rel) != self.state
+                    && !rules.is_ignored(&rel, true)
+                {
+                    stack.push(rel);
+                }
+            }
+        }
+        self.rules = rules;
+    }
+
+    /// Whether `abs` is inside the tree and not ignored.
+    fn counts(&self, abs: &Path, is_dir: bool) -> bool {
+        let Ok(rel) = abs.strip_prefix(&self.root) else {
+            return false;
+        };
+        !abs.starts_with(&self.state) && !self.rules.is_ignored(rel, is_dir)
+    }
+
+    /// Watches `dir` and the directories under it that count.
+    fn add_dir(&mut self, dir: &Path) -> notify::Result<()> {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            if self.watched.contains(&d) {
+                continue;
+            }
+            match self.watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(d.clone());
+                }
+                // Gone again before it could be watched: nothing to watch.
+                Err(e) if d != self.root && !d.exists() => {
+                    tracing::debug!(error = %e, dir = %d.display(), "not watched");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) && self.counts(&p, true) {
+                    stack.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a change at `abs` should restart the app. A new directory
+    /// that counts is watched from now on; a changed `.gitignore` reloads
+    /// the rules (and, being a change, restarts the app).
+    fn relevant(&mut self, abs: &Path) -> bool {
+        let is_dir = abs.is_dir();
+        if !abs.exists() {
+            // A removed directory lost its watches; one made again gets new ones.
+            self.watched.retain(|d| !d.starts_with(abs));
+        }
+        if !self.counts(abs, is_dir) {
+            return false;
+        }
+        if abs.file_name().is_some_and(|n| n == ".gitignore") {
+            self.load_rules();
+            let stale: Vec<PathBuf> = self
+                .watched
+                .iter()
+                .filter(|d| *d != &self.root && !self.counts(d, true))
+                .cloned()
+                .collect();
+            for d in stale {
+                let _ = self.watcher.unwatch(&d);
+                self.watched.remove(&d);
+            }
+        }
+        if is_dir && let Err(e) = self.add_dir(abs) {
+            eprintln!("gantry: cannot watch {}: {e}", abs.display());
+        }
+        true
     }
 }
 
@@ -183,7 +349,7 @@ async fn start(
     app_dir: &Path,
     env: &str,
     runtime: &Runtime,
-    ports: &mut PortPool,
+    ports: &mut Ports,
 ) -> anyhow::Result<Vec<Instance>> {
     let spec = gantry_spec::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let names = spec.environment_names();
@@ -233,8 +399,9 @@ async fn start(
         .as_ref()
         .map_or(app_dir.to_path_buf(), |w| app_dir.join(w));
     let mut instances = Vec::new();
+    ports.keep(resolved.run.instances as usize);
     for index in 0..resolved.run.instances {
-        let port = ports.allocate()?;
+        let port = ports.get(index as usize)?;
         let mut env_vars = vars.clone();
         env_vars.insert("INSTANCE_ID".into(), index.to_string());
         let s = InstanceSpec {

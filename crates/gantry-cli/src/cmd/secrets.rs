@@ -64,7 +64,7 @@ fn path(t: &Target) -> anyhow::Result<(String, String)> {
 }
 
 /// Reads the value: all of stdin when piped (one trailing newline removed),
-/// else a prompt that does not echo.
+/// else a prompt that does not echo. A NUL byte is refused here already.
 fn read_value(name: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut value = if stdin.is_terminal() {
@@ -83,6 +83,13 @@ fn read_value(name: &str) -> anyhow::Result<String> {
         if value.ends_with('\r') {
             value.pop();
         }
+    }
+    if let Some(at) = value.find('\0') {
+        bail!(
+            "the value for {name} contains a NUL byte (at byte {at}); secrets reach the app as \
+             environment variables, which cannot hold one. Remove it (`printf %s` adds none), or \
+             encode binary data, e.g. `base64 < file | gantry secrets set {name} --env ENV`"
+        );
     }
     if value.is_empty() {
         bail!(

@@ -36,6 +36,16 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Why a value with a NUL byte is refused (it would reach the app as an
+/// environment variable, which cannot hold one).
+fn nul_message(name: &str, at: usize) -> String {
+    format!(
+        "the value for `{name}` contains a NUL byte (at byte {at}); secrets reach the app as \
+         environment variables, which cannot hold one. Remove it, or store binary data \
+         encoded (e.g. base64)"
+    )
+}
+
 pub(crate) async fn list(
     _: Viewer,
     State(state): State<AppState>,
@@ -56,6 +66,9 @@ pub(crate) async fn set(
         return Err(ApiError::unprocessable(format!(
             "the value for `{name}` is empty; to delete a secret use `gantry secrets rm {name}`"
         )));
+    }
+    if let Some(at) = body.value.find('\0') {
+        return Err(ApiError::unprocessable(nul_message(&name, at)));
     }
     let rec = state
         .db(move |s| s.set_secret(&app, &env, &name, body.value.as_bytes(), &p.actor))
