@@ -294,8 +294,16 @@ fn a_release_that_cannot_start_says_why_and_stopped_sets_keep_their_logs() {
     let admin = proxy_state.path().join("admin.sock");
     let server = TestServer::start_with(&["--proxy-admin", admin.to_str().unwrap()]);
     let bg = "strategy = \"blue-green\"\nrollback_window = \"1s\"";
-    let deploy =
-        |n: i64| server.run(&["deploy", "--env", "production", "--release", &n.to_string()]);
+    let deploy = |n: i64| {
+        server.run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &n.to_string(),
+            "--wait",
+        ])
+    };
     let r1 = release(&server, &config(bg, "APP_VERSION = \"v1\"", ""));
     deploy(r1).ok();
 
@@ -423,6 +431,7 @@ fn secrets_stay_off_disk_through_deploys_adoption_and_restarts() {
             "production",
             "--release",
             &r1.to_string(),
+            "--wait",
         ])
         .ok();
     let r2 = release(
@@ -436,6 +445,7 @@ fn secrets_stay_off_disk_through_deploys_adoption_and_restarts() {
             "production",
             "--release",
             &r2.to_string(),
+            "--wait",
         ])
         .ok();
     let check = |server: &TestServer| {

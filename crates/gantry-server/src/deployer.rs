@@ -395,7 +395,7 @@ impl Deployer {
         let me = self.clone();
         tokio::spawn(async move {
             let id = job.id;
-            Exec::new(&me, job, state, rx, hold).run(first).await;
+            Exec::new(me.clone(), job, state, rx, hold).run(first).await;
             lock(&me.running).remove(&id);
         });
     }
@@ -559,34 +559,29 @@ pub(crate) fn weight_in(table: &Table, route: &str, set: &str) -> Option<u32> {
 /// Keeps a deploy's lease, renewed every quarter of its length on a task of
 /// its own, so long work (a migration, a hook, a readiness wait) never lets
 /// it lapse. Says on `lost` when another deploy holds it.
-fn keep_lease(
-    store: Arc<Store>,
+fn keep_lease<P: Plant>(
+    plant: Arc<P>,
     job: &Job,
-    ttl: Duration,
 ) -> (watch::Receiver<Option<String>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let (app, env, id) = (job.app.clone(), job.env.clone(), job.id);
+    let ttl = plant.lease();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let every = (ttl / 4).max(Duration::from_millis(100));
     let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            let (a, e) = (app.clone(), env.clone());
-            match db(&store, move |s| {
-                s.renew_lease(&a, &e, id, ttl_ms, gantry_store::now_ms())
-            })
-            .await
-            {
+            match plant.renew_lease(&app, &env, id, ttl_ms).await {
                 Ok(()) => {}
-                Err(e) if e.status == StatusCode::CONFLICT => {
-                    let _ = tx.send(Some(e.message));
+                Err(Renewal::Lost(why)) => {
+                    let _ = tx.send(Some(why));
                     return;
                 }
                 // The store refuses writes (a full disk): the lease stays
                 // this deploy's until another takes it, which needs the same
                 // store; keep trying.
-                Err(e) => {
-                    tracing::warn!(deploy = id, error = %e.message, "cannot renew the deploy lease")
+                Err(Renewal::Failed(why)) => {
+                    tracing::warn!(deploy = id, error = %why, "cannot renew the deploy lease")
                 }
             }
         }
@@ -595,21 +590,29 @@ fn keep_lease(
 }
 
 /// The gate inputs of one set from the proxy's stats: counters and p99.
-/// Odd values in the answer (a NaN or negative p99) read as no p99.
 fn set_metrics(stats: &gantry_proxy::StatsSnapshot, route: &str, set: &str) -> Option<SetMetrics> {
-    stats.set(route, set).map(|s| SetMetrics {
-        requests: s.requests.c1xx
-            + s.requests.c2xx
-            + s.requests.c3xx
-            + s.requests.c4xx
-            + s.requests.c5xx,
-        status_5xx: s.requests.c5xx,
-        status_ok: s.requests.c1xx + s.requests.c2xx + s.requests.c3xx,
+    stats.set(route, set).map(gate_metrics)
+}
+
+/// Requests by class and p99, as the gates read them. Requests a client
+/// broke are not in these classes (the proxy counts them apart). Odd
+/// values in the answer (a negative or enormous p99) read as no p99.
+fn gate_metrics(s: &gantry_proxy::SetStatsSnapshot) -> SetMetrics {
+    let c = &s.requests;
+    SetMetrics {
+        requests: c
+            .c1xx
+            .saturating_add(c.c2xx)
+            .saturating_add(c.c3xx)
+            .saturating_add(c.c4xx)
+            .saturating_add(c.c5xx),
+        status_5xx: c.c5xx,
+        status_ok: c.c1xx.saturating_add(c.c2xx).saturating_add(c.c3xx),
         p99: s
             .latency_ms
             .p99
             .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok()),
-    })
+    }
 }
 
 fn delta(now: SetMetrics, base: SetMetrics) -> SetMetrics {
@@ -621,10 +624,205 @@ fn delta(now: SetMetrics, base: SetMetrics) -> SetMetrics {
     }
 }
 
+/// Why a lease could not be renewed.
+enum Renewal {
+    /// Another deploy holds it (or nobody does): stop acting.
+    Lost(String),
+    /// The store failed; the lease is still this deploy's unless taken.
+    Failed(String),
+}
+
+/// Everything the executor does to the world (the store, the proxy, the
+/// fleet, commands, the clock) behind one trait, so its decisions are
+/// unit-tested against a fake (see the tests below). [`Deployer`] is the
+/// real one.
+trait Plant: Send + Sync + 'static {
+    /// Wall-clock milliseconds (the machine's time).
+    fn now_ms(&self) -> i64;
+    fn lease(&self) -> Duration;
+    fn proxy_addr(&self) -> Option<std::net::SocketAddr>;
+    /// Stores a deploy's state and timeline lines in one transaction.
+    fn save(
+        &self,
+        id: i64,
+        state: String,
+        phase: String,
+        outcome: Option<String>,
+        lines: Vec<(i64, String)>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Appends a timeline line, best effort.
+    fn note(
+        &self,
+        id: i64,
+        at: i64,
+        phase: String,
+        line: String,
+    ) -> impl Future<Output = ()> + Send;
+    fn renew_lease(
+        &self,
+        app: &str,
+        env: &str,
+        id: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<(), Renewal>> + Send;
+    /// The proxy's served table.
+    fn table(&self) -> impl Future<Output = Result<Table, AdminClientError>> + Send;
+    /// One read-modify-write of the proxy's table (one at a time).
+    fn update_table<F: FnOnce(&mut Table) + Send>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<(), AdminClientError>> + Send;
+    fn stats(
+        &self,
+    ) -> impl Future<Output = Result<gantry_proxy::StatsSnapshot, AdminClientError>> + Send;
+    /// Whether `set` of `route` has nothing in flight and takes no traffic.
+    fn drained(
+        &self,
+        route: &str,
+        set: &str,
+    ) -> impl Future<Output = Result<bool, AdminClientError>> + Send;
+    fn set_status(
+        &self,
+        app: &str,
+        env: &str,
+        set: &str,
+    ) -> Vec<(u16, gantry_runtime::InstanceStatus)>;
+    fn start_set(&self, job: &Job) -> impl Future<Output = Result<(), String>> + Send;
+    /// `Ok(0)`: nothing of it ran; `Err`: not (all) stopped.
+    fn stop_set(
+        &self,
+        app: &str,
+        env: &str,
+        set: &str,
+    ) -> impl Future<Output = Result<usize, String>> + Send;
+    /// A migration or hook: whether it succeeded, and its summary.
+    fn run_command(
+        &self,
+        job: &Job,
+        cmd: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = (bool, String)> + Send;
+}
+
+impl Plant for Deployer {
+    fn now_ms(&self) -> i64 {
+        gantry_store::now_ms()
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        self.proxy_addr
+    }
+
+    async fn save(
+        &self,
+        id: i64,
+        state: String,
+        phase: String,
+        outcome: Option<String>,
+        lines: Vec<(i64, String)>,
+    ) -> Result<(), String> {
+        db(&self.store, move |s| {
+            s.save_deploy(id, &state, &phase, outcome.as_deref(), &lines)
+        })
+        .await
+        .map_err(|e| e.message)
+    }
+
+    async fn note(&self, id: i64, at: i64, phase: String, line: String) {
+        let _ = db(&self.store, move |s| {
+            s.add_deploy_event(id, at, &phase, &line)
+        })
+        .await;
+    }
+
+    async fn renew_lease(&self, app: &str, env: &str, id: i64, ttl_ms: i64) -> Result<(), Renewal> {
+        let (a, e) = (app.to_string(), env.to_string());
+        db(&self.store, move |s| {
+            s.renew_lease(&a, &e, id, ttl_ms, gantry_store::now_ms())
+        })
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::CONFLICT {
+                Renewal::Lost(e.message)
+            } else {
+                Renewal::Failed(e.message)
+            }
+        })
+    }
+
+    async fn table(&self) -> Result<Table, AdminClientError> {
+        within(self.proxy.table()).await
+    }
+
+    async fn update_table<F: FnOnce(&mut Table) + Send>(
+        &self,
+        f: F,
+    ) -> Result<(), AdminClientError> {
+        let _one = self.table.lock().await;
+        let mut table = within(self.proxy.table()).await?;
+        f(&mut table);
+        table.version += 1;
+        within(self.proxy.set_table(&table)).await
+    }
+
+    async fn stats(&self) -> Result<gantry_proxy::StatsSnapshot, AdminClientError> {
+        within(self.proxy.stats()).await
+    }
+
+    async fn drained(&self, route: &str, set: &str) -> Result<bool, AdminClientError> {
+        within(self.proxy.drained(route, set))
+            .await
+            .map(|s| s.drained)
+    }
+
+    fn set_status(
+        &self,
+        app: &str,
+        env: &str,
+        set: &str,
+    ) -> Vec<(u16, gantry_runtime::InstanceStatus)> {
+        self.fleet.set_status(app, env, set)
+    }
+
+    async fn start_set(&self, job: &Job) -> Result<(), String> {
+        self.fleet
+            .start_set(
+                &job.app,
+                &job.env,
+                &job.new_set,
+                &job.spec,
+                job.dir.clone(),
+                job.secrets.clone(),
+                false,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    async fn stop_set(&self, app: &str, env: &str, set: &str) -> Result<usize, String> {
+        match self.fleet.stop_set(app, env, Some(set)).await {
+            Ok(n) => Ok(n),
+            // Nothing of it runs (stopped already, e.g. a repeat after a
+            // crash): stopping is idempotent.
+            Err(e) if e.status == StatusCode::NOT_FOUND => Ok(0),
+            Err(e) => Err(e.message),
+        }
+    }
+
+    async fn run_command(&self, job: &Job, cmd: &str, timeout: Duration) -> (bool, String) {
+        Deployer::run_command(self, job, cmd, timeout).await
+    }
+}
+
 /// One deploy's run: the machine, the actions of stored transitions still
 /// to carry out, and what the gates measure.
-struct Exec<'a> {
-    me: &'a Deployer,
+struct Exec<P: Plant> {
+    plant: Arc<P>,
     job: Job,
     d: Deploy,
     rx: mpsc::Receiver<Command>,
@@ -646,13 +844,13 @@ struct Exec<'a> {
     /// set then takes no requests.
     old_first: Option<SetMetrics>,
     old_latest: Option<SetMetrics>,
-    last_metrics: Instant,
+    last_metrics: tokio::time::Instant,
     draining: bool,
 }
 
-impl<'a> Exec<'a> {
+impl<P: Plant> Exec<P> {
     fn new(
-        me: &'a Deployer,
+        plant: Arc<P>,
         job: Job,
         d: Deploy,
         rx: mpsc::Receiver<Command>,
@@ -661,7 +859,7 @@ impl<'a> Exec<'a> {
         let saved = serde_json::to_string(&d).unwrap_or_default();
         let draining = d.phase == Phase::Drain;
         Self {
-            me,
+            plant,
             job,
             d,
             rx,
@@ -675,13 +873,13 @@ impl<'a> Exec<'a> {
             baseline_old: None,
             old_first: None,
             old_latest: None,
-            last_metrics: Instant::now(),
+            last_metrics: tokio::time::Instant::now(),
             draining,
         }
     }
 
     async fn run(mut self, first: Input) {
-        let (mut lost, keeper) = keep_lease(self.me.store.clone(), &self.job, self.me.lease);
+        let (mut lost, keeper) = keep_lease(self.plant.clone(), &self.job);
         self.queue.push_back(first);
         loop {
             let why = lost.borrow_and_update().clone();
@@ -727,7 +925,7 @@ impl<'a> Exec<'a> {
 
     /// Feeds the machine one input; its actions wait until it is stored.
     fn transition(&mut self, input: Input) {
-        let now = gantry_store::now_ms();
+        let now = self.plant.now_ms();
         let phase = self.d.phase;
         let actions = self.d.handle(&self.job.plan, input, now);
         let mut logs = Vec::new();
@@ -781,12 +979,9 @@ impl<'a> Exec<'a> {
             .outcome
             .and_then(|o| serde_json::to_value(o).ok())
             .and_then(|v| v.as_str().map(str::to_string));
-        let (id, st, lines) = (self.job.id, state.clone(), logs.to_vec());
-        db(&self.me.store, move |s| {
-            s.save_deploy(id, &st, &phase, outcome.as_deref(), &lines)
-        })
-        .await
-        .map_err(|e| e.message)?;
+        self.plant
+            .save(self.job.id, state.clone(), phase, outcome, logs.to_vec())
+            .await?;
         self.saved = state;
         Ok(())
     }
@@ -797,7 +992,7 @@ impl<'a> Exec<'a> {
         let Some(h) = lock(&self.hold).take() else {
             return;
         };
-        let now = gantry_store::now_ms();
+        let now = self.plant.now_ms();
         let line = format!(
             "held {} s ({} attempts): {}; carried on",
             now.saturating_sub(h.since) / 1000,
@@ -805,11 +1000,9 @@ impl<'a> Exec<'a> {
             h.cause
         );
         tracing::info!(deploy = self.job.id, "{line}");
-        let (id, phase) = (self.job.id, phase_name(self.d.phase));
-        let _ = db(&self.me.store, move |s| {
-            s.add_deploy_event(id, now, &phase, &line)
-        })
-        .await;
+        self.plant
+            .note(self.job.id, now, phase_name(self.d.phase), line)
+            .await;
     }
 
     /// Holds for a backoff with `cause` shown; a command that comes in
@@ -826,7 +1019,7 @@ impl<'a> Exec<'a> {
                 None => {
                     tracing::warn!(deploy = self.job.id, "holding: {cause}");
                     *h = Some(Hold {
-                        since: gantry_store::now_ms(),
+                        since: self.plant.now_ms(),
                         cause,
                         attempts: 1,
                     });
@@ -865,7 +1058,7 @@ impl<'a> Exec<'a> {
         let job = &self.job;
         match self.d.phase {
             Phase::Start => {
-                let st = self.me.fleet.set_status(&job.app, &job.env, &job.new_set);
+                let st = self.plant.set_status(&job.app, &job.env, &job.new_set);
                 if let Some(bad) = st.iter().find_map(|(_, s)| {
                     s.not_ready
                         .clone()
@@ -890,9 +1083,11 @@ impl<'a> Exec<'a> {
             Phase::SmokeDirect => self.observe_old_before_switch().await,
             Phase::Drain if self.draining => {
                 if let Some(old) = &job.old_set {
-                    if within(self.me.proxy.drained(&job.route_id(), old))
+                    if self
+                        .plant
+                        .drained(&job.route_id(), old)
                         .await
-                        .is_ok_and(|s| s.drained)
+                        .unwrap_or(false)
                     {
                         self.queue.push_back(Input::Drained);
                     }
@@ -902,7 +1097,7 @@ impl<'a> Exec<'a> {
             }
             Phase::Analyze | Phase::AwaitApproval | Phase::Warm => {
                 let route = job.route_id();
-                let Ok(stats) = within(self.me.proxy.stats()).await else {
+                let Ok(stats) = self.plant.stats().await else {
                     return;
                 };
                 let now_new = set_metrics(&stats, &route, &job.new_set).unwrap_or_default();
@@ -934,7 +1129,7 @@ impl<'a> Exec<'a> {
                 let due = self.last_metrics.elapsed() >= job.analysis_interval
                     || (new.requests >= job.plan.gates.min_requests && new.status_5xx > 0);
                 if due {
-                    self.last_metrics = Instant::now();
+                    self.last_metrics = tokio::time::Instant::now();
                     self.queue.push_back(Input::Metrics { new, old });
                 }
             }
@@ -951,7 +1146,7 @@ impl<'a> Exec<'a> {
         if !matches!(self.job.plan.strategy, Strategy::BlueGreen { .. }) {
             return;
         }
-        if let Ok(stats) = within(self.me.proxy.stats()).await
+        if let Ok(stats) = self.plant.stats().await
             && let Some(m) = set_metrics(&stats, &self.job.route_id(), &old)
         {
             self.old_first.get_or_insert(m);
@@ -983,7 +1178,7 @@ impl<'a> Exec<'a> {
                     job.spec.deploy.hooks.post_deploy.clone()
                 };
                 let (ok, detail) = self
-                    .me
+                    .plant
                     .run_command(
                         job,
                         cmd.as_deref().unwrap_or("true"),
@@ -1000,7 +1195,7 @@ impl<'a> Exec<'a> {
                     .clone()
                     .unwrap_or_else(|| "true".into());
                 let (ok, detail) = self
-                    .me
+                    .plant
                     .run_command(job, &cmd, job.spec.migrate.timeout.as_std())
                     .await;
                 Done::Then(Some(Input::Migrated { ok, detail }))
@@ -1013,33 +1208,18 @@ impl<'a> Exec<'a> {
                     .clone()
                     .unwrap_or_else(|| "true".into());
                 let (ok, detail) = self
-                    .me
+                    .plant
                     .run_command(job, &cmd, job.spec.migrate.timeout.as_std())
                     .await;
                 Done::Then(Some(Input::MigrationRolledBack { ok, detail }))
             }
-            Action::StartNew => {
-                match self
-                    .me
-                    .fleet
-                    .start_set(
-                        &job.app,
-                        &job.env,
-                        &job.new_set,
-                        &job.spec,
-                        job.dir.clone(),
-                        job.secrets.clone(),
-                        false,
-                    )
-                    .await
-                {
-                    Ok(_) => Done::Then(None),
-                    Err(e) => Done::Then(Some(Input::StartFailed { detail: e.message })),
-                }
-            }
-            Action::SmokeLive if self.me.proxy_addr.is_some() => {
+            Action::StartNew => match self.plant.start_set(job).await {
+                Ok(()) => Done::Then(None),
+                Err(detail) => Done::Then(Some(Input::StartFailed { detail })),
+            },
+            Action::SmokeLive if self.plant.proxy_addr().is_some() => {
                 // After the switch, through the proxy, as users reach it.
-                let port = self.me.proxy_addr.map_or(0, |a| a.port());
+                let port = self.plant.proxy_addr().map_or(0, |a| a.port());
                 let route = route_for(&job.app, &job.env, &job.spec, Vec::new());
                 let host = route.hosts.first().cloned();
                 let (ok, detail) = smoke(&job.spec.deploy.smoke, &[port], host.as_deref()).await;
@@ -1047,8 +1227,7 @@ impl<'a> Exec<'a> {
             }
             Action::SmokeDirect | Action::SmokeLive => {
                 let ports: Vec<u16> = self
-                    .me
-                    .fleet
+                    .plant
                     .set_status(&job.app, &job.env, &job.new_set)
                     .iter()
                     .map(|(p, _)| *p)
@@ -1058,7 +1237,7 @@ impl<'a> Exec<'a> {
             }
             Action::SetWeight { new } => self.set_weight(new).await,
             Action::DrainOld => {
-                match self.me.route(job, &[(job.new_set.clone(), 100)]).await {
+                match self.route(&[(job.new_set.clone(), 100)]).await {
                     Ok(()) => {
                         self.draining = true;
                         Done::Then(None)
@@ -1088,13 +1267,13 @@ impl<'a> Exec<'a> {
 
     async fn set_weight(&mut self, new: u8) -> Done {
         let job = &self.job;
-        let decided = gantry_store::now_ms();
-        match self.me.route(job, &weights(job, new)).await {
+        let decided = self.plant.now_ms();
+        match self.route(&weights(job, new)).await {
             Ok(()) => {
                 self.baseline = None;
                 self.baseline_old = None;
                 // After the fact, so it never delays the switch.
-                let at = gantry_store::now_ms();
+                let at = self.plant.now_ms();
                 let split = match &job.old_set {
                     Some(old) if new < 100 => {
                         format!("{new} % to {}, {} % to {old}", job.new_set, 100 - new)
@@ -1106,11 +1285,9 @@ impl<'a> Exec<'a> {
                     "traffic: {split} (the proxy applied it {} ms after the decision was stored)",
                     at - decided
                 );
-                let (id, phase) = (job.id, phase_name(self.d.phase));
-                let _ = db(&self.me.store, move |s| {
-                    s.add_deploy_event(id, at, &phase, &line)
-                })
-                .await;
+                self.plant
+                    .note(job.id, at, phase_name(self.d.phase), line)
+                    .await;
                 Done::Then(None)
             }
             Err(e) if transient(&e) => Done::Retry(format!(
@@ -1132,7 +1309,7 @@ impl<'a> Exec<'a> {
     async fn stop(&mut self, set: &str) -> Done {
         let job = &self.job;
         let route = job.route_id();
-        let table = match within(self.me.proxy.table()).await {
+        let table = match self.plant.table().await {
             Ok(t) => t,
             Err(e) => {
                 return Done::Retry(format!(
@@ -1147,9 +1324,9 @@ impl<'a> Exec<'a> {
                 .filter(|(name, _)| name != set)
                 .collect::<Vec<_>>();
             let fix = if rest.iter().any(|(_, w)| *w > 0) {
-                self.me.route(job, &rest).await
+                self.route(&rest).await
             } else {
-                self.me.remove_route(job).await
+                self.remove_route().await
             };
             return Done::Retry(match fix {
                 Ok(()) => format!(
@@ -1160,13 +1337,45 @@ impl<'a> Exec<'a> {
                 ),
             });
         }
-        match self.me.fleet.stop_set(&job.app, &job.env, Some(set)).await {
+        match self.plant.stop_set(&job.app, &job.env, set).await {
             Ok(_) => Done::Then(Some(Input::Stopped)),
-            // Nothing of it runs (stopped already, e.g. a repeat after a
-            // crash): stopping is idempotent.
-            Err(e) if e.status == StatusCode::NOT_FOUND => Done::Then(Some(Input::Stopped)),
-            Err(e) => Done::Retry(format!("stopping {set} failed: {}", e.message)),
+            Err(e) => Done::Retry(format!("stopping {set} failed: {e}")),
         }
+    }
+
+    /// Sets the job's route to `sets` (name, weight) with the instances the
+    /// fleet has for them, in one read-modify-write of the table.
+    async fn route(&self, sets: &[(String, u32)]) -> Result<(), AdminClientError> {
+        let job = &self.job;
+        let backends: Vec<BackendSet> = sets
+            .iter()
+            .map(|(name, weight)| BackendSet {
+                name: name.clone(),
+                weight: *weight,
+                instances: self
+                    .plant
+                    .set_status(&job.app, &job.env, name)
+                    .iter()
+                    .map(|(p, _)| format!("127.0.0.1:{p}"))
+                    .collect(),
+            })
+            .collect();
+        let route = route_for(&job.app, &job.env, &job.spec, backends);
+        self.plant
+            .update_table(move |t| {
+                t.routes.retain(|r| r.id != route.id);
+                t.routes.push(route);
+            })
+            .await
+    }
+
+    /// Takes the job's route out of the proxy's table (a first deploy that
+    /// rolls back leaves the host as it found it: unrouted).
+    async fn remove_route(&self) -> Result<(), AdminClientError> {
+        let id = self.job.route_id();
+        self.plant
+            .update_table(move |t| t.routes.retain(|r| r.id != id))
+            .await
     }
 }
 
@@ -1206,41 +1415,6 @@ fn weights(job: &Job, new: u8) -> Vec<(String, u32)> {
 }
 
 impl Deployer {
-    /// Sets the route of the job's app environment to `sets` (name, weight).
-    async fn route(&self, job: &Job, sets: &[(String, u32)]) -> Result<(), AdminClientError> {
-        let _one = self.table.lock().await;
-        let mut table = within(self.proxy.table()).await?;
-        let backends = sets
-            .iter()
-            .map(|(name, weight)| BackendSet {
-                name: name.clone(),
-                weight: *weight,
-                instances: self
-                    .fleet
-                    .set_status(&job.app, &job.env, name)
-                    .iter()
-                    .map(|(p, _)| format!("127.0.0.1:{p}"))
-                    .collect(),
-            })
-            .collect();
-        replace_route(
-            &mut table,
-            route_for(&job.app, &job.env, &job.spec, backends),
-        );
-        within(self.proxy.set_table(&table)).await
-    }
-
-    /// Takes the job's route out of the proxy's table (a first deploy that
-    /// rolls back leaves the host as it found it: unrouted).
-    async fn remove_route(&self, job: &Job) -> Result<(), AdminClientError> {
-        let _one = self.table.lock().await;
-        let mut table = within(self.proxy.table()).await?;
-        let id = job.route_id();
-        table.routes.retain(|r| r.id != id);
-        table.version += 1;
-        within(self.proxy.set_table(&table)).await
-    }
-
     /// Runs a migration or hook in the release's directory with the app's
     /// environment and the deploy's context.
     async fn run_command(&self, job: &Job, cmd: &str, timeout: Duration) -> (bool, String) {
@@ -1410,4 +1584,539 @@ async fn smoke(checks: &[model::SmokeCheck], ports: &[u16], host: Option<&str>) 
         format!("through the proxy (Host {h})")
     });
     (true, format!("{passed} smoke checks passed {via}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(p99: Option<f64>, counts: [u64; 5]) -> gantry_proxy::SetStatsSnapshot {
+        gantry_proxy::SetStatsSnapshot {
+            route: "a/b".into(),
+            set: "r1".into(),
+            in_table: true,
+            weight: Some(100),
+            in_flight: 0,
+            requests: gantry_proxy::ClassCounts {
+                c1xx: counts[0],
+                c2xx: counts[1],
+                c3xx: counts[2],
+                c4xx: counts[3],
+                c5xx: counts[4],
+            },
+            recent: Default::default(),
+            client_errors: Default::default(),
+            latency_ms: gantry_proxy::LatencySummary {
+                count: 1,
+                p50: None,
+                p90: None,
+                p99,
+            },
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    #[test]
+    fn odd_latencies_from_the_proxy_read_as_no_p99_and_counts_never_overflow() {
+        for odd in [-1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300] {
+            let m = gate_metrics(&snapshot(Some(odd), [0, 1, 0, 0, 0]));
+            assert_eq!(m.p99, None, "{odd}");
+        }
+        let m = gate_metrics(&snapshot(Some(12.5), [u64::MAX, 1, 0, 3, 2]));
+        assert_eq!(m.p99, Some(Duration::from_micros(12_500)));
+        assert_eq!(
+            (m.requests, m.status_5xx, m.status_ok),
+            (u64::MAX, 2, u64::MAX)
+        );
+    }
+
+    fn spec() -> AppSpec {
+        gantry_spec::parse_str(
+            "gantry.toml",
+            "[app]\nname = \"hello\"\n[run]\ncommand = \"./hello\"\n",
+        )
+        .and_then(|s| s.resolve("prod"))
+        .expect("a minimal spec")
+    }
+
+    fn table(sets: &[(&str, u32)]) -> Table {
+        Table {
+            version: 1,
+            routes: vec![Route {
+                sets: sets
+                    .iter()
+                    .map(|(n, w)| BackendSet {
+                        name: (*n).into(),
+                        weight: *w,
+                        instances: vec!["127.0.0.1:9".into()],
+                    })
+                    .collect(),
+                ..route_for("hello", "prod", &spec(), Vec::new())
+            }],
+        }
+    }
+
+    #[test]
+    fn a_set_carries_traffic_only_with_a_weight_in_its_own_route() {
+        let t = table(&[("r1", 70), ("r2", 30)]);
+        assert_eq!(weight_in(&t, "hello/prod", "r2"), Some(30));
+        assert_eq!(
+            weight_in(&table(&[("r1", 100), ("r2", 0)]), "hello/prod", "r2"),
+            None
+        );
+        assert_eq!(weight_in(&t, "hello/prod", "r3"), None, "not in the route");
+        assert_eq!(weight_in(&t, "hello/staging", "r2"), None, "another route");
+        assert_eq!(weight_in(&Table::default(), "hello/prod", "r1"), None);
+    }
+
+    // === The executor against a fake world ===
+
+    use std::collections::BTreeMap as Map;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A fake proxy, fleet and store, in memory, recording what was done in
+    /// order. The proxy serves `table`; each `stats` call counts 50 requests
+    /// for every set with weight in it (5xx for the `bad` ones).
+    struct Fake {
+        start: tokio::time::Instant,
+        table: Mutex<Table>,
+        sets: Mutex<Map<String, Vec<u16>>>,
+        traffic: Mutex<Map<String, (u64, u64)>>,
+        bad: Mutex<Vec<String>>,
+        log: Mutex<Vec<String>>,
+        /// The store refuses writes.
+        full: AtomicBool,
+        /// The proxy does not answer.
+        down: AtomicBool,
+        /// The proxy refuses tables (a 400).
+        refuse: AtomicBool,
+        /// The proxy keeps sending this set this weight, whatever it is told.
+        stale: Mutex<Option<(String, u32)>>,
+        lost: Mutex<Option<String>>,
+    }
+
+    impl Fake {
+        fn new(sets: &[(&str, u32)]) -> Arc<Self> {
+            Arc::new(Self {
+                start: tokio::time::Instant::now(),
+                table: Mutex::new(table(sets)),
+                sets: Mutex::new(
+                    sets.iter()
+                        .enumerate()
+                        .map(|(i, (n, _))| ((*n).to_string(), vec![30000 + i as u16]))
+                        .collect(),
+                ),
+                traffic: Mutex::new(Map::new()),
+                bad: Mutex::new(Vec::new()),
+                log: Mutex::new(Vec::new()),
+                full: AtomicBool::new(false),
+                down: AtomicBool::new(false),
+                refuse: AtomicBool::new(false),
+                stale: Mutex::new(None),
+                lost: Mutex::new(None),
+            })
+        }
+        fn log(&self, line: String) {
+            lock(&self.log).push(line);
+        }
+        fn logged(&self) -> Vec<String> {
+            lock(&self.log).clone()
+        }
+        fn down_error() -> AdminClientError {
+            AdminClientError::Transport {
+                reason: "the fake proxy is down".into(),
+            }
+        }
+        fn weights(&self) -> String {
+            let t = lock(&self.table);
+            t.routes
+                .iter()
+                .flat_map(|r| r.sets.iter().map(|s| format!("{}={}", s.name, s.weight)))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    }
+
+    fn status(port: u16) -> gantry_runtime::InstanceStatus {
+        gantry_runtime::InstanceStatus {
+            id: format!("i{port}"),
+            phase: gantry_runtime::Phase::Running,
+            ready: true,
+            pid: Some(1),
+            port,
+            started_at_ms: Some(0),
+            restarts: 0,
+            last_exit: None,
+            last_probe: None,
+            not_ready: None,
+            cpu_percent: None,
+            rss_bytes: None,
+            limits: None,
+            shim: None,
+            output_tail: Vec::new(),
+        }
+    }
+
+    impl Plant for Fake {
+        fn now_ms(&self) -> i64 {
+            1_000_000 + self.start.elapsed().as_millis() as i64
+        }
+        fn lease(&self) -> Duration {
+            Duration::from_secs(4)
+        }
+        fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+            None
+        }
+        async fn save(
+            &self,
+            _id: i64,
+            _state: String,
+            phase: String,
+            _outcome: Option<String>,
+            _lines: Vec<(i64, String)>,
+        ) -> Result<(), String> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err("database or disk is full".into());
+            }
+            self.log(format!("saved {phase}"));
+            Ok(())
+        }
+        async fn note(&self, _id: i64, _at: i64, _phase: String, line: String) {
+            if !self.full.load(Ordering::SeqCst) {
+                self.log(format!("note {line}"));
+            }
+        }
+        async fn renew_lease(&self, _: &str, _: &str, _: i64, _: i64) -> Result<(), Renewal> {
+            match lock(&self.lost).clone() {
+                Some(why) => Err(Renewal::Lost(why)),
+                None => Ok(()),
+            }
+        }
+        async fn table(&self) -> Result<Table, AdminClientError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::down_error());
+            }
+            Ok(lock(&self.table).clone())
+        }
+        async fn update_table<F: FnOnce(&mut Table) + Send>(
+            &self,
+            f: F,
+        ) -> Result<(), AdminClientError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::down_error());
+            }
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(AdminClientError::Api {
+                    status: 400,
+                    message: "refused".into(),
+                });
+            }
+            {
+                let mut t = lock(&self.table);
+                f(&mut t);
+                if let Some((set, w)) = lock(&self.stale).clone()
+                    && let Some(r) = t.routes.first_mut()
+                {
+                    r.sets.retain(|s| s.name != set);
+                    r.sets.push(BackendSet {
+                        name: set,
+                        weight: w,
+                        instances: vec!["127.0.0.1:9".into()],
+                    });
+                }
+            }
+            self.log(format!("table {}", self.weights()));
+            Ok(())
+        }
+        async fn stats(&self) -> Result<gantry_proxy::StatsSnapshot, AdminClientError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::down_error());
+            }
+            let live: Vec<String> = lock(&self.table)
+                .routes
+                .iter()
+                .flat_map(|r| {
+                    r.sets
+                        .iter()
+                        .filter(|s| s.weight > 0)
+                        .map(|s| s.name.clone())
+                })
+                .collect();
+            let bad = lock(&self.bad).clone();
+            let mut traffic = lock(&self.traffic);
+            for set in live {
+                let t = traffic.entry(set.clone()).or_default();
+                if bad.contains(&set) {
+                    t.1 += 50;
+                } else {
+                    t.0 += 50;
+                }
+            }
+            Ok(gantry_proxy::StatsSnapshot {
+                window_secs: 60,
+                unrouted_requests: 0,
+                maintenance_responses: 0,
+                bad_requests: 0,
+                sets: traffic
+                    .iter()
+                    .map(|(set, (ok, bad))| {
+                        let mut s = snapshot(Some(10.0), [0, *ok, 0, 0, *bad]);
+                        s.route = "hello/prod".into();
+                        s.set = set.clone();
+                        s
+                    })
+                    .collect(),
+                instances: Vec::new(),
+            })
+        }
+        async fn drained(&self, _route: &str, set: &str) -> Result<bool, AdminClientError> {
+            Ok(weight_in(&self.table().await?, "hello/prod", set).is_none())
+        }
+        fn set_status(
+            &self,
+            _app: &str,
+            _env: &str,
+            set: &str,
+        ) -> Vec<(u16, gantry_runtime::InstanceStatus)> {
+            lock(&self.sets)
+                .get(set)
+                .map(|ports| ports.iter().map(|p| (*p, status(*p))).collect())
+                .unwrap_or_default()
+        }
+        async fn start_set(&self, job: &Job) -> Result<(), String> {
+            lock(&self.sets).insert(job.new_set.clone(), vec![31000, 31001]);
+            self.log(format!("start {}", job.new_set));
+            Ok(())
+        }
+        async fn stop_set(&self, _app: &str, _env: &str, set: &str) -> Result<usize, String> {
+            // What the invariant forbids, seen from the fleet's side.
+            if weight_in(&lock(&self.table), "hello/prod", set).is_some() {
+                self.log(format!("STOPPED {set} WITH TRAFFIC"));
+            }
+            let n = lock(&self.sets).remove(set).map_or(0, |p| p.len());
+            self.log(format!("stop {set}"));
+            Ok(n)
+        }
+        async fn run_command(&self, _job: &Job, cmd: &str, _timeout: Duration) -> (bool, String) {
+            self.log(format!("run {cmd}"));
+            (true, format!("`{cmd}` ok"))
+        }
+    }
+
+    fn canary_job() -> Job {
+        let spec = gantry_spec::parse_str(
+            "gantry.toml",
+            "[app]\nname = \"hello\"\n[run]\ncommand = \"./hello\"\n\
+             [deploy]\nstrategy = \"canary\"\nsteps = [{ weight = 10, pause = \"2s\" }, { weight = 50, pause = \"2s\" }]\n\
+             [analysis]\ninterval = \"500ms\"\nmin_requests = 10\n",
+        )
+        .and_then(|s| s.resolve("prod"))
+        .expect("the canary spec");
+        Job {
+            id: 7,
+            app: "hello".into(),
+            env: "prod".into(),
+            analysis_interval: spec.analysis.interval.as_std(),
+            plan: plan_for(&spec, true),
+            spec,
+            new_set: "r2".into(),
+            old_set: Some("r1".into()),
+            dir: "/".into(),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Runs a deploy of `job` against `fake` on its own task.
+    fn run(
+        fake: &Arc<Fake>,
+        job: Job,
+    ) -> (
+        mpsc::Sender<Command>,
+        Arc<Mutex<Option<Hold>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let hold = Arc::new(Mutex::new(None));
+        let exec = Exec::new(
+            fake.clone(),
+            job,
+            Deploy::new(fake.now_ms()),
+            rx,
+            hold.clone(),
+        );
+        (tx, hold, tokio::spawn(exec.run(Input::Begin)))
+    }
+
+    /// Waits (on the paused clock) until `f` holds; panics with the log.
+    async fn until(fake: &Fake, what: &str, f: impl Fn(&[String]) -> bool) {
+        for _ in 0..2000 {
+            if f(&fake.logged()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never {what}: {:#?}", fake.logged());
+    }
+
+    fn has(log: &[String], line: &str) -> bool {
+        log.iter().any(|l| l == line)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_action_follows_the_save_of_its_transition() {
+        let fake = Fake::new(&[("r1", 100)]);
+        let (_tx, _hold, task) = run(&fake, canary_job());
+        task.await.unwrap();
+        let log = fake.logged();
+        let acts: Vec<&str> = log
+            .iter()
+            .filter(|l| !l.starts_with("note"))
+            .map(String::as_str)
+            .collect();
+        // Each action comes after the save of the phase that decided it.
+        let expect = [
+            "saved start",
+            "start r2",
+            "saved analyze",
+            "table r1=90,r2=10",
+            "saved analyze",
+            "table r1=50,r2=50",
+            "saved drain",
+            "table r1=0,r2=100",
+            "table r2=100",
+            "saved stop-old",
+            "stop r1",
+            "saved done",
+        ];
+        let mut at = 0;
+        for want in expect {
+            let found = acts[at..].iter().position(|a| *a == want);
+            assert!(
+                found.is_some(),
+                "`{want}` missing after step {at}: {acts:#?}"
+            );
+            at += found.unwrap_or(0) + 1;
+        }
+        assert!(!log.iter().any(|l| l.contains("WITH TRAFFIC")), "{log:#?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_refuses_writes_holds_everything_and_an_abort_replaces_the_decision() {
+        let fake = Fake::new(&[("r1", 100)]);
+        let (tx, hold, task) = run(&fake, canary_job());
+        until(&fake, "took the first step", |l| {
+            has(l, "table r1=90,r2=10")
+        })
+        .await;
+        fake.full.store(true, Ordering::SeqCst);
+        // The step ends after 2 s; its decision (50 %) cannot be stored.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cause = lock(&hold).clone().map(|h| h.cause).unwrap_or_default();
+        assert!(
+            cause.contains("cannot store the deploy's state: database or disk is full"),
+            "{cause}"
+        );
+        assert!(
+            !has(&fake.logged(), "table r1=50,r2=50"),
+            "acted on an unstored decision"
+        );
+        tx.send(Command::Abort("alice".into())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(fake.weights(), "r1=90,r2=10", "still holding");
+        assert!(lock(&fake.sets).contains_key("r2"));
+        fake.full.store(false, Ordering::SeqCst);
+        task.await.unwrap();
+        let log = fake.logged();
+        assert!(!has(&log, "table r1=50,r2=50"), "{log:#?}");
+        let back = log
+            .iter()
+            .position(|l| l == "table r1=100")
+            .expect("traffic back");
+        let stop = log.iter().position(|l| l == "stop r2").expect("r2 stopped");
+        assert!(back < stop, "{log:#?}");
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("note held ") && l.ends_with("carried on")),
+            "{log:#?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_the_served_table_routes_to_is_never_stopped() {
+        let fake = Fake::new(&[("r1", 100)]);
+        lock(&fake.bad).push("r2".into());
+        let (_tx, hold, task) = run(&fake, canary_job());
+        until(&fake, "took the first step", |l| {
+            has(l, "table r1=90,r2=10")
+        })
+        .await;
+        // The proxy keeps sending r2 traffic whatever it is told.
+        *lock(&fake.stale) = Some(("r2".into(), 10));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let log = fake.logged();
+        assert!(!has(&log, "stop r2"), "{log:#?}");
+        let cause = lock(&hold).clone().map(|h| h.cause).unwrap_or_default();
+        assert!(
+            cause.contains("to r2") && cause.contains("not stopping it"),
+            "{cause}"
+        );
+        *lock(&fake.stale) = None;
+        task.await.unwrap();
+        let log = fake.logged();
+        assert!(has(&log, "stop r2"), "{log:#?}");
+        assert!(!log.iter().any(|l| l.contains("WITH TRAFFIC")), "{log:#?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_that_does_not_answer_is_waited_for_and_a_refusal_rolls_back() {
+        // Down: the first step's weight change is retried, not dropped.
+        let fake = Fake::new(&[("r1", 100)]);
+        fake.down.store(true, Ordering::SeqCst);
+        let (_tx, hold, task) = run(&fake, canary_job());
+        until(&fake, "started r2", |l| has(l, "start r2")).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let h = lock(&hold).clone().expect("holding");
+        assert!(
+            h.attempts > 3 && h.cause.contains("did not take the route change to 10 %"),
+            "{h:?}"
+        );
+        fake.down.store(false, Ordering::SeqCst);
+        task.await.unwrap();
+        assert!(has(&fake.logged(), "stop r1"), "{:#?}", fake.logged());
+
+        // Refused (a 4xx): no retry, the machine rolls back.
+        let fake = Fake::new(&[("r1", 100)]);
+        fake.refuse.store(true, Ordering::SeqCst);
+        let (_tx, _hold, task) = run(&fake, canary_job());
+        until(&fake, "tried to stop r2", |l| {
+            l.iter().any(|x| x.starts_with("saved rolling-back"))
+        })
+        .await;
+        fake.refuse.store(false, Ordering::SeqCst);
+        task.await.unwrap();
+        let log = fake.logged();
+        assert!(has(&log, "stop r2") && !has(&log, "stop r1"), "{log:#?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_stops_the_deploy_where_it_is() {
+        let fake = Fake::new(&[("r1", 100)]);
+        let (_tx, _hold, task) = run(&fake, canary_job());
+        until(&fake, "took the first step", |l| {
+            has(l, "table r1=90,r2=10")
+        })
+        .await;
+        *lock(&fake.lost) = Some("deploy 8 by bob holds it".into());
+        task.await.unwrap();
+        let log = fake.logged();
+        let after: Vec<&String> = log
+            .iter()
+            .skip_while(|l| *l != "table r1=90,r2=10")
+            .skip(1)
+            .filter(|l| !l.starts_with("note") && !l.starts_with("saved analyze"))
+            .collect();
+        assert_eq!(after, [&"saved done".to_string()], "{log:#?}");
+        assert_eq!(fake.weights(), "r1=90,r2=10", "traffic left as it was");
+    }
 }
