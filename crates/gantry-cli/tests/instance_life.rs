@@ -475,8 +475,15 @@ fn secrets_stay_off_disk_through_deploys_adoption_and_restarts() {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while server.wait_ready("production", 2)[0]["pid"].as_i64() == Some(i64::from(pid)) {
-        assert!(Instant::now() < deadline, "not restarted");
+    loop {
+        let list = server.wait_ready("production", 2);
+        if list[0]["pid"].as_i64() != Some(i64::from(pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid}, killed, not replaced within 20 s: {list:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     check(&server);
