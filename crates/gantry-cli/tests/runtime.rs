@@ -82,11 +82,15 @@ fn spec(name: &str, env: &[(&str, &str)]) -> InstanceSpec {
     }
 }
 
+/// How many events the harness's channel holds (the tests read them as
+/// they come; a few hundred at most).
+const EVENTS: usize = 1024;
+
 struct Harness {
     /// Its apps are killed when it is dropped: also when a test fails.
     root: support::ReapedDir,
     runtime: Runtime,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::Receiver<Event>,
     seen: Vec<Event>,
 }
 
@@ -96,7 +100,12 @@ impl Harness {
     }
 
     fn in_dir(root: support::ReapedDir) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        Self::with_channel(root, EVENTS)
+    }
+
+    /// A harness whose event channel holds `capacity` events.
+    fn with_channel(root: support::ReapedDir, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
         let runtime = Runtime::new(
             root.path().join("instances"),
             vec![support::BIN.into(), "shim".into()],
@@ -865,4 +874,59 @@ async fn secret_values_reach_the_app_from_the_source_and_never_a_file() {
         "{}",
         e.message
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_channel_never_holds_up_supervision() {
+    // Nobody reads the events, and the channel holds 4: a crash-looping
+    // app makes many more. The supervisor drops and counts them, and goes
+    // on restarting the app up to its crash loop, as it would otherwise.
+    let h = Harness::with_channel(support::ReapedDir::new(), 4);
+    let i = h.runtime.start(spec("unread", &[("CRASH_ON_START", "1")]));
+    let st = wait(&i, "crash loop", |s| s.phase == Phase::CrashLoop).await;
+    assert_eq!(st.restarts, 3, "{st:?}");
+    let dropped = h.runtime.dropped_events();
+    assert!(dropped >= 4, "dropped {dropped}");
+    // Commands still work: an explicit restart starts it again, and it
+    // crashes and is restarted again (with more events dropped).
+    i.restart().await;
+    wait(&i, "a restart after the explicit one", |s| s.restarts >= 5).await;
+    assert!(h.runtime.dropped_events() > dropped);
+    i.stop().await.unwrap();
+    assert_eq!(i.status().phase, Phase::Stopped);
+    drop(h.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_of_an_instance_in_its_own_cgroup_is_sampled() {
+    // With limits the instance has a cgroup of its own (as root), whose
+    // members are the ones sampled; without one, /proc is scanned.
+    let mut h = Harness::new();
+    let mut s = spec("usage", &[]);
+    s.limits = Limits {
+        memory_bytes: Some(256 * 1024 * 1024),
+        cpu: None,
+    };
+    let i = h.runtime.start(s);
+    let started = h.expect(EventKind::Started).await;
+    let st = wait(&i, "a usage sample", |s| {
+        s.rss_bytes.is_some_and(|r| r > 0) && s.cpu_percent.is_some()
+    })
+    .await;
+    assert!(st.cpu_percent.unwrap() >= 0.0, "{st:?}");
+    let state: gantry_runtime::shim::ShimState =
+        gantry_runtime::shim::read_json(&h.runtime.instance_dir(i.spec()).join("shim.json"))
+            .expect("shim.json");
+    match state.enforced.cgroup_dir() {
+        // The members of its cgroup, the ones sampled, are its processes.
+        Some(dir) => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|p| p == st.pid.unwrap().to_string()),
+                "{procs}"
+            );
+        }
+        None => eprintln!("no cgroup here ({}): /proc was scanned", started.message),
+    }
+    i.stop().await.unwrap();
 }

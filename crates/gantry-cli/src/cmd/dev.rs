@@ -74,7 +74,9 @@ async fn dev_loop(
 ) -> anyhow::Result<ExitCode> {
     let state = app_dir.join(".gantry");
     std::fs::create_dir_all(state.join("data"))?;
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded, as the runtime wants it: printed as they come, so it does
+    // not fill up unless the terminal stalls (then events are dropped).
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1024);
     let runtime = Runtime::new(
         state.join("instances"),
         vec![std::env::current_exe()?.into_os_string(), "shim".into()],
