@@ -191,6 +191,39 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
     assert!(!alive(last_pid), "Ctrl-C stops the app too");
 }
 
+#[test]
+fn dev_shows_output_that_is_not_utf8_lossily_and_goes_on() {
+    let dir = support::ReapedDir::new();
+    // A line with a byte that is no UTF-8 (0xFF), then more lines.
+    std::fs::write(
+        dir.path().join("gantry.toml"),
+        "[app]\nname = \"bytes\"\n\n[run]\ncommand = \"printf 'before \\\\377 after\\\\n'; while true; do echo tick; sleep 0.2; done\"\n",
+    )
+    .unwrap();
+    let (mut child, rx, orx) = start_dev(dir.path(), &["--no-watch"]);
+    let mut seen = Vec::new();
+    expect_line(&rx, "bytes (development) #0 → http://127.0.0.1:", &mut seen);
+    let mut out = Vec::new();
+    let next = |out: &mut Vec<String>| {
+        let l = orx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no more app output; saw {out:#?}"));
+        out.push(l.clone());
+        l
+    };
+    assert_eq!(next(&mut out), "#0 before \u{FFFD} after", "{out:#?}");
+    // And the output goes on after it.
+    assert_eq!(next(&mut out), "#0 tick", "{out:#?}");
+    assert_eq!(next(&mut out), "#0 tick", "{out:#?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait_within("gantry dev after Ctrl-C", Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{seen:#?}");
+}
+
 fn alive(pid: i64) -> bool {
     gantry_runtime::procfs::stat(pid as i32).is_some_and(|s| s.state != 'Z')
 }
