@@ -280,7 +280,11 @@ fn an_app_whose_shim_is_killed_is_restarted_under_a_new_one_before_and_after_ado
         if logs.stdout.contains("/version") {
             break;
         }
-        assert!(Instant::now() < deadline, "{}", logs.stdout);
+        assert!(
+            Instant::now() < deadline,
+            "no /version request in the logs within 10 s: {}",
+            logs.stdout
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -335,8 +339,19 @@ fn a_release_that_cannot_start_says_why_and_stopped_sets_keep_their_logs() {
     );
 
     // Release 1 is replaced by 3: once stopped, its logs stay readable too.
+    // (`--wait`: `gantry deploy` returns at the switch, while release 1
+    // is still warm; the deploy ends once it is stopped.)
     let r3 = release(&server, &config(bg, "APP_VERSION = \"v3\"", ""));
-    deploy(r3).ok();
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r3.to_string(),
+            "--wait",
+        ])
+        .ok();
     let sets = support::deploy::sets(&server);
     assert_eq!(sets, [format!("r{r3}")]);
     let logs = server.run(&["logs", "--env", "production", "--release", &r1.to_string()]);
