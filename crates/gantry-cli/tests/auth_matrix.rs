@@ -248,7 +248,7 @@ fn role_by_endpoint_matrix() {
         std::fs::read_to_string(support::repo_root().join("examples/hello-app/gantry.toml"))
             .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    support::block_on(&rt, "the role-by-endpoint matrix", async {
         let local = Client::new(Endpoint::Unix(server.socket.clone()), None);
         // Seed: one config version so the read endpoints have data.
         let _: Value = local
@@ -276,6 +276,7 @@ fn role_by_endpoint_matrix() {
         let id = revoked.split('_').nth(1).unwrap().to_string();
         let _: Value = local.delete(&format!("/api/v1/tokens/{id}")).await.unwrap();
         let expired = create(&local, "admin", None, Some(1)).await;
+        // Deliberately past the token's one second: it has expired now.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         tokens.push((Caller::Invalid("revoked"), Some(revoked)));
         tokens.push((Caller::Invalid("expired"), Some(expired)));
@@ -373,7 +374,7 @@ async fn audit_entries(local: &Client) -> usize {
 fn health_endpoints_need_no_token() {
     let server = TestServer::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    support::block_on(&rt, "the health endpoints", async {
         let tcp = Client::new(
             Endpoint::Tcp(server.api.trim_start_matches("http://").into()),
             None,

@@ -8,57 +8,43 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{KillOnDrop, Lines, OutputInTime};
 
 /// Python's http.server: a real backend that sends no security headers.
-fn plain_backend(dir: &std::path::Path) -> (Killed, u16) {
+/// It picks its port (0) and says which once it listens.
+fn plain_backend(dir: &std::path::Path) -> (KillOnDrop, u16) {
     std::fs::write(dir.join("index.html"), "<p>hello</p>").unwrap();
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 (apt-get install -y python3)");
-    let backend = Killed(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (backend, port);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("python3 http.server did not start on port {port}");
+    let mut backend = KillOnDrop::new(
+        Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (apt-get install -y python3)"),
+    );
+    // `Serving HTTP on 127.0.0.1 port 43215 (http://127.0.0.1:43215/) ...`
+    let port = Lines::new(backend.child().stdout.take().unwrap())
+        .find(support::START_DEADLINE, |l| {
+            l.split_once(" port ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|e| panic!("python3 http.server did not start: {e}"));
+    (backend, port)
 }
 
 fn check(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(support::BIN)
         .args(["check", "headers"])
         .args(args)
-        .output()
+        .output_in_time()
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -85,7 +71,7 @@ fn check_headers_passes_behind_the_proxy_and_fails_without_it() {
     .unwrap();
     let admin = gantry_proxy::AdminClient::new(state.path().join("admin.sock"));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(admin.set_table(&table)).unwrap();
+    support::block_on(&rt, "PUT /table", admin.set_table(&table)).unwrap();
 
     let via_proxy = format!("http://127.0.0.1:{}/", proxy.port);
     let (code, out, err) = check(&[&via_proxy]);
@@ -148,7 +134,7 @@ csp = "default-src 'self'; object-src 'none'"
     let tls_state = tempfile::tempdir().unwrap();
     let (tls_proxy, _, tls_port, _) = support::start_proxy_with_tls(tls_state.path(), "localhost");
     let tls_admin = gantry_proxy::AdminClient::new(tls_state.path().join("admin.sock"));
-    rt.block_on(tls_admin.set_table(&table)).unwrap();
+    support::block_on(&rt, "PUT /table", tls_admin.set_table(&table)).unwrap();
     let ca = tls_state.path().join("app.crt");
     let via_https = format!("https://localhost:{tls_port}/");
     let (code, out, err) = check(&[&via_https, "--ca-file", ca.to_str().unwrap()]);
@@ -160,7 +146,11 @@ csp = "default-src 'self'; object-src 'none'"
     assert!(err.contains("cannot fetch"), "{err}");
     drop(tls_proxy);
 
-    let nothing = format!("http://127.0.0.1:{}/", free_port());
+    // A port that is bound but does not listen: connecting is refused,
+    // and nothing else can take the port meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let nothing = format!("http://127.0.0.1:{}/", held.local_addr().unwrap().port());
     let (code, _, err) = check(&[&nothing]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("cannot fetch"), "{err}");
@@ -177,6 +167,8 @@ fn post_report(port: u16, page: &str, blocked: &str) {
     }})
     .to_string();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     write!(
         s,
         "POST /_gantry/csp-report HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\
@@ -279,8 +271,12 @@ csp_mode = "report-only"
     )
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(gantry_proxy::AdminClient::new(&admin_sock).set_table(&table))
-        .unwrap();
+    support::block_on(
+        &rt,
+        "PUT /table",
+        gantry_proxy::AdminClient::new(&admin_sock).set_table(&table),
+    )
+    .unwrap();
 
     // Graded against the staging policy (report-only): a warning, exit 0;
     // against production's (enforce): a failure. The page's inline

@@ -5,7 +5,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use support::{BIN, TestServer, repo_root};
+use support::{BIN, OutputInTime, TestServer, repo_root};
 
 fn example() -> String {
     repo_root()
@@ -25,7 +25,7 @@ fn config_check_good_and_bad_files_offline() {
     let out = Command::new(BIN)
         .args(["config", "check", &example()])
         .env("GANTRY_DATA_DIR", "/nonexistent-gantry-test")
-        .output()
+        .output_in_time()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -46,7 +46,7 @@ fn config_check_good_and_bad_files_offline() {
     let out = Command::new(BIN)
         .args(["config", "check"])
         .arg(&bad)
-        .output()
+        .output_in_time()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -61,7 +61,7 @@ fn config_check_good_and_bad_files_offline() {
     let out = Command::new(BIN)
         .args(["config", "check"])
         .arg(&bad)
-        .output()
+        .output_in_time()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -71,7 +71,7 @@ fn config_check_good_and_bad_files_offline() {
     // A missing file is a clear error too.
     let out = Command::new(BIN)
         .args(["config", "check", "/no/such/gantry.toml"])
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/gantry.toml"));
@@ -81,7 +81,7 @@ fn config_check_good_and_bad_files_offline() {
 fn config_show_redacts_and_schema_is_json() {
     let out = Command::new(BIN)
         .args(["config", "show", &example(), "--env", "production"])
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -89,13 +89,13 @@ fn config_show_redacts_and_schema_is_json() {
     assert!(text.contains("${secret.SESSION_KEY}"), "{text}");
     let out = Command::new(BIN)
         .args(["--json", "config", "show", &example(), "--env", "staging"])
-        .output()
+        .output_in_time()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.to_string().contains("staging.hello.localhost"), "{v}");
     let out = Command::new(BIN)
         .args(["config", "schema"])
-        .output()
+        .output_in_time()
         .unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema["properties"]["health"].is_object(), "{schema}");
@@ -169,20 +169,26 @@ fn config_versions_apply_history_diff_rollback() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = gantry_api::Client::new(gantry_api::Endpoint::Unix(server.socket.clone()), None);
-    let err = rt
-        .block_on(client.put::<_, serde_json::Value>(
+    let err = support::block_on(
+        &rt,
+        "PUT config",
+        client.put::<_, serde_json::Value>(
             "/api/v1/apps/hello/envs/production/config",
             &serde_json::json!({"file_name": "gantry.toml", "source": broken}),
-        ))
-        .unwrap_err();
+        ),
+    )
+    .unwrap_err();
     assert_eq!(err.status(), Some(422));
     assert!(err.to_string().contains("unknown key `bogus`"), "{err}");
-    let err = rt
-        .block_on(client.put::<_, serde_json::Value>(
+    let err = support::block_on(
+        &rt,
+        "PUT config",
+        client.put::<_, serde_json::Value>(
             "/api/v1/apps/other/envs/production/config",
             &serde_json::json!({"file_name": "gantry.toml", "source": changed}),
-        ))
-        .unwrap_err();
+        ),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("config of app `hello`, not `other`"),
@@ -281,14 +287,16 @@ fn secrets_never_come_back_and_check_reports_missing_ones() {
     );
     assert!(r.stderr.contains("base64"), "{}", r.stderr);
     let api = gantry_api::Client::new(gantry_api::Endpoint::Unix(server.socket.clone()), None);
-    let (status, body) = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(api.raw(
+    let (status, body) = support::block_on(
+        &tokio::runtime::Runtime::new().unwrap(),
+        "PUT a secret",
+        api.raw(
             gantry_api::Method::PUT,
             "/api/v1/apps/hello/envs/production/secrets/NUL_KEY",
             Some(&serde_json::json!({ "value": "ab\u{0}cd" })),
-        ))
-        .unwrap();
+        ),
+    )
+    .unwrap();
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status.as_u16(), 422, "{body}");
     assert!(body.contains("contains a NUL byte"), "{body}");
@@ -311,7 +319,7 @@ fn tokens_roles_and_exit_codes_over_tcp() {
     let r = server
         .cmd()
         .args(["--server", &server.api, "whoami"])
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(r.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&r.stderr).contains("needs a token"));
@@ -344,7 +352,7 @@ fn tokens_roles_and_exit_codes_over_tcp() {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(b"v").unwrap();
-        child.wait_with_output().unwrap()
+        support::wait_output(child, "gantry secrets set", support::COMMAND_DEADLINE)
     };
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs `admin`"));
@@ -399,7 +407,7 @@ fn unix_socket_trusts_only_its_owner() {
             "--server",
         ])
         .arg(format!("unix:{}", sock.display()))
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(
         out.status.code(),
@@ -420,7 +428,7 @@ fn unix_socket_trusts_only_its_owner() {
             "--server",
         ])
         .arg(format!("unix:{}", sock.display()))
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(
         out.status.code(),
@@ -445,7 +453,7 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
     let out = Command::new(BIN)
         .args(["server", "--data-dir"])
         .arg(server.data_dir())
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
@@ -456,8 +464,8 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
 
     // --log-format json: every log line on stderr is a JSON object.
     let mut json_server = TestServer::start_with(&["--log-format", "json"]);
+    // `stop` returns once the log is read to its end.
     assert_eq!(json_server.stop(), Some(0));
-    std::thread::sleep(std::time::Duration::from_millis(100));
     let logs = json_server.log.lock().unwrap().clone();
     assert!(logs.lines().count() >= 2, "{logs}");
     for line in logs.lines() {
@@ -476,7 +484,7 @@ fn server_lifecycle_shutdown_lock_and_newer_schema() {
     let out = Command::new(BIN)
         .args(["server", "--data-dir"])
         .arg(server.data_dir())
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -530,7 +538,7 @@ fn every_command_has_help_with_an_example() {
         let out = Command::new(BIN)
             .args(*args)
             .arg("--help")
-            .output()
+            .output_in_time()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
@@ -540,7 +548,7 @@ fn every_command_has_help_with_an_example() {
             "{args:?} has no example:\n{text}"
         );
     }
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = Command::new(BIN).arg("--help").output_in_time().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit codes:"));
 }
 
@@ -549,11 +557,13 @@ fn every_command_has_help_with_an_example() {
 fn with_closed_stdout(mut cmd: Command) -> (Option<i32>, String) {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = cmd
+    let child = cmd
+        .stdin(std::process::Stdio::null())
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    let out = support::wait_output(child, &format!("{cmd:?}"), support::COMMAND_DEADLINE);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::process::Command;
 
-use support::{BIN, TestServer, status_and_body};
+use support::{BIN, OutputInTime, TestServer, status_and_body};
 
 const GOOD: &str = "[app]\nname = \"limits\"\n\n[run]\ncommand = \"./limits\"\n";
 
@@ -127,7 +127,7 @@ fn check_refuses_an_oversized_file_without_a_server() {
         .args(["config", "check"])
         .arg(&path)
         .env("GANTRY_DATA_DIR", "/nonexistent-gantry-test")
-        .output()
+        .output_in_time()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -67,12 +67,18 @@ impl Env {
             case.phase
         );
         if let Some((file, text)) = case.until {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !self.data(file).contains(text) {
-                assert!(std::time::Instant::now() < deadline, "{file}: no {text}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            support::eventually(
+                &format!("`{text}` in {file}"),
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || match self.data(file) {
+                    t if t.contains(text) => Ok(()),
+                    t => Err(format!("{file} holds {t:?}")),
+                },
+            );
         }
+        // The control plane stays down a moment, on purpose: the apps and
+        // the load go on without it.
         self.server
             .kill9_and_restart_paused(|| std::thread::sleep(Duration::from_millis(300)));
         let d = wait_phase(&self.server, id, "done");

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// The demos build the example app in release mode; one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A port nothing listens on now. The demo binds its ports itself (and
+/// prints and uses the numbers it was given), so another process may take
+/// one in between: [`start_demo`] then starts it again on other ports.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -34,8 +37,26 @@ struct Running {
 }
 
 /// Starts `gantry demo` as a terminal would start a job: in its own
-/// process group, of which it is the leader.
+/// process group, of which it is the leader; returns once its proxy and
+/// server are up (it runs its first command). When one of its ports was
+/// taken meanwhile, it starts again on two others (a few times).
 fn start_demo(extra: &[&str]) -> Running {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut demo = spawn_demo(extra);
+        let up = demo.find("$ gantry config check");
+        match up {
+            Some(_) => return demo,
+            None if demo.seen.iter().any(|l| l.contains("in use")) => {
+                last = demo.seen.join("\n");
+            }
+            None => panic!("the demo ended before it was up:\n{}", demo.seen.join("\n")),
+        }
+    }
+    panic!("the demo never got free ports:\n{last}")
+}
+
+fn spawn_demo(extra: &[&str]) -> Running {
     let tmp = tempfile::tempdir().unwrap();
     let (port, api) = (free_port(), free_port());
     let mut child = Command::new(support::BIN)
@@ -81,30 +102,56 @@ fn start_demo(extra: &[&str]) -> Running {
     }
 }
 
+const DATA_LINE: &str = "Gantry demo: data directory ";
+
 impl Running {
-    /// Waits (up to 15 minutes: two release builds) for a line with `needle`.
-    fn expect(&mut self, needle: &str) -> String {
+    /// Takes one line into `seen`, noting the data directory.
+    fn take(&mut self, l: String) {
+        if let Some(d) = l.strip_prefix(DATA_LINE) {
+            self.data = Some(PathBuf::from(d.trim()));
+        }
+        self.seen.push(l);
+    }
+
+    /// Waits (up to 15 minutes: two release builds) for a line with
+    /// `needle`; `None` when the output ended first.
+    fn find(&mut self, needle: &str) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
+                    let hit = l.contains(needle).then(|| l.clone());
+                    self.take(l);
+                    if hit.is_some() {
+                        return hit;
                     }
                 }
-                Err(_) => panic!("no line with `{needle}`:\n{}", self.seen.join("\n")),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "no line with `{needle}` within 15 minutes:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
 
+    /// [`Running::find`], or the test fails.
+    fn expect(&mut self, needle: &str) -> String {
+        self.find(needle).unwrap_or_else(|| {
+            panic!(
+                "the output ended with no line with `{needle}`:\n{}",
+                self.seen.join("\n")
+            )
+        })
+    }
+
     /// The demo's data directory, from its first line.
     fn data_dir(&mut self) -> PathBuf {
-        let line = self.expect("Gantry demo: data directory ");
-        let data = PathBuf::from(line.rsplit(' ').next().unwrap());
-        self.data = Some(data.clone());
-        data
+        if self.data.is_none() {
+            self.expect(DATA_LINE);
+        }
+        self.data.clone().unwrap()
     }
 
     /// SIGINT to the demo's whole process group, as Ctrl-C in its terminal.
@@ -122,12 +169,17 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             while let Ok(l) = self.lines.try_recv() {
-                self.seen.push(l);
+                self.take(l);
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                while let Ok(l) = self.lines.try_recv() {
-                    self.seen.push(l);
+                // The rest of its output, up to the end of its pipes (10 s
+                // at most: a process left behind may hold them open).
+                let end = Instant::now() + Duration::from_secs(10);
+                while let Ok(l) = self
+                    .lines
+                    .recv_timeout(end.saturating_duration_since(Instant::now()))
+                {
+                    self.take(l);
                 }
                 return status.code();
             }
@@ -170,29 +222,7 @@ impl Drop for Running {
 /// through GANTRY_DATA_DIR, shims through their instance directory, apps
 /// through their DATA_DIR and artifact directory). `(pid, what)`.
 fn processes_of(data: &Path) -> Vec<(i32, String)> {
-    let needle = data.to_string_lossy().into_owned();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if gantry_runtime::procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X')) {
-            continue;
-        }
-        let read = |f: &str| {
-            std::fs::read(e.path().join(f))
-                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                .unwrap_or_default()
-        };
-        let cmdline = read("cmdline");
-        let cwd = std::fs::read_link(e.path().join("cwd"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if cmdline.contains(&needle) || read("environ").contains(&needle) || cwd.contains(&needle) {
-            out.push((pid, cmdline.trim().to_string()));
-        }
-    }
-    out
+    support::processes_of(data)
 }
 
 /// `GET /` with `Host: host` on 127.0.0.1:`port`; the status and body.

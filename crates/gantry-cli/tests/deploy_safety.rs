@@ -200,6 +200,7 @@ fn repeats_and_rollbacks_in_every_phase_never_stop_the_live_set() {
     roll_back(&server, id, live);
     assert!(get_via(proxy.port).1.contains("hello from v1b"));
 
+    // Deliberately, the load goes on a moment after the last rollback.
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.finish();
     assert_eq!(
@@ -236,6 +237,8 @@ fn a_migration_longer_than_the_lease_keeps_the_environment() {
     let r2 = release(&server, &toml);
     let id = deploy_detached(&server, r2);
     wait_phase(&server, id, "migrate");
+    // Deliberately three lease lengths: an unrenewed lease would have
+    // lapsed by now.
     std::thread::sleep(Duration::from_millis(3000));
     // Still the migrating deploy's, three lease lengths in.
     let r = run(&server, &deploy_args(r3));
@@ -381,7 +384,8 @@ fn a_set_the_proxy_still_sends_traffic_to_is_never_stopped() {
     while between.rewritten.load(Ordering::SeqCst) < 3 {
         assert!(
             Instant::now() < deadline,
-            "the rollback never tried to take r2 out: {:#}",
+            "the rollback never tried to take r2 out 3 times within 60 s ({} so far): {:#}",
+            between.rewritten.load(Ordering::SeqCst),
             server
                 .run(&[
                     "--json",
@@ -395,6 +399,8 @@ fn a_set_the_proxy_still_sends_traffic_to_is_never_stopped() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Deliberately two more seconds of retries: a set that were stopped
+    // despite the proxy's table would be stopped by now.
     std::thread::sleep(Duration::from_secs(2));
     let d = server
         .run(&[
@@ -429,6 +435,7 @@ fn a_set_the_proxy_still_sends_traffic_to_is_never_stopped() {
         timeline.contains("not stopping it") && timeline.contains("carried on"),
         "{timeline}"
     );
+    // Deliberately, the load goes on a moment after the rollback.
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.finish();
     assert_eq!(seen.failed, 0, "failed requests: {:?}", seen.samples);
@@ -462,13 +469,16 @@ fn ctrl_c_stops_following_never_the_deploy() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Stopped (SIGKILL) if the test fails before it is waited for.
+    let child = support::KillOnDrop::new(child);
     wait_phase(&server, 2, "start");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = support::wait_output(
+        child.into_inner(),
+        "the followed deploy after Ctrl-C",
+        Duration::from_secs(60),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
@@ -597,7 +607,14 @@ fn garbage_from_a_client_all_through_a_canary_cannot_roll_it_back() {
     first.push("--wait".into());
     run(&server, &first).ok();
     let canary = "strategy = \"canary\"\nsteps = [{ weight = 50, pause = \"4s\" }]";
-    let r2 = release(&server, &config(canary, "APP_VERSION = \"v2\"", ""));
+    // The error and success gates are what the garbage must not trip; the
+    // p99 gate gets a wide margin, so a stall of this busy machine during
+    // the step (one slow answer is the p99 of a few hundred) cannot roll
+    // the canary back either.
+    let r2 = release(
+        &server,
+        &config(canary, "APP_VERSION = \"v2\"", "p99_margin = \"10s\""),
+    );
     let load = Load::start_n(proxy.port, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let hostile = garbage_bodies(proxy.port, stop.clone());
@@ -627,7 +644,14 @@ fn garbage_from_a_client_all_through_a_canary_cannot_roll_it_back() {
         .build()
         .unwrap();
     let stats = rt
-        .block_on(gantry_proxy::AdminClient::new(&admin).stats())
+        .block_on(async {
+            tokio::time::timeout(
+                support::CALL_DEADLINE,
+                gantry_proxy::AdminClient::new(&admin).stats(),
+            )
+            .await
+        })
+        .expect("GET /stats in time")
         .unwrap();
     let broken: u64 = ["r1", "r2"]
         .iter()

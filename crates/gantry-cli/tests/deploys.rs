@@ -81,6 +81,7 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
     );
     let d = wait_phase(&server, 2, "done");
     assert_eq!(d["outcome"], "succeeded", "{d:#}");
+    // Deliberately, the load goes on a moment after the old set stopped.
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.finish();
     let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
@@ -154,6 +155,7 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         &r4.to_string(),
         "--wait",
     ]);
+    // Deliberately, the load goes on half a second after the rollback.
     std::thread::sleep(Duration::from_millis(500));
     let seen = load.finish();
     let (ok, failed, failures) = (seen.ok, seen.failed + seen.injected, seen.samples);
@@ -169,7 +171,8 @@ fn deploys_switch_with_zero_failures_and_bad_releases_roll_back() {
         "only the canary's 500s: {failures:?}"
     );
     assert!(ok > failed);
-    // After the rollback, no more errors.
+    // After the rollback, no more errors: half a second of load, on
+    // purpose.
     let after = Load::start(proxy.port);
     std::thread::sleep(Duration::from_millis(500));
     let seen = after.finish();
@@ -262,6 +265,7 @@ fn a_deploy_survives_kill_9_of_the_control_plane() {
         r.stderr
     );
     let load = Load::start(proxy.port);
+    // The control plane stays down a moment, on purpose: traffic flows on.
     server.kill9_and_restart_paused(|| std::thread::sleep(Duration::from_millis(200)));
     let d = wait_phase(&server, id, "await-approval");
     assert_eq!(
@@ -586,21 +590,26 @@ fn a_second_deploy_waits_for_the_lease_with_wait() {
         .as_i64()
         .unwrap();
     wait_phase(&server, id, "await-approval");
-    let waiting = server
-        .cmd()
-        .args([
-            "deploy",
-            "--env",
-            "production",
-            "--release",
-            &r1.to_string(),
-            "--wait",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    let mut waiting = support::KillOnDrop::new(
+        server
+            .cmd()
+            .args([
+                "deploy",
+                "--env",
+                "production",
+                "--release",
+                &r1.to_string(),
+                "--wait",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _stdout = support::Lines::new(waiting.child().stdout.take().unwrap());
+    let mut stderr = support::Lines::new(waiting.child().stderr.take().unwrap());
+    // The second deploy is waiting for the lease before the first ends.
+    stderr.expect("waiting for it to finish", Duration::from_secs(30));
     server
         .run(&["approve", "--env", "production", &id.to_string()])
         .ok();
@@ -611,9 +620,10 @@ fn a_second_deploy_waits_for_the_lease_with_wait() {
     server
         .run(&["approve", "--env", "production", &(id + 1).to_string()])
         .ok();
-    let out = waiting.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = waiting.wait_within("the waiting deploy", support::COMMAND_DEADLINE);
+    stderr.take_to_end(Duration::from_secs(10));
+    let stderr = stderr.seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("waiting for it to finish"), "{stderr}");
     assert_eq!(wait_phase(&server, id, "done")["outcome"], "succeeded");
     let ps = server.run(&["--json", "ps", "--env", "production"]).json();

@@ -23,13 +23,12 @@ fn version_pid(port: u16) -> Option<i64> {
 }
 
 fn wait_pid(port: u16) -> i64 {
-    for _ in 0..200 {
-        if let Some(p) = version_pid(port) {
-            return p;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("app on {port} never answered");
+    support::eventually(
+        &format!("the app on {port} to answer GET /version"),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || version_pid(port).ok_or_else(|| "no answer".to_string()),
+    )
 }
 
 /// Waits for a stderr line containing `needle`; returns it.
@@ -49,30 +48,35 @@ fn port_of(line: &str) -> u16 {
     line.rsplit(':').next().unwrap().trim().parse().unwrap()
 }
 
-/// `gantry dev` in `dir`, its stderr and stdout lines on channels.
+/// `gantry dev ARGS` in `dir` (killed when dropped), its stderr and
+/// stdout lines on channels.
 fn start_dev(
     dir: &std::path::Path,
+    args: &[&str],
 ) -> (
-    std::process::Child,
+    support::KillOnDrop,
     mpsc::Receiver<String>,
     mpsc::Receiver<String>,
 ) {
-    let mut child = Command::new(support::BIN)
-        .arg("dev")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::KillOnDrop::new(
+        Command::new(support::BIN)
+            .arg("dev")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.child().stderr.take().unwrap();
     std::thread::spawn(move || {
         for l in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(l);
         }
     });
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.child().stdout.take().unwrap();
     let (otx, orx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -86,7 +90,8 @@ const URL: &str = "devapp (development) #0 → http://127.0.0.1:";
 
 #[test]
 fn dev_runs_the_app_and_restarts_it_on_change() {
-    let dir = tempfile::tempdir().unwrap();
+    // What `gantry dev` started there is killed when the test ends.
+    let dir = support::ReapedDir::new();
     let py = support::repo_root().join("examples/hello-py/app.py");
     std::fs::copy(py, dir.path().join("app.py")).unwrap();
     // The app writes a log inside the tree each time it starts; the
@@ -102,7 +107,7 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("build/deep")).unwrap();
-    let (mut child, rx, orx) = start_dev(dir.path());
+    let (mut child, rx, orx) = start_dev(dir.path(), &[]);
     let mut seen = Vec::new();
     let first = expect_line(&rx, URL, &mut seen);
     let port = port_of(&first);
@@ -181,9 +186,42 @@ fn dev_runs_the_app_and_restarts_it_on_change() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.wait_within("gantry dev after Ctrl-C", Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     assert!(!alive(last_pid), "Ctrl-C stops the app too");
+}
+
+#[test]
+fn dev_shows_output_that_is_not_utf8_lossily_and_goes_on() {
+    let dir = support::ReapedDir::new();
+    // A line with a byte that is no UTF-8 (0xFF), then more lines.
+    std::fs::write(
+        dir.path().join("gantry.toml"),
+        "[app]\nname = \"bytes\"\n\n[run]\ncommand = \"printf 'before \\\\377 after\\\\n'; while true; do echo tick; sleep 0.2; done\"\n",
+    )
+    .unwrap();
+    let (mut child, rx, orx) = start_dev(dir.path(), &["--no-watch"]);
+    let mut seen = Vec::new();
+    expect_line(&rx, "bytes (development) #0 → http://127.0.0.1:", &mut seen);
+    let mut out = Vec::new();
+    let next = |out: &mut Vec<String>| {
+        let l = orx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no more app output; saw {out:#?}"));
+        out.push(l.clone());
+        l
+    };
+    assert_eq!(next(&mut out), "#0 before \u{FFFD} after", "{out:#?}");
+    // And the output goes on after it.
+    assert_eq!(next(&mut out), "#0 tick", "{out:#?}");
+    assert_eq!(next(&mut out), "#0 tick", "{out:#?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait_within("gantry dev after Ctrl-C", Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{seen:#?}");
 }
 
 fn alive(pid: i64) -> bool {

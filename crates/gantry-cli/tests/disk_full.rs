@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Run, TestServer};
+use support::{OutputInTime, Run, TestServer};
 
 /// A tmpfs mounted at a directory, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -26,7 +26,7 @@ impl Tmpfs {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
-            .output()
+            .output_in_time()
             .map_err(|e| format!("cannot run mount: {e}"))?;
         if !out.status.success() {
             return Err(format!(

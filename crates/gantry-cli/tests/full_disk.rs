@@ -118,7 +118,14 @@ fn weight(admin: &Path, set: &str) -> Option<u32> {
         .build()
         .unwrap();
     let table = rt
-        .block_on(gantry_proxy::AdminClient::new(admin).table())
+        .block_on(async {
+            tokio::time::timeout(
+                support::CALL_DEADLINE,
+                gantry_proxy::AdminClient::new(admin).table(),
+            )
+            .await
+        })
+        .expect("GET /table in time")
         .unwrap();
     table
         .routes
@@ -194,7 +201,10 @@ fn a_full_disk_mid_canary_holds_the_routing_and_carries_out_the_stored_decision(
             d["outcome"].is_null(),
             "ended while the disk was full: {d:#}"
         );
-        assert!(Instant::now() < deadline, "never held: {d:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the deploy did not hold within 60 s of the disk filling: {d:#}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(
@@ -210,6 +220,8 @@ fn a_full_disk_mid_canary_holds_the_routing_and_carries_out_the_stored_decision(
     // An abort is taken while the deploy holds; it becomes the decision.
     let abort = server.run(&["abort", "--env", "production", &id.to_string()]);
     assert_eq!(abort.code, 0, "{abort:?}");
+    // Deliberately two seconds with the disk full: nothing may act on the
+    // abort meanwhile, as it cannot be stored.
     std::thread::sleep(Duration::from_secs(2));
     let d = show(&server, id);
     assert!(d["outcome"].is_null() && d["holding"].is_string(), "{d:#}");
@@ -237,6 +249,7 @@ fn a_full_disk_mid_canary_holds_the_routing_and_carries_out_the_stored_decision(
             "{timeline}"
         );
     }
+    // Deliberately, the load goes on a moment after the deploy ended.
     std::thread::sleep(Duration::from_millis(300));
     let seen = load.finish();
     assert_eq!(

@@ -7,7 +7,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Run, TestServer, start_proxy};
+use support::{OutputInTime, Run, TestServer, start_proxy};
 
 /// `GET /` with `Host: host` through the proxy on `port`.
 fn get(port: u16, host: &str) -> (u16, String) {
@@ -40,7 +40,14 @@ fn hello_py_deploys_with_its_own_gantry_toml() {
     let example = support::repo_root().join("examples/hello-py");
     // In the example's own directory, as a user would.
     let run = |dir: &Path, args: &[&str]| -> Run {
-        Run::from(server.cmd().current_dir(dir).args(args).output().unwrap())
+        Run::from(
+            server
+                .cmd()
+                .current_dir(dir)
+                .args(args)
+                .output_in_time()
+                .unwrap(),
+        )
     };
     let r = run(&example, &["config", "check", "--env", "production"]);
     r.ok();

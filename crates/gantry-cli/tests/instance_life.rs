@@ -280,7 +280,11 @@ fn an_app_whose_shim_is_killed_is_restarted_under_a_new_one_before_and_after_ado
         if logs.stdout.contains("/version") {
             break;
         }
-        assert!(Instant::now() < deadline, "{}", logs.stdout);
+        assert!(
+            Instant::now() < deadline,
+            "no /version request in the logs within 10 s: {}",
+            logs.stdout
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -343,8 +347,19 @@ fn a_release_that_cannot_start_says_why_and_stopped_sets_keep_their_logs() {
     );
 
     // Release 1 is replaced by 3: once stopped, its logs stay readable too.
+    // (`--wait`: `gantry deploy` returns at the switch, while release 1
+    // is still warm; the deploy ends once it is stopped.)
     let r3 = release(&server, &config(bg, "APP_VERSION = \"v3\"", ""));
-    deploy(r3).ok();
+    server
+        .run(&[
+            "deploy",
+            "--env",
+            "production",
+            "--release",
+            &r3.to_string(),
+            "--wait",
+        ])
+        .ok();
     let sets = support::deploy::sets(&server);
     assert_eq!(sets, [format!("r{r3}")]);
     let logs = server.run(&["logs", "--env", "production", "--release", &r1.to_string()]);
@@ -485,8 +500,15 @@ fn secrets_stay_off_disk_through_deploys_adoption_and_restarts() {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while server.wait_ready("production", 2)[0]["pid"].as_i64() == Some(i64::from(pid)) {
-        assert!(Instant::now() < deadline, "not restarted");
+    loop {
+        let list = server.wait_ready("production", 2);
+        if list[0]["pid"].as_i64() != Some(i64::from(pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid}, killed, not replaced within 20 s: {list:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     check(&server);

@@ -215,7 +215,11 @@ fn apps_survive_kill_9_of_the_server_and_are_adopted() {
             assert_eq!(list[0]["restarts"], 1);
             break;
         }
-        assert!(Instant::now() < deadline, "{list:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "pid {} (killed) not replaced by a ready one within 20 s: {list:#?}",
+            pids[0]
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // `gantry restart` replaces every process.

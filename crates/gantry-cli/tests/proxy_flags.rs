@@ -5,42 +5,38 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use support::{OutputInTime, ProxyProcess, START_DEADLINE};
 
 #[test]
 fn metrics_listen_serves_prometheus_text() {
     let state = tempfile::tempdir().unwrap();
-    let child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--access-log",
-            "off",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--websocket-drain-grace",
-            "5s",
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gantry proxy");
-    let mut proxy = support::ProxyProcess { child, port: 0 };
-    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
-    let metrics_port: u16 = loop {
-        let line = lines.next().expect("proxy printed its addresses").unwrap();
-        if let Some(a) = line.trim().strip_prefix("metrics: http://") {
-            let addr = a.strip_suffix("/metrics").unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (proxy, mut lines) = ProxyProcess::spawn(
+        Command::new(support::BIN)
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--access-log",
+                "off",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--websocket-drain-grace",
+                "5s",
+                "--state-dir",
+            ])
+            .arg(state.path()),
+    );
+    let metrics_port: u16 = lines
+        .find(START_DEADLINE, |line| {
+            let a = line.trim().strip_prefix("metrics: http://")?;
+            a.strip_suffix("/metrics")?.rsplit(':').next()?.parse().ok()
+        })
+        .unwrap_or_else(|e| panic!("the proxy printed no metrics address: {e}"));
     let (status, body) = support::http_get(metrics_port, "/metrics");
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -66,7 +62,7 @@ fn metrics_listen_serves_prometheus_text() {
 fn a_bad_drain_grace_is_refused() {
     let out = Command::new(support::BIN)
         .args(["proxy", "--websocket-drain-grace", "soon"])
-        .output()
+        .output_in_time()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -78,7 +74,7 @@ fn a_bad_https_port_is_refused() {
     for (port, says) in [("0", "0 is not in 1..=65535"), ("https", "invalid digit")] {
         let out = Command::new(support::BIN)
             .args(["proxy", "--https-port", port])
-            .output()
+            .output_in_time()
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -94,7 +90,7 @@ fn proxy_protocol_on_an_address_that_is_no_listener_is_refused() {
         .args(["proxy", "--listen", "127.0.0.1:0", "--access-log", "off"])
         .args(["--proxy-protocol-on", "10.0.0.5:8080", "--state-dir"])
         .arg(state.path())
-        .output()
+        .output_in_time()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -142,18 +138,13 @@ fn check_per_listener(direct: SocketAddr, behind_lb: SocketAddr, when: &str) {
     );
 }
 
-fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
-}
-
 /// The successor of `gantry proxy upgrade` is started with the same
 /// arguments and takes the sockets in listener order, so each listener
 /// keeps its PROXY protocol setting.
 #[test]
 fn proxy_protocol_per_listener_survives_an_upgrade() {
-    let state = tempfile::tempdir().unwrap();
+    // Every proxy process of this test names it: killed with it.
+    let state = support::ReapedDir::new();
     let (mut proxy, listen, marked) =
         two_listener_proxy(state.path(), &["--proxy-protocol-on", "127.0.0.2:0"]);
     let (direct, behind_lb) = (listen[0], listen[1]);
@@ -165,7 +156,7 @@ fn proxy_protocol_per_listener_survives_an_upgrade() {
     let out = Command::new(support::BIN)
         .args(["proxy", "upgrade", "--admin-socket"])
         .arg(state.path().join("admin.sock"))
-        .output()
+        .output_in_time()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -181,7 +172,11 @@ fn proxy_protocol_per_listener_survives_an_upgrade() {
     let successor = Successor(new_pid);
     // The old process leaves (it has no open connection), so every
     // connection from now on reaches the new one.
-    let _ = proxy.child.wait();
+    support::wait_within(
+        &mut proxy.child,
+        "the old proxy after the upgrade",
+        Duration::from_secs(30),
+    );
     check_per_listener(direct, behind_lb, "after the upgrade");
     drop(successor);
 }
@@ -192,37 +187,30 @@ fn two_listener_proxy(
     state: &std::path::Path,
     extra: &[&str],
 ) -> (support::ProxyProcess, Vec<SocketAddr>, String) {
-    let child = Command::new(support::BIN)
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.2:0",
-        ])
-        .args(extra)
-        .args(["--access-log", "off", "--state-dir"])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gantry proxy");
-    let mut proxy = support::ProxyProcess { child, port: 0 };
-    let mut lines = BufReader::new(proxy.child.stdout.take().unwrap()).lines();
+    let (proxy, mut lines) = ProxyProcess::spawn(
+        Command::new(support::BIN)
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.2:0",
+            ])
+            .args(extra)
+            .args(["--access-log", "off", "--state-dir"])
+            .arg(state),
+    );
     let mut listen = Vec::new();
-    let marked = loop {
-        let line = lines.next().expect("proxy printed its addresses").unwrap();
-        if let Some(a) = line.trim().strip_prefix("listen: http://") {
-            listen.push(a.parse::<SocketAddr>().unwrap());
-        }
-        if let Some(m) = line
-            .trim()
-            .strip_prefix("PROXY protocol header expected on: ")
-        {
-            break m.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let marked = lines
+        .find(START_DEADLINE, |line| {
+            if let Some(a) = line.trim().strip_prefix("listen: http://") {
+                listen.push(a.parse::<SocketAddr>().unwrap());
+            }
+            line.trim()
+                .strip_prefix("PROXY protocol header expected on: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|e| panic!("the proxy printed no PROXY protocol line: {e}"));
     assert_eq!(listen.len(), 2, "{listen:?}");
     (proxy, listen, marked)
 }
@@ -232,11 +220,16 @@ fn two_listener_proxy(
 struct Successor(u32);
 
 impl Drop for Successor {
+    /// SIGTERM, then (after 10 s) SIGKILL: it is gone when this returns.
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.0 as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        while alive(self.0) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while support::alive(self.0) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if support::alive(self.0) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

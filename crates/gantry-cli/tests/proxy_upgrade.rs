@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
@@ -15,29 +15,7 @@ use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn app(port: u16) -> Child {
-    Command::new(support::hello_app())
-        .env("PORT", port.to_string())
-        .env("APP_VERSION", "v1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
-}
+use support::{OutputInTime, alive, in_time};
 
 #[derive(Default)]
 struct Counts {
@@ -168,9 +146,12 @@ async fn tls_get(port: u16, cert: &[u8]) -> String {
 
 #[test]
 fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
-    let state = tempfile::tempdir().unwrap();
-    let backend_port = free_port();
-    let mut backend = app(backend_port);
+    // Every proxy process of this test names the state directory: the
+    // upgraded ones (no children of the test) are killed with it if the
+    // test fails.
+    let state = support::ReapedDir::new();
+    let backend = support::HelloApp::start(&[("APP_VERSION", "v1")]);
+    let backend_port = backend.port;
     let (proxy, port, tls_port, cert) = support::start_proxy_with_tls(state.path(), "app");
     let socket = state.path().join("admin.sock");
     let admin = gantry_proxy::AdminClient::new(&socket);
@@ -190,108 +171,145 @@ fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(admin.set_table(&table)).unwrap();
+    support::block_on(&rt, "PUT /table", admin.set_table(&table)).unwrap();
 
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut pid = proxy.child.id();
     let mut pids = vec![pid];
-    rt.block_on(async {
-        // Wait for the app through the proxy.
-        let probe = Arc::new(Counts::default());
-        while probe.ok.load(SeqCst) == 0 {
-            client(port, "app", "/", probe.clone(), stop.clone(), true).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let load: Vec<_> = (0..4)
-            .map(|_| {
-                tokio::spawn(client(
-                    port,
-                    "app",
-                    "/",
-                    counts.clone(),
-                    stop.clone(),
-                    false,
-                ))
-            })
-            .collect();
-        for round in 0..3 {
-            let before = counts.ok.load(SeqCst);
-            while counts.ok.load(SeqCst) < before + 50 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            // A slow request in flight on the old process during the upgrade.
-            let slow_counts = Arc::new(Counts::default());
-            let slow = tokio::spawn(client(
-                port,
-                "slow",
-                "/slow?ms=1500",
-                slow_counts.clone(),
-                stop.clone(),
-                true,
-            ));
-            loop {
-                let stats = admin.stats().await.unwrap();
-                if stats
-                    .set("hello/slow", "stable")
-                    .is_some_and(|s| s.in_flight >= 1)
-                {
-                    break;
+    let long = Duration::from_secs(60);
+    let oks = |c: &Arc<Counts>| {
+        let c = c.clone();
+        move || format!("{} ok, {} failed", c.ok.load(SeqCst), c.failed.load(SeqCst))
+    };
+    // The whole upgrade sequence, within a deadline of its own.
+    rt.block_on(in_time(
+        "three upgrades under load",
+        Duration::from_secs(300),
+        String::new,
+        async {
+            // Wait for the app through the proxy.
+            let probe = Arc::new(Counts::default());
+            in_time("an answer through the proxy", long, oks(&probe), async {
+                while probe.ok.load(SeqCst) == 0 {
+                    client(port, "app", "/", probe.clone(), stop.clone(), true).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let socket = socket.clone();
-            let out = tokio::task::spawn_blocking(move || {
-                Command::new(support::BIN)
-                    .args(["proxy", "upgrade", "--admin-socket"])
-                    .arg(&socket)
-                    .output()
-                    .unwrap()
             })
-            .await
-            .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-            assert!(
-                out.status.success(),
-                "round {round}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let (old, new) = stdout
-                .trim()
-                .strip_prefix("proxy upgraded: old pid ")
-                .and_then(|r| r.split_once(", new pid "))
-                .map(|(o, n)| (o.parse::<u32>().unwrap(), n.parse::<u32>().unwrap()))
-                .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
-            assert_eq!(
-                old, pid,
-                "round {round}: the upgrade was served by pid {old}"
-            );
-            assert_ne!(new, old);
-            pid = new;
-            pids.push(new);
-            // The slow request on the old process completes.
-            let body = slow.await.unwrap();
-            assert_eq!(slow_counts.ok.load(SeqCst), 1, "round {round}");
-            assert_eq!(slow_counts.failed.load(SeqCst), 0, "round {round}");
-            assert!(body.contains("slept 1500 ms"), "{body}");
-            // The old process exits once its connections are done.
-            let old_pid = old;
-            while alive(old_pid) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            .await;
+            let load: Vec<_> = (0..4)
+                .map(|_| {
+                    tokio::spawn(client(
+                        port,
+                        "app",
+                        "/",
+                        counts.clone(),
+                        stop.clone(),
+                        false,
+                    ))
+                })
+                .collect();
+            for round in 0..3 {
+                let before = counts.ok.load(SeqCst);
+                in_time("50 more answers under load", long, oks(&counts), async {
+                    while counts.ok.load(SeqCst) < before + 50 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+                // A slow request in flight on the old process during the upgrade.
+                let slow_counts = Arc::new(Counts::default());
+                let slow = tokio::spawn(client(
+                    port,
+                    "slow",
+                    "/slow?ms=1500",
+                    slow_counts.clone(),
+                    stop.clone(),
+                    true,
+                ));
+                support::eventually_async(
+                    "the slow request in flight on the proxy",
+                    long,
+                    Duration::from_millis(10),
+                    || async {
+                        let stats = admin.stats().await.unwrap();
+                        match stats.set("hello/slow", "stable") {
+                            Some(s) if s.in_flight >= 1 => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        }
+                    },
+                )
+                .await;
+                let socket = socket.clone();
+                let out = tokio::task::spawn_blocking(move || {
+                    Command::new(support::BIN)
+                        .args(["proxy", "upgrade", "--admin-socket"])
+                        .arg(&socket)
+                        .output_in_time()
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(
+                    out.status.success(),
+                    "round {round}: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let (old, new) = stdout
+                    .trim()
+                    .strip_prefix("proxy upgraded: old pid ")
+                    .and_then(|r| r.split_once(", new pid "))
+                    .map(|(o, n)| (o.parse::<u32>().unwrap(), n.parse::<u32>().unwrap()))
+                    .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+                assert_eq!(
+                    old, pid,
+                    "round {round}: the upgrade was served by pid {old}"
+                );
+                assert_ne!(new, old);
+                pid = new;
+                pids.push(new);
+                // The slow request on the old process completes.
+                let body = slow.await.unwrap();
+                assert_eq!(slow_counts.ok.load(SeqCst), 1, "round {round}");
+                assert_eq!(slow_counts.failed.load(SeqCst), 0, "round {round}");
+                assert!(body.contains("slept 1500 ms"), "{body}");
+                // The old process exits once its connections are done.
+                let old_pid = old;
+                support::eventually_async(
+                    "the old proxy process to exit",
+                    long,
+                    Duration::from_millis(20),
+                    || async move {
+                        match alive(old_pid) {
+                            true => Err(format!("pid {old_pid} still runs")),
+                            false => Ok(()),
+                        }
+                    },
+                )
+                .await;
             }
-        }
-        let before = counts.ok.load(SeqCst);
-        while counts.ok.load(SeqCst) < before + 50 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The TLS listener was handed over too.
-        let body = tls_get(tls_port, &cert).await;
-        assert!(body.contains("hello"), "{body}");
-        stop.store(true, SeqCst);
-        for t in load {
-            t.await.unwrap();
-        }
-    });
+            let before = counts.ok.load(SeqCst);
+            in_time(
+                "50 more answers after the upgrades",
+                long,
+                oks(&counts),
+                async {
+                    while counts.ok.load(SeqCst) < before + 50 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            )
+            .await;
+            // The TLS listener was handed over too.
+            let body = tls_get(tls_port, &cert).await;
+            assert!(body.contains("hello"), "{body}");
+            stop.store(true, SeqCst);
+            for t in load {
+                t.await.unwrap();
+            }
+        },
+    ));
     let (ok, failed, retried) = (
         counts.ok.load(SeqCst),
         counts.failed.load(SeqCst),
@@ -308,19 +326,16 @@ fn upgrade_three_times_under_keep_alive_load_loses_no_request() {
     assert!(ok >= 200);
     // The last process serves the table it loaded, and is stopped cleanly.
     assert!(alive(pid));
-    let stats = rt.block_on(admin.stats()).unwrap();
+    let stats = support::block_on(&rt, "GET /stats", admin.stats()).unwrap();
     assert!(stats.set("hello/production", "stable").is_some());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    while alive(pid) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_gone(pid, "the last proxy after SIGTERM", Duration::from_secs(30));
     drop(proxy);
-    backend.kill().unwrap();
-    let _ = backend.wait();
+    drop(backend);
 }
 
 #[test]
@@ -341,7 +356,7 @@ fn tls_flags_reach_the_proxy_and_bad_files_are_named() {
         .arg(state.path().join("missing.key"))
         .arg("--state-dir")
         .arg(state.path())
-        .output()
+        .output_in_time()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -356,7 +371,7 @@ fn tls_flags_reach_the_proxy_and_bad_files_are_named() {
     let out = Command::new(support::BIN)
         .args(["proxy", "--tls-cert", "/x.crt", "--state-dir"])
         .arg(state.path())
-        .output()
+        .output_in_time()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));

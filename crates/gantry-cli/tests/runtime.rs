@@ -82,21 +82,30 @@ fn spec(name: &str, env: &[(&str, &str)]) -> InstanceSpec {
     }
 }
 
+/// How many events the harness's channel holds (the tests read them as
+/// they come; a few hundred at most).
+const EVENTS: usize = 1024;
+
 struct Harness {
-    root: tempfile::TempDir,
+    /// Its apps are killed when it is dropped: also when a test fails.
+    root: support::ReapedDir,
     runtime: Runtime,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::Receiver<Event>,
     seen: Vec<Event>,
 }
 
 impl Harness {
     fn new() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        Self::in_dir(root)
+        Self::in_dir(support::ReapedDir::new())
     }
 
-    fn in_dir(root: tempfile::TempDir) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn in_dir(root: support::ReapedDir) -> Self {
+        Self::with_channel(root, EVENTS)
+    }
+
+    /// A harness whose event channel holds `capacity` events.
+    fn with_channel(root: support::ReapedDir, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
         let runtime = Runtime::new(
             root.path().join("instances"),
             vec![support::BIN.into(), "shim".into()],
@@ -183,18 +192,23 @@ async fn starts_with_env_and_port_serves_logs_and_stops_gracefully() {
 
     // Logs: the app's JSON line for our request, timestamped, with its id.
     let dir = h.runtime.instance_dir(i.spec());
-    let found = (0..100).find_map(|_| {
-        let lines = gantry_runtime::logs::tail(&dir, 50);
-        let hit = lines
-            .iter()
-            .find(|l| l.contains(&format!("req-{port}")) && l.contains("/env/GREETING"))
-            .cloned();
-        if hit.is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        hit
-    });
-    let line = found.expect("request log line captured");
+    let line = support::eventually_async(
+        "the log line of the request",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let dir = dir.clone();
+            async move {
+                let lines = gantry_runtime::logs::tail(&dir, 50);
+                lines
+                    .iter()
+                    .find(|l| l.contains(&format!("req-{port}")) && l.contains("/env/GREETING"))
+                    .cloned()
+                    .ok_or_else(|| format!("{lines:#?}"))
+            }
+        },
+    )
+    .await;
     assert!(
         line.starts_with("20") && line.contains(" stdout {"),
         "{line}"
@@ -291,7 +305,8 @@ async fn crash_loop_backs_off_then_stops_restarting() {
     );
     let st = wait(&i, "crash loop", |s| s.phase == Phase::CrashLoop).await;
     assert_eq!(st.last_exit.as_deref(), Some("exited with code 1"));
-    // Nothing more happens on its own...
+    // Nothing more happens on its own: a deliberate wait, longer than the
+    // longest backoff (400 ms), in which a restart would have come...
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
         !h.events
@@ -367,7 +382,7 @@ async fn ignored_sigterm_is_followed_by_sigkill_and_children_die_too() {
 
 #[test]
 fn instances_survive_the_control_plane_and_are_adopted() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::ReapedDir::new();
     let s = spec("adopt", &[]);
     let port = s.port;
     // Control plane #1 starts the instance, then dies (its runtime and
@@ -375,7 +390,7 @@ fn instances_survive_the_control_plane_and_are_adopted() {
     let (pid, root) = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut h = Harness::in_dir(root);
-        let pid = rt.block_on(async {
+        let pid = support::block_on(&rt, "control plane #1", async {
             let i = h.runtime.start(s.clone());
             h.expect(EventKind::Ready).await;
             i.status().pid.unwrap()
@@ -389,7 +404,7 @@ fn instances_survive_the_control_plane_and_are_adopted() {
     // Control plane #2 adopts it: same pid, supervised again.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut h = Harness::in_dir(root);
-    rt.block_on(async {
+    support::block_on(&rt, "control plane #2", async {
         let i = h.runtime.adopt(s.clone());
         let e = h.expect(EventKind::Adopted).await;
         assert_eq!(e.message, format!("adopted pid {pid} on port {port}"));
@@ -414,7 +429,7 @@ fn instances_survive_the_control_plane_and_are_adopted() {
 
 #[test]
 fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted() {
-    let root = tempfile::tempdir().unwrap();
+    let root = support::ReapedDir::new();
     let s = spec("reused", &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut h = Harness::in_dir(root);
@@ -432,7 +447,7 @@ fn an_instance_that_died_while_down_is_restarted_and_a_reused_pid_is_not_adopted
         enforced: gantry_runtime::limits::Enforced::None,
     };
     std::fs::write(dir.join("shim.json"), serde_json::to_vec(&state).unwrap()).unwrap();
-    rt.block_on(async {
+    support::block_on(&rt, "the adoption", async {
         let i = h.runtime.adopt(s);
         let e = h.expect(EventKind::Exited).await;
         assert!(
@@ -714,9 +729,18 @@ async fn an_app_whose_shim_dies_is_stopped_and_started_under_a_new_shim() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    while alive(shim) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::eventually_async(
+        "the killed shim to be gone",
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            match alive(shim) {
+                true => Err(format!("{shim} is alive")),
+                false => Ok(()),
+            }
+        },
+    )
+    .await;
     // From the moment the shim is gone, the app is not shown running.
     let now = i.status();
     assert_ne!(now.phase, Phase::Running, "{now:?}");
@@ -850,4 +874,59 @@ async fn secret_values_reach_the_app_from_the_source_and_never_a_file() {
         "{}",
         e.message
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_channel_never_holds_up_supervision() {
+    // Nobody reads the events, and the channel holds 4: a crash-looping
+    // app makes many more. The supervisor drops and counts them, and goes
+    // on restarting the app up to its crash loop, as it would otherwise.
+    let h = Harness::with_channel(support::ReapedDir::new(), 4);
+    let i = h.runtime.start(spec("unread", &[("CRASH_ON_START", "1")]));
+    let st = wait(&i, "crash loop", |s| s.phase == Phase::CrashLoop).await;
+    assert_eq!(st.restarts, 3, "{st:?}");
+    let dropped = h.runtime.dropped_events();
+    assert!(dropped >= 4, "dropped {dropped}");
+    // Commands still work: an explicit restart starts it again, and it
+    // crashes and is restarted again (with more events dropped).
+    i.restart().await;
+    wait(&i, "a restart after the explicit one", |s| s.restarts >= 5).await;
+    assert!(h.runtime.dropped_events() > dropped);
+    i.stop().await.unwrap();
+    assert_eq!(i.status().phase, Phase::Stopped);
+    drop(h.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_of_an_instance_in_its_own_cgroup_is_sampled() {
+    // With limits the instance has a cgroup of its own (as root), whose
+    // members are the ones sampled; without one, /proc is scanned.
+    let mut h = Harness::new();
+    let mut s = spec("usage", &[]);
+    s.limits = Limits {
+        memory_bytes: Some(256 * 1024 * 1024),
+        cpu: None,
+    };
+    let i = h.runtime.start(s);
+    let started = h.expect(EventKind::Started).await;
+    let st = wait(&i, "a usage sample", |s| {
+        s.rss_bytes.is_some_and(|r| r > 0) && s.cpu_percent.is_some()
+    })
+    .await;
+    assert!(st.cpu_percent.unwrap() >= 0.0, "{st:?}");
+    let state: gantry_runtime::shim::ShimState =
+        gantry_runtime::shim::read_json(&h.runtime.instance_dir(i.spec()).join("shim.json"))
+            .expect("shim.json");
+    match state.enforced.cgroup_dir() {
+        // The members of its cgroup, the ones sampled, are its processes.
+        Some(dir) => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|p| p == st.pid.unwrap().to_string()),
+                "{procs}"
+            );
+        }
+        None => eprintln!("no cgroup here ({}): /proc was scanned", started.message),
+    }
+    i.stop().await.unwrap();
 }

@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::deploy::{Load, config, deploy_detached, get_via, release, serial, sets, wait_phase};
 use support::{TestServer, start_proxy};
@@ -160,7 +160,9 @@ fn sixty_deploys_and_rollbacks_under_load_fail_no_request() {
                     "ERROR_RATE = \"0.5\"",
                     "gate failed: error rate",
                 );
-                std::thread::sleep(Duration::from_millis(300));
+                // The requests in flight to the canary as it was rolled
+                // back are answered (and counted) first.
+                load.settle();
                 injected_after_rollback = load.seen().injected;
                 assert!(
                     injected_after_rollback > 0,

@@ -94,12 +94,21 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Milliseconds since the Unix epoch: the one clock of every crate
+/// (`gantry_common::now_ms`), re-exported for the runtime's users.
+pub use gantry_common::now_ms;
+
+/// `e` and each of its sources, joined with `: ` (every error type's
+/// Display says only its own part).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// `2026-11-21T22:44:04.123Z` for milliseconds since the epoch.

@@ -51,6 +51,17 @@ impl Enforced {
             Enforced::Rlimit => "rlimit (memory only)",
         }
     }
+
+    /// The instance's own cgroup directory, when it has one: its
+    /// `cgroup.procs` lists every process of the instance (the shim, the
+    /// app and the app's children).
+    pub fn cgroup_dir(&self) -> Option<&Path> {
+        match self {
+            Enforced::V2 { dir } => Some(dir),
+            Enforced::V1 { memory, cpu } => memory.as_deref().or(cpu.as_deref()),
+            Enforced::None | Enforced::Rlimit => None,
+        }
+    }
 }
 
 fn write(path: &Path, value: &str) -> std::io::Result<()> {

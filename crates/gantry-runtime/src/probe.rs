@@ -153,13 +153,24 @@ fn short_io(e: &std::io::Error) -> String {
     }
 }
 
-async fn http_get(port: u16, path: &str, host: Option<&str>) -> Result<(u16, Bytes), String> {
+/// Why an HTTP probe got no answer. Its Display is what the probe's
+/// detail shows after `GET /path → `.
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    /// `connect refused`, or the io error in words.
+    #[error("{}", short_io(.0))]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Request(#[from] hyper::http::Error),
+}
+
+async fn http_get(port: u16, path: &str, host: Option<&str>) -> Result<(u16, Bytes), HttpError> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .map_err(|e| short_io(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(HttpError::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -170,9 +181,8 @@ async fn http_get(port: u16, path: &str, host: Option<&str>) -> Result<(u16, Byt
         )
         .header(hyper::header::USER_AGENT, "gantry-probe")
         .header(hyper::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let body = Limited::new(resp.into_body(), 64 * 1024)
         .collect()
@@ -316,13 +326,28 @@ mod tests {
             workdir: "/".into(),
             env: BTreeMap::new(),
         };
-        // Nothing listening: refused.
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = free.local_addr().unwrap().port();
-        drop(free);
+        // Nothing listening: refused. The port stays bound (but not
+        // listening) meanwhile, so nothing else can take it.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = held.local_addr().unwrap().port();
         let r = run_once(&spec(ProbeCheck::Tcp), port, &exec).await;
         assert!(!r.ok);
         assert_eq!(r.detail, format!("connect :{port}: connect refused"));
+        let r = run_once(
+            &spec(ProbeCheck::Http {
+                path: "/health".into(),
+                status_min: 200,
+                status_max: 299,
+                body_contains: None,
+                host: None,
+            }),
+            port,
+            &exec,
+        )
+        .await;
+        assert_eq!(r.detail, "GET /health → connect refused");
+        drop(held);
         // A tiny HTTP server answering 503 then 200.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

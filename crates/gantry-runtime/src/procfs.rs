@@ -2,6 +2,7 @@
 //! pid is never mistaken for ours), liveness, and CPU and memory usage of a
 //! whole process group.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// The fields of `/proc/<pid>/stat` that Gantry uses.
@@ -38,6 +39,10 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// The stat of `pid`. One small file of /proc: the kernel fills it in
+/// from memory, in microseconds, and it never waits on a disk, so the
+/// supervisor reads it on its async thread (every [`crate::supervisor::WATCH_EVERY`]).
+/// Scans over many processes ([`group`]) run on a blocking thread.
 pub fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
@@ -76,34 +81,49 @@ pub struct GroupUsage {
     pub processes: u32,
 }
 
-pub fn group_usage(pgid: i32) -> GroupUsage {
-    let mut usage = GroupUsage::default();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return usage;
+/// The live (not zombie) processes of process group `pgid`. With
+/// `cgroup`, the instance's own cgroup directory, only its members (its
+/// `cgroup.procs`) are looked at: a few files instead of one per process
+/// of the host; without one, or when it cannot be read (removed once the
+/// app is gone), every process in /proc. The app and all its children are
+/// in the shim's cgroup, so both give the same group.
+///
+/// This reads many files: call it on a blocking thread
+/// (`tokio::task::spawn_blocking`), never on an async one.
+pub fn group(pgid: i32, cgroup: Option<&Path>) -> Vec<ProcStat> {
+    let candidates: Vec<i32> = match cgroup.and_then(cgroup_members) {
+        Some(pids) => pids,
+        None => match std::fs::read_dir("/proc") {
+            Ok(dir) => dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect(),
+            Err(_) => return Vec::new(),
+        },
     };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some(s) = stat(pid).filter(|s| s.pgrp == pgid && s.state != 'Z') {
-            usage.cpu_ticks += s.cpu_ticks;
-            usage.rss_bytes += s.rss_pages * page_size();
-            usage.processes += 1;
-        }
-    }
-    usage
+    candidates
+        .into_iter()
+        .filter_map(stat)
+        .filter(|s| s.pgrp == pgid && s.state != 'Z')
+        .collect()
 }
 
-/// Pids of the live processes in a group.
-pub fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| stat(*pid).is_some_and(|s| s.pgrp == pgid && s.state != 'Z'))
-        .collect()
+/// The pids listed in `dir/cgroup.procs`.
+fn cgroup_members(dir: &Path) -> Option<Vec<i32>> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// What [`group`] finds, summed. Reads many files: a blocking thread's job.
+pub fn group_usage(pgid: i32, cgroup: Option<&Path>) -> GroupUsage {
+    group(pgid, cgroup)
+        .iter()
+        .fold(GroupUsage::default(), |mut u, s| {
+            u.cpu_ticks += s.cpu_ticks;
+            u.rss_bytes += s.rss_pages * page_size();
+            u.processes += 1;
+            u
+        })
 }
 
 #[cfg(test)]
@@ -140,6 +160,31 @@ mod tests {
             "another start time is another process"
         );
         assert!(s.rss_pages > 0);
-        assert!(group_usage(s.pgrp).processes >= 1);
+        assert!(group_usage(s.pgrp, None).processes >= 1);
+    }
+
+    #[test]
+    fn a_group_is_looked_for_among_its_cgroups_members_only() {
+        let me = std::process::id() as i32;
+        let pgrp = stat(me).unwrap().pgrp;
+        let cgroup = tempfile::tempdir().unwrap();
+        // Only this process is a member: others of the group are not seen.
+        std::fs::write(cgroup.path().join("cgroup.procs"), format!("{me}\n")).unwrap();
+        let found: Vec<i32> = group(pgrp, Some(cgroup.path()))
+            .iter()
+            .map(|s| s.pid)
+            .collect();
+        assert_eq!(found, [me]);
+        let u = group_usage(pgrp, Some(cgroup.path()));
+        assert_eq!(u.processes, 1);
+        assert!(u.rss_bytes > 0);
+        // A member of another group does not count.
+        assert!(group(pgrp + 1_000_000, Some(cgroup.path())).is_empty());
+        // No members left (or a pid that is gone): nothing.
+        std::fs::write(cgroup.path().join("cgroup.procs"), "").unwrap();
+        assert!(group(pgrp, Some(cgroup.path())).is_empty());
+        // A cgroup that is gone: every process of /proc is looked at.
+        let gone = cgroup.path().join("gone");
+        assert!(group(pgrp, Some(&gone)).iter().any(|s| s.pid == me));
     }
 }

@@ -31,10 +31,15 @@
 
 use std::collections::BTreeMap;
 
+/// A template names a secret that has no value: the first such name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret `{0}` has no value")]
+pub struct NoValue(pub String);
+
 /// `template` with every `${secret.NAME}` replaced by `values[NAME]`, in
 /// one pass (a value that itself contains `${secret.…}` stays as it is).
-/// The error is the first name without a value.
-pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, String> {
+/// The error names the first secret without a value.
+pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, NoValue> {
     const OPEN: &str = "${secret.";
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -44,7 +49,7 @@ pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<Strin
             break;
         };
         let name = &after[..end];
-        let value = values.get(name).ok_or_else(|| name.to_string())?;
+        let value = values.get(name).ok_or_else(|| NoValue(name.to_string()))?;
         out.push_str(&rest[..at]);
         out.push_str(value);
         rest = &after[end + 1..];
@@ -81,7 +86,10 @@ mod tests {
             render("plain $HOME ${x}", &values).unwrap(),
             "plain $HOME ${x}"
         );
-        assert_eq!(render("a ${secret.GONE} b", &values).unwrap_err(), "GONE");
+        assert_eq!(
+            render("a ${secret.GONE} b", &values).unwrap_err(),
+            NoValue("GONE".into())
+        );
         assert!(refers_to_secret("u:${secret.PW}@h"));
         assert!(!refers_to_secret("${PW}"));
     }

@@ -80,10 +80,44 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// Writes a record durably and in one piece (`gantry_common::write_atomic`):
+/// a reader, or a control plane after a crash, finds the old record or the
+/// new one, never half of one.
 fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(v)?)?;
-    std::fs::rename(tmp, path)
+    gantry_common::write_atomic(path, &serde_json::to_vec(v)?, 0o644)
+}
+
+/// Why the shim could not run the app (or record its exit). Each message
+/// says what failed; the cause is its `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot read {}", .0.display())]
+    Spec(PathBuf),
+    #[error("cannot read the secret variables from stdin")]
+    Stdin(#[source] std::io::Error),
+    #[error("the secret variables on stdin are not a JSON object")]
+    Secrets(#[source] serde_json::Error),
+    #[error("cannot open the log in {}", dir.display())]
+    Log {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start `{command}` in {}", workdir.display())]
+    Spawn {
+        command: String,
+        workdir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot wait for the app")]
+    Wait(#[source] std::io::Error),
 }
 
 /// Entry point of `gantry shim DIR`. Returns the shim's exit code.
@@ -91,7 +125,10 @@ pub fn main(dir: &Path) -> i32 {
     match run(dir) {
         Ok(()) => 0,
         Err(e) => {
-            let _ = std::fs::write(dir.join(SHIM_LOG), format!("shim failed: {e}\n"));
+            let _ = std::fs::write(
+                dir.join(SHIM_LOG),
+                format!("shim failed: {}\n", crate::error_chain(&e)),
+            );
             // The supervisor reads a missing state file plus this exit file
             // as "could not start".
             let _ = write_json(
@@ -109,23 +146,22 @@ pub fn main(dir: &Path) -> i32 {
     }
 }
 
-fn run(dir: &Path) -> Result<(), String> {
+fn run(dir: &Path) -> Result<(), ShimError> {
     // Own session: a Ctrl-C at the control plane's terminal never reaches
     // the app, and the app outlives the control plane.
     let _ = nix::unistd::setsid();
-    let spec: ShimSpec = read_json(&dir.join(SPEC_FILE))
-        .ok_or_else(|| format!("cannot read {}", dir.join(SPEC_FILE).display()))?;
+    let spec: ShimSpec =
+        read_json(&dir.join(SPEC_FILE)).ok_or_else(|| ShimError::Spec(dir.join(SPEC_FILE)))?;
     let _ = std::fs::remove_file(dir.join(EXIT_FILE));
     // The secret variables come on stdin (JSON), never from a file.
     let mut secret = Vec::new();
     std::io::stdin()
         .read_to_end(&mut secret)
-        .map_err(|e| format!("cannot read the secret variables from stdin: {e}"))?;
+        .map_err(ShimError::Stdin)?;
     let secret: BTreeMap<String, String> = if secret.iter().all(u8::is_ascii_whitespace) {
         BTreeMap::new()
     } else {
-        serde_json::from_slice(&secret)
-            .map_err(|e| format!("the secret variables on stdin are not a JSON object: {e}"))?
+        serde_json::from_slice(&secret).map_err(ShimError::Secrets)?
     };
     let enforced = limits::apply_to_self(&spec.id, &spec.limits);
     let (tx, dropped, writer) = logs::start_writer(
@@ -135,7 +171,10 @@ fn run(dir: &Path) -> Result<(), String> {
             keep: spec.log_keep,
         },
     )
-    .map_err(|e| format!("cannot open the log in {}: {e}", dir.display()))?;
+    .map_err(|source| ShimError::Log {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
 
     let mut child = Command::new("/bin/sh")
         .arg("-c")
@@ -152,12 +191,10 @@ fn run(dir: &Path) -> Result<(), String> {
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start `{}` in {}: {e}",
-                spec.command,
-                spec.workdir.display()
-            )
+        .map_err(|source| ShimError::Spawn {
+            command: spec.command.clone(),
+            workdir: spec.workdir.clone(),
+            source,
         })?;
     let app_pid = child.id() as i32;
     let app_start_ticks = crate::procfs::stat(app_pid)
@@ -172,7 +209,8 @@ fn run(dir: &Path) -> Result<(), String> {
         started_at_ms: crate::now_ms(),
         enforced: enforced.clone(),
     };
-    write_json(&dir.join(STATE_FILE), &state).map_err(|e| e.to_string())?;
+    let record = |path: PathBuf| move |source: std::io::Error| ShimError::Record { path, source };
+    write_json(&dir.join(STATE_FILE), &state).map_err(record(dir.join(STATE_FILE)))?;
 
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -194,7 +232,7 @@ fn run(dir: &Path) -> Result<(), String> {
     drop(tx);
 
     let oom_before = limits::oom_kills(&enforced);
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(ShimError::Wait)?;
     let cgroup_oom = limits::oom_kills(&enforced) > oom_before;
     // Nothing of the app outlives it: its children die with it.
     let _ = nix::sys::signal::killpg(
@@ -220,7 +258,7 @@ fn run(dir: &Path) -> Result<(), String> {
             at_ms: crate::now_ms(),
         },
     )
-    .map_err(|e| e.to_string())
+    .map_err(record(dir.join(EXIT_FILE)))
 }
 
 /// Under an rlimit, running out of memory shows as a failed allocation.
@@ -232,4 +270,46 @@ fn tail_says_oom(dir: &Path) -> bool {
             || l.contains("memoryerror")
             || l.contains("out of memory")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_failed_and_keep_the_cause_apart() {
+        let e = ShimError::Spawn {
+            command: "./app".into(),
+            workdir: "/srv/app".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(e.to_string(), "cannot start `./app` in /srv/app");
+        assert!(std::error::Error::source(&e).is_some());
+        // What the shim's log says: the message, then its cause, once.
+        assert_eq!(
+            crate::error_chain(&e),
+            "cannot start `./app` in /srv/app: entity not found"
+        );
+    }
+
+    #[test]
+    fn records_are_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EXIT_FILE);
+        let exit = ShimExit {
+            app_pid: 7,
+            code: Some(0),
+            signal: None,
+            oom: false,
+            at_ms: 1,
+        };
+        write_json(&path, &exit).unwrap();
+        assert_eq!(read_json::<ShimExit>(&path), Some(exit));
+        // No temporary file is left next to it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [EXIT_FILE]);
+    }
 }

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep;
 
@@ -169,7 +171,7 @@ pub struct Event {
 }
 
 enum Command {
-    Stop(oneshot::Sender<Result<(), String>>),
+    Stop(oneshot::Sender<Result<(), StillAlive>>),
     Restart(oneshot::Sender<()>),
 }
 
@@ -179,7 +181,45 @@ enum Command {
 #[error("{instance}: {reason}")]
 pub struct StopError {
     pub instance: String,
-    pub reason: String,
+    pub reason: StillAlive,
+}
+
+/// What is left of an instance [`KILL_WAIT`] after its SIGKILL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} is still alive {} ms after SIGKILL (processes {members:?}); not stopped",
+    if *.leader { format!("pid {pid}") } else { format!("pid {pid}'s group") },
+    KILL_WAIT.as_millis()
+)]
+pub struct StillAlive {
+    /// The app's pid, which is also its process group's id.
+    pub pid: i32,
+    /// Whether the app itself is still alive (else only others of its group).
+    pub leader: bool,
+    /// The live processes of the group, sorted.
+    pub members: Vec<i32>,
+}
+
+/// Why the secret variables of an instance could not be filled in: its
+/// start fails with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("this runtime has no source of secret values")]
+    NoSource,
+    /// The [`SecretSource`]'s own words.
+    #[error("{0}")]
+    Source(String),
+    #[error("the secret source failed")]
+    Panicked(#[source] tokio::task::JoinError),
+    #[error(
+        "secret `{name}` (for `{var}`) has no value in `{env}`; set it with `gantry secrets \
+         set {name} --env {env}`"
+    )]
+    Missing {
+        name: String,
+        var: String,
+        env: String,
+    },
 }
 
 /// How long a stop waits for the process group to be gone after SIGKILL
@@ -195,26 +235,77 @@ pub trait SecretSource: Send + Sync {
     fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String>;
 }
 
+/// At most one warning about dropped events per this much time.
+pub const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Where the supervisors' events go: a bounded queue that never makes a
+/// supervisor wait. When the queue is full the event is dropped and
+/// counted ([`Runtime::dropped_events`]), with a warning at most once per
+/// [`DROP_WARN_EVERY`].
+#[derive(Clone)]
+struct EventSink {
+    tx: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+    /// When the last warning about dropped events was logged.
+    warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl EventSink {
+    fn send(&self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut warned = gantry_common::lock(&self.warned);
+                if warned.is_none_or(|at| at.elapsed() >= DROP_WARN_EVERY) {
+                    *warned = Some(Instant::now());
+                    tracing::warn!(
+                        dropped,
+                        instance = %event.instance,
+                        kind = ?event.kind,
+                        "the runtime's event queue is full (nobody takes the events fast \
+                         enough): events are dropped, {dropped} so far"
+                    );
+                }
+            }
+            // Nobody listens any more: nothing to tell.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
 /// Starts and adopts instances. Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
     root: PathBuf,
     shim: Arc<Vec<OsString>>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSink,
     secrets: Option<Arc<dyn SecretSource>>,
 }
 
 impl Runtime {
     /// `root` holds one directory per instance; `shim` is the command that
     /// runs a shim, to which the instance directory is appended (e.g.
-    /// `["/usr/bin/gantry", "shim"]`); events go to `events`.
-    pub fn new(root: PathBuf, shim: Vec<OsString>, events: mpsc::UnboundedSender<Event>) -> Self {
+    /// `["/usr/bin/gantry", "shim"]`); events go to `events`, a bounded
+    /// channel: a supervisor never waits for room in it, it drops the
+    /// event instead (see [`Runtime::dropped_events`]).
+    pub fn new(root: PathBuf, shim: Vec<OsString>, events: mpsc::Sender<Event>) -> Self {
         Self {
             root,
             shim: Arc::new(shim),
-            events,
+            events: EventSink {
+                tx: events,
+                dropped: Arc::new(AtomicU64::new(0)),
+                warned: Arc::new(Mutex::new(None)),
+            },
             secrets: None,
         }
+    }
+
+    /// How many events were dropped because the event channel was full,
+    /// since this runtime was made (by any of its clones).
+    pub fn dropped_events(&self) -> u64 {
+        self.events.dropped.load(Ordering::Relaxed)
     }
 
     /// Fills in [`InstanceSpec::secret_env`] from `source`. Without one, an
@@ -363,13 +454,13 @@ enum Outcome {
     Exited(ExitReason),
     /// The app runs, but its shim is gone.
     ShimLost,
-    Stop(oneshot::Sender<Result<(), String>>),
+    Stop(oneshot::Sender<Result<(), StillAlive>>),
     Restart(oneshot::Sender<()>),
 }
 
 /// What asked for the app to be stopped.
 enum Ask {
-    Stop(oneshot::Sender<Result<(), String>>),
+    Stop(oneshot::Sender<Result<(), StillAlive>>),
     Restart(oneshot::Sender<()>),
     /// The supervisor itself, for an app whose shim died.
     ShimLost,
@@ -388,7 +479,7 @@ struct Supervisor {
     dir: PathBuf,
     shim: Arc<Vec<OsString>>,
     secrets: Option<Arc<dyn SecretSource>>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSink,
     status: watch::Sender<InstanceStatus>,
     commands: mpsc::Receiver<Command>,
     tracker: RestartTracker,
@@ -397,7 +488,7 @@ struct Supervisor {
 impl Supervisor {
     fn event(&self, kind: EventKind, message: String) {
         tracing::info!(instance = %self.spec.id(), ?kind, "{message}");
-        let _ = self.events.send(Event {
+        self.events.send(Event {
             instance: self.spec.id(),
             at_ms: crate::now_ms(),
             kind,
@@ -477,7 +568,7 @@ impl Supervisor {
                 Outcome::Exited(reason) => reason,
             };
             let tail = if reason.is_failure() {
-                self.output_tail()
+                self.output_tail().await
             } else {
                 Vec::new()
             };
@@ -569,7 +660,7 @@ impl Supervisor {
                 }
                 (Ok(()), Ask::ShimLost) => return AfterStop::Restart,
                 (Err(e), asked) => {
-                    self.event(EventKind::StopFailed, e.clone());
+                    self.event(EventKind::StopFailed, e.to_string());
                     self.update(|s| {
                         s.phase = Phase::Stopping;
                         s.ready = false;
@@ -614,52 +705,37 @@ impl Supervisor {
 
     /// The app's last lines of output, without their timestamps, bounded
     /// ([`TAIL_LINES`], [`TAIL_LINE_CHARS`]); what the shim said when
-    /// there are none (it could not start the app).
-    fn output_tail(&self) -> Vec<String> {
-        let mut lines: Vec<String> = crate::logs::tail(&self.dir, TAIL_LINES)
-            .into_iter()
-            .map(|l| {
-                // `<time> <stream> <text>`: keep the text.
-                l.splitn(3, ' ').nth(2).unwrap_or("").to_string()
-            })
-            .collect();
-        if lines.iter().all(|l| l.trim().is_empty()) {
-            lines = std::fs::read_to_string(self.dir.join(shim::SHIM_LOG))
-                .map(|t| t.lines().map(str::to_string).collect())
-                .unwrap_or_default();
-            let skip = lines.len().saturating_sub(TAIL_LINES);
-            lines.drain(..skip);
-        }
-        lines
-            .into_iter()
-            .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
-                Some((at, _)) => format!("{}…", &l[..at]),
-                None => l,
-            })
-            .collect()
+    /// there are none (it could not start the app). Read on a blocking
+    /// thread: the log files may be large.
+    async fn output_tail(&self) -> Vec<String> {
+        let dir = self.dir.clone();
+        blocking(move || output_tail(&dir))
+            .await
+            .unwrap_or_default()
     }
 
     /// The variables of [`InstanceSpec::secret_env`] with the secrets'
     /// current values filled in (never `PORT`).
-    async fn secret_vars(&self) -> Result<BTreeMap<String, String>, String> {
+    async fn secret_vars(&self) -> Result<BTreeMap<String, String>, SecretsError> {
         if self.spec.secret_env.is_empty() {
             return Ok(BTreeMap::new());
         }
         let Some(source) = self.secrets.clone() else {
-            return Err("this runtime has no source of secret values".into());
+            return Err(SecretsError::NoSource);
         };
         let (app, env) = (self.spec.app.clone(), self.spec.env.clone());
         let values = tokio::task::spawn_blocking(move || source.secrets(&app, &env))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(SecretsError::Panicked)?
+            .map_err(SecretsError::Source)?;
         let mut vars = BTreeMap::new();
         for (k, template) in &self.spec.secret_env {
-            let v = crate::secrets::render(template, &values).map_err(|name| {
-                format!(
-                    "secret `{name}` (for `{k}`) has no value in `{}`; set it with `gantry secrets \
-                     set {name} --env {}`",
-                    self.spec.env, self.spec.env
-                )
+            let v = crate::secrets::render(template, &values).map_err(|missing| {
+                SecretsError::Missing {
+                    name: missing.0,
+                    var: k.clone(),
+                    env: self.spec.env.clone(),
+                }
             })?;
             vars.insert(k.clone(), v);
         }
@@ -688,19 +764,23 @@ impl Supervisor {
         let secret = match self.secret_vars().await {
             Ok(v) => v,
             Err(e) => {
-                self.event(EventKind::StartFailed, e);
+                self.event(EventKind::StartFailed, crate::error_chain(&e));
                 return Err(ExitReason::Code(127));
             }
         };
         let dir = self.dir.clone();
-        let prepared = std::fs::create_dir_all(&dir).and_then(|()| {
-            let _ = std::fs::remove_file(dir.join(shim::STATE_FILE));
-            let _ = std::fs::remove_file(dir.join(shim::EXIT_FILE));
-            std::fs::write(
-                dir.join(shim::SPEC_FILE),
-                serde_json::to_vec(&self.shim_spec())?,
-            )
-        });
+        let shim_spec = self.shim_spec();
+        let prepared = blocking({
+            let dir = dir.clone();
+            move || {
+                std::fs::create_dir_all(&dir)?;
+                let _ = std::fs::remove_file(dir.join(shim::STATE_FILE));
+                let _ = std::fs::remove_file(dir.join(shim::EXIT_FILE));
+                std::fs::write(dir.join(shim::SPEC_FILE), serde_json::to_vec(&shim_spec)?)
+            }
+        })
+        .await
+        .unwrap_or_else(|| Err(std::io::Error::other("the blocking thread failed")));
         if let Err(e) = prepared {
             self.event(
                 EventKind::StartFailed,
@@ -747,8 +827,9 @@ impl Supervisor {
         // Reap the shim whenever it exits, so it never lingers as a zombie.
         let mut reaped = tokio::spawn(async move { child.wait().await });
         let deadline = Instant::now() + Duration::from_secs(10);
+        let state_file = dir.join(shim::STATE_FILE);
         loop {
-            if let Some(state) = shim::read_json::<ShimState>(&dir.join(shim::STATE_FILE)) {
+            if let Some(state) = read_json::<ShimState>(&state_file).await {
                 let message = format!(
                     "started pid {} on port {} (`{}`; limits: {})",
                     state.app_pid,
@@ -765,8 +846,11 @@ impl Supervisor {
                 });
             }
             if reaped.is_finished() || Instant::now() > deadline {
-                let why = std::fs::read_to_string(dir.join(shim::SHIM_LOG))
-                    .unwrap_or_else(|_| "the shim exited without a word".into());
+                let log = dir.join(shim::SHIM_LOG);
+                let why = blocking(move || std::fs::read_to_string(log).ok())
+                    .await
+                    .flatten()
+                    .unwrap_or_else(|| "the shim exited without a word".into());
                 self.event(EventKind::StartFailed, why.trim().to_string());
                 if !reaped.is_finished() {
                     reaped.abort();
@@ -797,7 +881,7 @@ impl Supervisor {
     }
 
     async fn adopt(&mut self) -> Result<Running, ExitReason> {
-        let state: Option<ShimState> = shim::read_json(&self.dir.join(shim::STATE_FILE));
+        let state: Option<ShimState> = read_json(&self.dir.join(shim::STATE_FILE)).await;
         match state {
             Some(state) if procfs::is_alive(state.app_pid, state.app_start_ticks) => {
                 self.event(
@@ -812,7 +896,8 @@ impl Supervisor {
                     Ok(secret) => env.extend(secret),
                     Err(e) => tracing::warn!(
                         instance = %self.spec.id(),
-                        "exec probes run without the secret variables: {e}"
+                        "exec probes run without the secret variables: {}",
+                        crate::error_chain(&e)
                     ),
                 }
                 Ok(Running {
@@ -824,6 +909,7 @@ impl Supervisor {
             Some(state) => {
                 let reason = self
                     .exit_reason(state.app_pid)
+                    .await
                     .unwrap_or(ExitReason::Vanished);
                 self.event(
                     EventKind::Exited,
@@ -844,8 +930,8 @@ impl Supervisor {
         }
     }
 
-    fn exit_reason(&self, app_pid: i32) -> Option<ExitReason> {
-        let exit: ShimExit = shim::read_json(&self.dir.join(shim::EXIT_FILE))?;
+    async fn exit_reason(&self, app_pid: i32) -> Option<ExitReason> {
+        let exit: ShimExit = read_json(&self.dir.join(shim::EXIT_FILE)).await?;
         if exit.app_pid != app_pid {
             return None;
         }
@@ -866,7 +952,7 @@ impl Supervisor {
     async fn await_exit_reason(&self, pid: i32, limit: Duration) -> ExitReason {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(r) = self.exit_reason(pid) {
+            if let Some(r) = self.exit_reason(pid).await {
                 return r;
             }
             if Instant::now() > deadline {
@@ -896,6 +982,7 @@ impl Supervisor {
         let mut next_live = now + grace.saturating_sub(run.started.elapsed());
         let mut next_usage = now;
         let mut last_cpu: Option<(u64, Instant)> = None;
+        let cgroup = run.state.enforced.cgroup_dir().map(Path::to_path_buf);
         let far = Duration::from_secs(86_400 * 365);
         if spec.readiness.is_none() {
             self.update(|s| s.ready = true);
@@ -945,7 +1032,7 @@ impl Supervisor {
                         }
                         Some(false) => {
                             let why = r.detail.clone();
-                            let tail = self.output_tail();
+                            let tail = self.output_tail().await;
                             self.update(|s| {
                                 s.ready = false;
                                 s.not_ready = Some(why);
@@ -963,14 +1050,19 @@ impl Supervisor {
                     if live.observe_since_start(p, &r, run.started.elapsed()) == Some(false) {
                         self.event(EventKind::LivenessFailed, format!("liveness failed: {}", r.detail));
                         if let Err(e) = self.stop_process(run, true).await {
-                            self.event(EventKind::StopFailed, e);
+                            self.event(EventKind::StopFailed, e.to_string());
                         }
                         return Outcome::Exited(ExitReason::LivenessFailed);
                     }
                 }
                 _ = tokio::time::sleep_until(next_usage) => {
                     next_usage = tokio::time::Instant::now() + if spec.usage_interval.is_zero() { far } else { spec.usage_interval };
-                    let u = procfs::group_usage(pid);
+                    // A scan of /proc (or of the cgroup's members): off
+                    // the async thread.
+                    let cgroup = cgroup.clone();
+                    let Some(u) = blocking(move || procfs::group_usage(pid, cgroup.as_deref())).await else {
+                        continue;
+                    };
                     let now = Instant::now();
                     let cpu = last_cpu.map(|(ticks, at)| {
                         let secs = now.duration_since(at).as_secs_f64().max(1e-3);
@@ -1007,7 +1099,7 @@ impl Supervisor {
     /// SIGKILL the group and wait (at most [`KILL_WAIT`]) until every
     /// process of it is gone; an error says what is still alive.
     /// Without `exit_record`, the shim is gone and no exit record will come.
-    async fn stop_process(&self, run: &Running, exit_record: bool) -> Result<(), String> {
+    async fn stop_process(&self, run: &Running, exit_record: bool) -> Result<(), StillAlive> {
         let pid = run.state.app_pid;
         let start = run.state.app_start_ticks;
         if !procfs::is_alive(pid, start) {
@@ -1036,7 +1128,12 @@ impl Supervisor {
             // The group is looked at only while its leader is ours or just
             // gone: a group id is not reused while any member lives.
             let leader = procfs::is_alive(pid, start);
-            let members = procfs::group_members(pid);
+            // Every process of /proc, not only the cgroup's: a stop must
+            // not miss one. A scan: off the async thread.
+            let members: Vec<i32> =
+                blocking(move || procfs::group(pid, None).iter().map(|s| s.pid).collect())
+                    .await
+                    .unwrap_or_default();
             if !leader && members.is_empty() {
                 break None;
             }
@@ -1045,18 +1142,13 @@ impl Supervisor {
             }
             sleep(Duration::from_millis(20)).await;
         };
-        if let Some((leader, members)) = left {
-            let what = if leader {
-                format!("pid {pid}")
-            } else {
-                format!("pid {pid}'s group")
-            };
-            let mut members = members;
+        if let Some((leader, mut members)) = left {
             members.sort_unstable();
-            return Err(format!(
-                "{what} is still alive {} ms after SIGKILL (processes {members:?}); not stopped",
-                KILL_WAIT.as_millis()
-            ));
+            return Err(StillAlive {
+                pid,
+                leader,
+                members,
+            });
         }
         let how = if forced {
             format!(
@@ -1075,10 +1167,107 @@ impl Supervisor {
     }
 }
 
+/// Runs `f`, file system work, on a blocking thread, so it never holds up
+/// an async one; `None` if that thread panicked.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// [`shim::read_json`] on a blocking thread.
+async fn read_json<T: serde::de::DeserializeOwned + Send + 'static>(path: &Path) -> Option<T> {
+    let path = path.to_path_buf();
+    blocking(move || shim::read_json(&path)).await.flatten()
+}
+
+/// The last lines of output in instance directory `dir` (see
+/// [`Supervisor::output_tail`]).
+fn output_tail(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = crate::logs::tail(dir, TAIL_LINES)
+        .into_iter()
+        .map(|l| {
+            // `<time> <stream> <text>`: keep the text.
+            l.splitn(3, ' ').nth(2).unwrap_or("").to_string()
+        })
+        .collect();
+    if lines.iter().all(|l| l.trim().is_empty()) {
+        lines = std::fs::read_to_string(dir.join(shim::SHIM_LOG))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        let skip = lines.len().saturating_sub(TAIL_LINES);
+        lines.drain(..skip);
+    }
+    lines
+        .into_iter()
+        .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((at, _)) => format!("{}…", &l[..at]),
+            None => l,
+        })
+        .collect()
+}
+
 fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     f64::from(nanos % 1000) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> Event {
+        Event {
+            instance: format!("a.e.s.{n}"),
+            at_ms: 0,
+            kind: EventKind::Started,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_event_queue_drops_and_counts_and_never_waits() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let runtime = Runtime::new("/nonexistent".into(), Vec::new(), tx);
+        let sink = runtime.events.clone();
+        // Nobody reads: the first two wait in the queue, the rest are
+        // dropped, and every send returns at once.
+        for n in 0..5 {
+            sink.send(event(n));
+        }
+        assert_eq!(runtime.dropped_events(), 3);
+        assert_eq!(rx.try_recv().unwrap().instance, "a.e.s.0");
+        // Room again: the next event gets through.
+        sink.send(event(5));
+        assert_eq!(runtime.dropped_events(), 3);
+        assert_eq!(rx.try_recv().unwrap().instance, "a.e.s.1");
+        assert_eq!(rx.try_recv().unwrap().instance, "a.e.s.5");
+        // A closed channel is not a full one: nothing counted.
+        drop(rx);
+        sink.send(event(6));
+        assert_eq!(runtime.dropped_events(), 3);
+    }
+
+    #[test]
+    fn a_stop_that_left_processes_says_which() {
+        let e = StillAlive {
+            pid: 42,
+            leader: false,
+            members: vec![43, 44],
+        };
+        assert_eq!(
+            e.to_string(),
+            "pid 42's group is still alive 5000 ms after SIGKILL (processes [43, 44]); not stopped"
+        );
+        let e = StopError {
+            instance: "a.e.s.0".into(),
+            reason: StillAlive { leader: true, ..e },
+        };
+        assert_eq!(
+            e.to_string(),
+            "a.e.s.0: pid 42 is still alive 5000 ms after SIGKILL (processes [43, 44]); not stopped"
+        );
+        assert!(std::error::Error::source(&e).is_none(), "said once");
+    }
 }

@@ -74,7 +74,9 @@ impl Fleet {
         data_dir: &Path,
         opts: FleetOptions,
     ) -> anyhow::Result<Arc<Self>> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: a supervisor drops (and counts) an event rather than
+        // wait for room, so a slow store never holds up supervision.
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
             .with_secrets(Arc::new(StoreSecrets(store.clone())));
         let fleet = Arc::new(Self {
@@ -545,7 +547,7 @@ fn prune_stopped_sets(env_dir: &Path, live: &[PathBuf], keep: usize) {
     }
 }
 
-async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::Receiver<Event>) {
     while let Some(e) = rx.recv().await {
         // Instance ids are `app.env.set.index`; app and env names have no dots.
         let mut parts = e.instance.splitn(3, '.');

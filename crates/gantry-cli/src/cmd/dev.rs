@@ -74,7 +74,9 @@ async fn dev_loop(
 ) -> anyhow::Result<ExitCode> {
     let state = app_dir.join(".gantry");
     std::fs::create_dir_all(state.join("data"))?;
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded, as the runtime wants it: printed as they come, so it does
+    // not fill up unless the terminal stalls (then events are dropped).
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(1024);
     let runtime = Runtime::new(
         state.join("instances"),
         vec![std::env::current_exe()?.into_os_string(), "shim".into()],
@@ -119,7 +121,8 @@ async fn dev_loop(
         let changed = loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    for t in &mut tails { t.print_new(); }
+                    // File reads: this worker thread may block meanwhile.
+                    tokio::task::block_in_place(|| for t in &mut tails { t.print_new(); });
                 }
                 Some(p) = change_rx.recv() => {
                     if tree.as_mut().is_some_and(|t| t.relevant(&p)) { break Some(p); }
@@ -128,9 +131,11 @@ async fn dev_loop(
                 _ = term.recv() => break None,
             }
         };
-        for t in &mut tails {
-            t.print_new();
-        }
+        tokio::task::block_in_place(|| {
+            for t in &mut tails {
+                t.print_new();
+            }
+        });
         for i in &instances {
             if let Err(e) = i.stop().await {
                 eprintln!("gantry: {e}");
@@ -461,6 +466,8 @@ impl Tail {
         }
     }
 
+    /// Prints the whole lines added since the last call. Output that is
+    /// not UTF-8 is shown lossily (`�` for what does not decode).
     fn print_new(&mut self) {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return;
@@ -472,11 +479,12 @@ impl Tail {
         if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
-        let mut buf = String::new();
-        if f.read_to_string(&mut buf).is_ok() {
-            // Only whole lines; the rest waits for the next round.
-            let end = buf.rfind('\n').map_or(0, |i| i + 1);
-            for line in buf[..end].lines() {
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_ok() {
+            // Only whole lines; the rest waits for the next round. A line
+            // ends at a `\n`, which is never part of a multi-byte character.
+            let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            for line in String::from_utf8_lossy(&buf[..end]).lines() {
                 let text = line.splitn(3, ' ').nth(2).unwrap_or(line);
                 println!("#{} {text}", self.index);
             }

@@ -122,6 +122,8 @@ pub struct Load {
     failed: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
     samples: Arc<Mutex<Vec<String>>>,
+    /// Per client: how many requests it has finished.
+    done: Vec<Arc<AtomicU64>>,
     handles: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -133,11 +135,14 @@ fn client(
     failed: &AtomicU64,
     injected: &AtomicU64,
     samples: &Mutex<Vec<String>>,
+    done: &AtomicU64,
 ) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
         n += 1;
         let (status, body) = get_via(port);
+        // Counted at the end of the round, once the answer is classified.
+        let _finished = Finished(done);
         if status == 200 {
             ok.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(2));
@@ -167,16 +172,19 @@ impl Load {
         let failed = Arc::new(AtomicU64::new(0));
         let injected = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let handles: Vec<_> = (0..clients.max(1))
-            .map(|_| {
-                let (s, o, f, i, m) = (
+        let done: Vec<Arc<AtomicU64>> = (0..clients.max(1)).map(|_| Arc::default()).collect();
+        let handles: Vec<_> = done
+            .iter()
+            .map(|d| {
+                let (s, o, f, i, m, d) = (
                     stop.clone(),
                     ok.clone(),
                     failed.clone(),
                     injected.clone(),
                     samples.clone(),
+                    d.clone(),
                 );
-                std::thread::spawn(move || client(port, &s, &o, &f, &i, &m))
+                std::thread::spawn(move || client(port, &s, &o, &f, &i, &m, &d))
             })
             .collect();
         Self {
@@ -185,8 +193,33 @@ impl Load {
             failed,
             injected,
             samples,
+            done,
             handles,
         }
+    }
+
+    /// Waits (up to 30 s) until every client has finished a request it
+    /// started after this call: every request that was in flight when it
+    /// was called has been answered and counted.
+    #[track_caller]
+    pub fn settle(&self) {
+        let before: Vec<u64> = self.done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+        super::eventually(
+            "every load client to finish a request started after now",
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            || {
+                let now: Vec<u64> = self.done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+                // One more may be the request in flight at the call.
+                if now.iter().zip(&before).all(|(n, b)| *n >= b + 2) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "requests finished per client: {before:?} then {now:?}"
+                    ))
+                }
+            },
+        );
     }
 
     /// The counts so far, the load going on.
@@ -205,6 +238,15 @@ impl Load {
             h.join().unwrap();
         }
         self.seen()
+    }
+}
+
+/// Counts a finished request when dropped: after its answer is counted.
+struct Finished<'a>(&'a AtomicU64);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -235,7 +277,10 @@ pub fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value
         if d["phase"] == want || d["outcome"].is_string() {
             return d;
         }
-        assert!(Instant::now() < deadline, "never reached {want}: {d:#}");
+        assert!(
+            Instant::now() < deadline,
+            "deploy {id} never reached phase {want} or an end within 60 s; it is: {d:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
