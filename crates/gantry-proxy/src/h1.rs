@@ -396,18 +396,10 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     }
     let mut answered = !conn.buf.is_empty();
     let parsed = loop {
-        if !conn.buf.is_empty() {
-            match parse_head(&conn.buf)? {
-                // Interim answers (100 Continue, 103 Early Hints): skip.
-                Some(p) if (100..200).contains(&p.status) && p.status != 101 => {
-                    let _ = conn.buf.split_to(p.len);
-                    continue;
-                }
-                Some(p) if p.len > MAX_HEAD => return Err(head_too_large()),
-                Some(p) => break p,
-                None if conn.buf.len() > MAX_HEAD => return Err(head_too_large()),
-                None => {}
-            }
+        if !conn.buf.is_empty()
+            && let Some(p) = final_head(&mut conn.buf)?
+        {
+            break p;
         }
         match conn.fill().await {
             Ok(0) if !answered => {
@@ -419,6 +411,63 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
             Err(e) => return Err(protocol(format!("reading the response head: {e}"))),
         }
     };
+    let AnswerHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    } = answer_head(&mut conn.buf, parsed, head_only)?;
+    let body = match framing {
+        Framing::Len(n) if n <= conn.buf.len() as u64 => {
+            // The whole body came with the head (the common case).
+            let data = conn.buf.split_to(n as usize).freeze();
+            if keep_alive && conn.buf.is_empty() {
+                put(conn);
+            }
+            Body(Kind::Full((!data.is_empty()).then_some(data)))
+        }
+        framing => Body(Kind::Stream(Stream {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+        })),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.version_mut() = Version::HTTP_11;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// The final (not interim) answer head at the front of `buf`, once it is
+/// complete: interim answers (100 Continue, 103 Early Hints) before it are
+/// taken out of `buf` and skipped.
+fn final_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Error> {
+    loop {
+        match parse_head(buf)? {
+            Some(p) if (100..200).contains(&p.status) && p.status != 101 => {
+                let _ = buf.split_to(p.len);
+            }
+            Some(p) if p.len > MAX_HEAD => return Err(head_too_large()),
+            Some(p) => return Ok(Some(p)),
+            None if buf.len() > MAX_HEAD => return Err(head_too_large()),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// What an answer's head says.
+struct AnswerHead {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The connection may carry another request after this answer.
+    keep_alive: bool,
+}
+
+/// Takes the final answer head `parsed` out of `buf` and reads its status,
+/// headers and body framing (RFC 9112 section 6.3).
+fn answer_head(buf: &mut BytesMut, parsed: Parsed, head_only: bool) -> Result<AnswerHead, Error> {
     if parsed.status == 101 {
         return Err(protocol(
             "101 Switching Protocols to a request without an upgrade",
@@ -426,7 +475,7 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
     }
     let status = StatusCode::from_u16(parsed.status)
         .map_err(|_| protocol(format!("invalid status {}", parsed.status)))?;
-    let raw = conn.buf.split_to(parsed.len).freeze();
+    let raw = buf.split_to(parsed.len).freeze();
     // Room for what the proxy adds to an answer (request id, security
     // headers, a sticky cookie) without growing the map.
     let mut headers = HeaderMap::with_capacity(parsed.fields.len() + 8);
@@ -437,7 +486,6 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
         headers.append(name, value);
     }
 
-    // RFC 9112 section 6.3.
     let mut keep_alive = if parsed.http10 {
         parsed.connection_keep_alive
     } else {
@@ -465,27 +513,12 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
             keep_alive = false;
             Framing::Close
         };
-
-    let body = match framing {
-        Framing::Len(n) if n <= conn.buf.len() as u64 => {
-            // The whole body came with the head (the common case).
-            let data = conn.buf.split_to(n as usize).freeze();
-            if keep_alive && conn.buf.is_empty() {
-                put(conn);
-            }
-            Body(Kind::Full((!data.is_empty()).then_some(data)))
-        }
-        framing => Body(Kind::Stream(Stream {
-            conn: Some(conn),
-            framing,
-            keep_alive,
-        })),
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+    Ok(AnswerHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
 }
 
 fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
@@ -782,6 +815,55 @@ impl Chunked {
                     };
                 }
                 ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+// === for `fuzz` ===
+
+/// The answer parser on `data` as what a backend sent: the final head, its
+/// framing, then the body it frames. The status and the body bytes read,
+/// or `None` for an answer refused before its body.
+pub(crate) fn fuzz_answer(data: &[u8], head_only: bool) -> Option<(u16, usize)> {
+    let mut buf = BytesMut::from(data);
+    let parsed = final_head(&mut buf).ok()??;
+    let head = answer_head(&mut buf, parsed, head_only).ok()?;
+    let body = match head.framing {
+        Framing::Len(n) => buf
+            .split_to(usize::try_from(n).unwrap_or(usize::MAX).min(buf.len()))
+            .len(),
+        Framing::Chunked(mut c) => {
+            let mut n = 0;
+            while let Ok(d @ (Decoded::Data(_) | Decoded::Trailers(_))) = c.decode(&mut buf) {
+                if let Decoded::Data(d) = d {
+                    n += d.len();
+                }
+            }
+            n
+        }
+        Framing::Close => buf.len(),
+    };
+    Some((head.status.as_u16(), body))
+}
+
+/// The chunked decoder on `data` fed `step` bytes at a time: the data
+/// bytes of a complete body, or the error (or `ran out of input`).
+pub(crate) fn fuzz_chunked(data: &[u8], step: usize) -> Result<usize, String> {
+    let mut c = Chunked::default();
+    let mut buf = BytesMut::new();
+    let mut rest = data;
+    let mut n = 0;
+    loop {
+        match c.decode(&mut buf)? {
+            Decoded::Data(d) => n += d.len(),
+            Decoded::Trailers(_) => {}
+            Decoded::End => return Ok(n),
+            Decoded::More if rest.is_empty() => return Err("ran out of input".into()),
+            Decoded::More => {
+                let (now, later) = rest.split_at(step.max(1).min(rest.len()));
+                buf.extend_from_slice(now);
+                rest = later;
             }
         }
     }

@@ -151,6 +151,8 @@ mod csp_report;
 mod error;
 mod fasthash;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 mod h1;
 mod handoff;
 mod headers;

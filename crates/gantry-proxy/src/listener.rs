@@ -323,7 +323,7 @@ pub(crate) async fn read_proxy_header<S: AsyncRead + Unpin>(
     parse_proxy_header(&buf)
 }
 
-fn parse_proxy_header(buf: &[u8]) -> Result<Option<SocketAddr>, String> {
+pub(crate) fn parse_proxy_header(buf: &[u8]) -> Result<Option<SocketAddr>, String> {
     use ppp::HeaderResult;
     match HeaderResult::parse(buf) {
         HeaderResult::V1(Ok(h)) => Ok(match h.addresses {

@@ -199,7 +199,7 @@ impl Router {
 
 /// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`. Borrows when
 /// the host is already in that form (the common case: no copy per request).
-fn normalize_request_host(host: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn normalize_request_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
         match host.find(']') {
             Some(end) => &host[..=end],

@@ -317,96 +317,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     /// Parses the buffered head and decides whether this path takes it.
-    /// Records the header ranges for `build`.
     fn parse(&mut self) -> Parsed {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(&self.buf, &mut headers) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Hyper,
-        };
-        if req.version != Some(1) || req.method == Some("CONNECT") {
-            return Parsed::Hyper;
-        }
-        let base = self.buf.as_ptr() as usize;
-        let offset = |s: &[u8]| s.as_ptr() as usize - base;
-        self.ranges.clear();
-        let mut keep_alive = true;
-        let mut trailers = false;
-        for h in req.headers.iter() {
-            let name = h.name.as_bytes();
-            let value = h.value;
-            if name.eq_ignore_ascii_case(b"content-length") {
-                if value != b"0" {
-                    return Parsed::Hyper;
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"expect")
-            {
-                return Parsed::Hyper;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                if lists_token(value, b"close") {
-                    keep_alive = false;
-                }
-                // Hop-by-hop, and read here: left out of the request unless
-                // it names other headers (the hop-by-hop pass removes those).
-                if crate::headers::only_connection_options(value) {
-                    continue;
-                }
-            } else if name.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
-            } else if name.eq_ignore_ascii_case(b"te") && lists_token(value, b"trailers") {
-                trailers = true;
-            }
-            let n = offset(name);
-            let v = offset(value);
-            self.ranges.push([n, n + name.len(), v, v + value.len()]);
-        }
-        // Method and path: kept as the first entry.
-        let (Some(method), Some(path)) = (req.method, req.path) else {
-            return Parsed::Hyper;
-        };
-        let m = offset(method.as_bytes());
-        let p = offset(path.as_bytes());
-        self.ranges.push([m, m + method.len(), p, p + path.len()]);
-        Parsed::Complete(len, keep_alive, trailers)
+        parse_head(&self.buf, &mut self.ranges)
     }
 
     /// Takes the parsed head out of the buffer as a request.
     fn build(&mut self, len: usize, keep_alive: bool, trailers: bool) -> Next {
-        let head = self.buf.split_to(len).freeze();
-        let Some(&[m0, m1, p0, p1]) = self.ranges.last() else {
-            return Next::Bad("no request line");
-        };
-        let Ok(method) = Method::from_bytes(&head[m0..m1]) else {
-            return Next::Bad("bad method");
-        };
-        let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else {
-            return Next::Bad("bad request target");
-        };
-        let headers = &self.ranges[..self.ranges.len() - 1];
-        let mut map = HeaderMap::with_capacity(headers.len() + 7);
-        for &[n0, n1, v0, v1] in headers {
-            let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
-                return Next::Bad("bad header name");
-            };
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else {
-                return Next::Bad("bad header value");
-            };
-            map.append(name, value);
-        }
-        let mut request = Request::new(RequestBody::Empty);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = map;
-        Next::Request(Head {
-            request,
-            keep_alive,
-            trailers,
-        })
+        build_request(&mut self.buf, &self.ranges, len, keep_alive, trailers)
     }
 
     /// Writes the answer; true if the connection may serve another request.
@@ -548,6 +465,133 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             }
         }
         self.io.flush().await.is_ok()
+    }
+}
+
+/// Parses the head at the front of `buf` and decides whether this path
+/// takes it. Records the header (name, value) byte ranges in `ranges` for
+/// [`build_request`], the method and path last.
+fn parse_head(buf: &[u8], ranges: &mut Vec<[usize; 4]>) -> Parsed {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    if req.version != Some(1) || req.method == Some("CONNECT") {
+        return Parsed::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    ranges.clear();
+    let mut keep_alive = true;
+    let mut trailers = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if value != b"0" {
+                return Parsed::Hyper;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Parsed::Hyper;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if lists_token(value, b"close") {
+                keep_alive = false;
+            }
+            // Hop-by-hop, and read here: left out of the request unless
+            // it names other headers (the hop-by-hop pass removes those).
+            if crate::headers::only_connection_options(value) {
+                continue;
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        } else if name.eq_ignore_ascii_case(b"te") && lists_token(value, b"trailers") {
+            trailers = true;
+        }
+        let n = offset(name);
+        let v = offset(value);
+        ranges.push([n, n + name.len(), v, v + value.len()]);
+    }
+    // Method and path: kept as the first entry.
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Hyper;
+    };
+    let m = offset(method.as_bytes());
+    let p = offset(path.as_bytes());
+    ranges.push([m, m + method.len(), p, p + path.len()]);
+    Parsed::Complete(len, keep_alive, trailers)
+}
+
+/// Takes the head `parse_head` found (`len` bytes, `ranges`) out of `buf`
+/// as a request.
+fn build_request(
+    buf: &mut BytesMut,
+    ranges: &[[usize; 4]],
+    len: usize,
+    keep_alive: bool,
+    trailers: bool,
+) -> Next {
+    let head = buf.split_to(len).freeze();
+    let Some(&[m0, m1, p0, p1]) = ranges.last() else {
+        return Next::Bad("no request line");
+    };
+    let Ok(method) = Method::from_bytes(&head[m0..m1]) else {
+        return Next::Bad("bad method");
+    };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else {
+        return Next::Bad("bad request target");
+    };
+    let headers = &ranges[..ranges.len() - 1];
+    let mut map = HeaderMap::with_capacity(headers.len() + 7);
+    for &[n0, n1, v0, v1] in headers {
+        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
+            return Next::Bad("bad header name");
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else {
+            return Next::Bad("bad header value");
+        };
+        map.append(name, value);
+    }
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Next::Request(Head {
+        request,
+        keep_alive,
+        trailers,
+    })
+}
+
+/// For `fuzz`: the head parser on `data` as the start of a connection,
+/// every complete head in turn, and the request phase 1 then reads: its
+/// host, as routing normalizes it. How many requests this path took.
+pub(crate) fn fuzz_heads(data: &[u8]) -> usize {
+    let mut buf = BytesMut::from(data);
+    let mut ranges = Vec::new();
+    let mut requests = 0;
+    loop {
+        let Parsed::Complete(len, keep_alive, trailers) = parse_head(&buf, &mut ranges) else {
+            return requests;
+        };
+        let Next::Request(head) = build_request(&mut buf, &ranges, len, keep_alive, trailers)
+        else {
+            return requests;
+        };
+        requests += 1;
+        let req = &head.request;
+        if let Ok(Some(host)) =
+            crate::headers::request_host(req.version(), req.headers(), req.uri())
+            && let Ok(host) = host.to_str()
+        {
+            let _ = crate::router::normalize_request_host(host);
+        }
     }
 }
 
