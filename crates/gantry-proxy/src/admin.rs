@@ -25,8 +25,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::forward::Shared;
 use crate::persist;
+use crate::shared::Shared;
 use crate::stats::DrainStatus;
 use crate::table::Table;
 

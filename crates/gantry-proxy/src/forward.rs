@@ -18,14 +18,10 @@ use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::watch;
 
-use crate::access_log::AccessLog;
 use crate::balance::{Instance, pick};
 use crate::body::{Guard, RequestBody, ResponseBody, SharedBody, Upstream, UpstreamBody};
-use crate::config::ProxyConfig;
 use crate::csp_report::receive;
 use crate::headers::{
     X_REQUEST_ID, ensure_request_id, ensure_traceparent, request_host, set_forwarded_values,
@@ -33,39 +29,9 @@ use crate::headers::{
 };
 use crate::pages::page;
 use crate::policy::{Check, client_ip};
-use crate::router::{CompiledRoute, CompiledSet, Router, Routing};
+use crate::router::{CompiledRoute, CompiledSet, Router};
+use crate::shared::Shared;
 use crate::stats::ClientFault;
-
-/// What every request shares.
-pub(crate) struct Shared {
-    pub(crate) routing: Routing,
-    pub(crate) client: Client<HttpConnector, UpstreamBody>,
-    /// Clients for routes with their own `connect_timeout_ms`.
-    pub(crate) route_clients: crate::limits::Clients,
-    pub(crate) log: Arc<AccessLog>,
-    pub(crate) config: ProxyConfig,
-    /// Open WebSocket tunnels, closed at shutdown.
-    pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
-    pub(crate) tls: Arc<crate::tls::TlsState>,
-    /// Set once a successor proxy serves (hitless upgrade): HTTP/1.1
-    /// answers carry `Connection: close`, so clients move to new
-    /// connections after a complete response instead of having an idle
-    /// keep-alive connection closed under a request they are sending.
-    pub(crate) closing: std::sync::atomic::AtomicBool,
-    /// The workers' open connections, and their inboxes (`spread`).
-    pub(crate) spread: Arc<crate::spread::Spread>,
-}
-
-impl Shared {
-    /// `GET /metrics` (admin socket and metrics listener alike): requests,
-    /// policies, certificates, connections.
-    pub(crate) fn prometheus(&self) -> String {
-        let mut out = self.routing.prometheus();
-        out.push_str(&self.tls.prometheus());
-        self.spread.render_prometheus(&mut out);
-        out
-    }
-}
 
 /// Methods a connect failure may retry on another instance.
 fn idempotent(m: &Method) -> bool {

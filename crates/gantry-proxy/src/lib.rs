@@ -167,6 +167,7 @@ mod router;
 mod serve1;
 mod server;
 mod shard;
+mod shared;
 mod spread;
 mod stats;
 mod sticky;

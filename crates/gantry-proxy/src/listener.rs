@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::forward::{self, Shared};
+use crate::forward;
+use crate::shared::Shared;
 use crate::tls::ACME_TLS_ALPN;
 
 /// Time a client gets for its PROXY header and for the TLS handshake.

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::forward::Shared;
+use crate::shared::Shared;
 
 /// Binds the metrics listener when one is configured.
 pub(crate) async fn bind(

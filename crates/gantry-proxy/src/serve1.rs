@@ -43,9 +43,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::forward::Shared;
 use crate::headers::lists_token;
 use crate::listener::Http;
+use crate::shared::Shared;
 
 /// Headers per request head, as hyper's server allows.
 const MAX_HEADERS: usize = 100;

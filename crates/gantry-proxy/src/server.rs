@@ -21,11 +21,11 @@ use crate::admin::{self, Admin};
 use crate::client::AdminClient;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::forward::Shared;
 use crate::handoff::Upgrade;
 use crate::listener::{Kind, accept_conn};
 use crate::persist;
 use crate::router::Routing;
+use crate::shared::Shared;
 use crate::spread::{Held, Moved, Spread};
 use crate::tls::TlsState;
 

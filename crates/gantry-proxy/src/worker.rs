@@ -42,9 +42,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::error::ProxyError;
-use crate::forward::Shared;
 use crate::limits::{UpstreamClient, upstream_client};
 use crate::listener::Kind;
+use crate::shared::Shared;
 
 /// The running workers.
 pub(crate) struct Workers {
