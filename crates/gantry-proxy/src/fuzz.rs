@@ -6,10 +6,10 @@
 //!
 //! | entry point | the parser | who sends the bytes |
 //! |---|---|---|
-//! | [`http1_request_head`] | the own HTTP/1.1 server's request head parser (`serve1`) | clients |
-//! | [`http1_response_head`] | the own HTTP/1.1 client's answer parser (`h1`): interim answers, head, framing, then the body | backends |
-//! | [`chunked_body`] | the own chunked decoder (`h1`, answer bodies) | backends |
-//! | [`proxy_protocol_header`] | the PROXY protocol v1/v2 reader (`listener`) | load balancers (or anyone, on a misconfigured listener) |
+//! | [`http1_request_head`] | the own HTTP/1.1 server's request head parser (`conn::http1_server`) | clients |
+//! | [`http1_response_head`] | the own HTTP/1.1 client's answer parser (`upstream::http1_client`): interim answers, head, framing, then the body | backends |
+//! | [`chunked_body`] | the own chunked decoder (`upstream::http1_client`, answer bodies) | backends |
+//! | [`proxy_protocol_header`] | the PROXY protocol v1/v2 reader (`conn::proxy_protocol`) | load balancers (or anyone, on a misconfigured listener) |
 //! | [`table_json`] | `PUT /table`'s JSON, its validation, then its compilation into a router | the control plane |
 //!
 //! Request bodies (chunked or not) are decoded by hyper's server, not by
@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 /// connection: every complete head in it, in turn (pipelined requests),
 /// until one is partial, goes to hyper, or is refused.
 pub fn http1_request_head(data: &[u8]) {
-    let _ = crate::serve1::fuzz_heads(data);
+    let _ = crate::conn::http1_server::fuzz_heads(data);
 }
 
 /// The own HTTP/1.1 client's parser on `data` as a backend's answer, for a
@@ -32,7 +32,7 @@ pub fn http1_request_head(data: &[u8]) {
 /// then the body it frames (chunked decoding included).
 pub fn http1_response_head(data: &[u8]) {
     for head_only in [false, true] {
-        let _ = crate::h1::fuzz_answer(data, head_only);
+        let _ = crate::upstream::http1_client::fuzz_answer(data, head_only);
     }
 }
 
@@ -42,7 +42,7 @@ pub fn http1_response_head(data: &[u8]) {
 pub fn chunked_body(data: &[u8]) {
     let step = data.first().map_or(1, |b| usize::from(*b % 16) + 1);
     for step in [data.len(), 1, step] {
-        let _ = crate::h1::fuzz_chunked(data, step);
+        let _ = crate::upstream::http1_client::fuzz_chunked(data, step);
     }
 }
 
@@ -52,8 +52,8 @@ pub fn chunked_body(data: &[u8]) {
 pub fn proxy_protocol_header(data: &[u8]) {
     let mut input = data;
     // Reading from a slice never waits: one poll runs it to the end.
-    let _ = poll_once(crate::listener::read_proxy_header(&mut input));
-    let _ = crate::listener::parse_proxy_header(data);
+    let _ = poll_once(crate::conn::proxy_protocol::read_proxy_header(&mut input));
+    let _ = crate::conn::proxy_protocol::parse_proxy_header(data);
 }
 
 /// `PUT /table`'s parsing and validation on `data`; a table that passes is
@@ -72,7 +72,7 @@ fn compile_table(data: &[u8]) -> Option<usize> {
         .iter()
         .flat_map(|r| r.hosts.iter().cloned())
         .collect();
-    let routing = crate::router::Routing::new(table);
+    let routing = crate::routing::router::Routing::new(table);
     let router = routing.load();
     Some(
         hosts
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn request_heads_parse_or_are_refused_without_panicking() {
-        let heads = crate::serve1::fuzz_heads;
+        let heads = crate::conn::http1_server::fuzz_heads;
         // Two pipelined requests; the third is partial.
         assert_eq!(
             heads(
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn response_heads_parse_or_are_refused_without_panicking() {
-        let answer = |wire: &[u8]| crate::h1::fuzz_answer(wire, false);
+        let answer = |wire: &[u8]| crate::upstream::http1_client::fuzz_answer(wire, false);
         assert_eq!(
             answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
             Some((200, 2))
@@ -171,7 +171,10 @@ mod tests {
             Some((200, 5))
         );
         assert_eq!(
-            crate::h1::fuzz_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            crate::upstream::http1_client::fuzz_answer(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+                true
+            ),
             Some((200, 0)),
             "HEAD: no body"
         );
@@ -217,7 +220,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_or_fail_without_panicking() {
-        let decode = crate::h1::fuzz_chunked;
+        let decode = crate::upstream::http1_client::fuzz_chunked;
         let good = b"5\r\nhello\r\n1;ext\r\n!\r\n0\r\nx: y\r\n\r\n";
         for step in [1, 2, 7, good.len()] {
             assert_eq!(decode(good, step), Ok(6), "step {step}");
@@ -247,7 +250,8 @@ mod tests {
     fn proxy_protocol_headers_parse_or_are_refused_without_panicking() {
         let read = |data: &[u8]| {
             let mut input = data;
-            poll_once(crate::listener::read_proxy_header(&mut input)).expect("a slice never waits")
+            poll_once(crate::conn::proxy_protocol::read_proxy_header(&mut input))
+                .expect("a slice never waits")
         };
         assert_eq!(
             read(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET"),

@@ -10,29 +10,29 @@ use std::sync::Arc;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::access_log::AccessLog;
-use crate::body::UpstreamBody;
 use crate::config::ProxyConfig;
-use crate::router::Routing;
+use crate::observe::access_log::AccessLog;
+use crate::routing::router::Routing;
+use crate::upstream::body::UpstreamBody;
 
 /// What every request shares.
 pub(crate) struct Shared {
     pub(crate) routing: Routing,
     pub(crate) client: Client<HttpConnector, UpstreamBody>,
     /// Clients for routes with their own `connect_timeout_ms`.
-    pub(crate) route_clients: crate::limits::Clients,
+    pub(crate) route_clients: crate::upstream::pools::Clients,
     pub(crate) log: Arc<AccessLog>,
     pub(crate) config: ProxyConfig,
     /// Open WebSocket tunnels, closed at shutdown.
-    pub(crate) tunnels: Arc<crate::upgrade::Tunnels>,
-    pub(crate) tls: Arc<crate::tls::TlsState>,
+    pub(crate) tunnels: Arc<crate::upstream::upgrade::Tunnels>,
+    pub(crate) tls: Arc<crate::tls::certs::TlsState>,
     /// Set once a successor proxy serves (hitless upgrade): HTTP/1.1
     /// answers carry `Connection: close`, so clients move to new
     /// connections after a complete response instead of having an idle
     /// keep-alive connection closed under a request they are sending.
     pub(crate) closing: std::sync::atomic::AtomicBool,
     /// The workers' open connections, and their inboxes (`spread`).
-    pub(crate) spread: Arc<crate::spread::Spread>,
+    pub(crate) spread: Arc<crate::runtime::spread::Spread>,
 }
 
 impl Shared {
