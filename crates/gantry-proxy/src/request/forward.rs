@@ -117,6 +117,13 @@ pub(crate) fn https(over_tls: bool, req: &Request<RequestBody>) -> bool {
 /// headers in `security_headers`: the caller applies them to every answer
 /// of the route, the backend's or the proxy's own. (The caller, not a
 /// wrapper here: each async layer copies the request's state once more.)
+///
+/// The steps, each a function below: [`start`] (the guard, the request
+/// id), [`host_of`], phase 1 ([`select`], the route's policy checks, the
+/// set entered: [`enter_set`], [`pin_sticky`]), phase 2
+/// ([`rewrite_headers`]), phases 3 and 4 (a loop of [`pick`] and
+/// [`attempt`], a connect failure retried by [`connect_failed`]), then the
+/// answer ([`answer`]) or the proxy's own page ([`failure_page`]).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<RequestBody>,
@@ -134,57 +141,21 @@ pub(crate) async fn handle(
     // headers change, without copying it.
     let uri = parts.uri.clone();
     let path = uri.path();
-    let mut guard = Guard::new(
-        shared.log.clone(),
-        parts.method.clone(),
-        // Only the access log reads it.
-        if shared.log.enabled() {
-            path.to_string()
-        } else {
-            String::new()
-        },
-        peer.ip(),
-    );
-    let (request_id, new_id) = ensure_request_id(&mut parts.headers);
-    // The guard keeps these for the access log only.
-    let logging = shared.log.enabled();
-    if logging {
-        guard.request_id = request_id.clone();
-    }
-    // The answer's copy is marked sensitive: HPACK then sends it as a
-    // never-indexed literal. A value unique per request would otherwise be
-    // inserted into the h2 connection's header table on every answer, and
-    // each lookup walks every earlier id still in it.
-    let request_id_value = parts.headers.get(X_REQUEST_ID).map(|v| {
-        let mut v = v.clone();
-        v.set_sensitive(true);
-        v
-    });
-
-    // The Host header (a cheap clone of its value), else the URI authority
-    // (h2 `:authority`); a request with no or two hosts is refused.
-    let host_header = match request_host(parts.version, &parts.headers, &uri) {
-        Ok(v) => v,
-        Err(why) => {
-            shared.routing.registry.bad_requests.fetch_add(1, Relaxed);
-            let mut resp = page(StatusCode::BAD_REQUEST, &request_id, why, None, Some(guard));
-            close_after(&mut resp, parts.version);
-            return resp;
-        }
+    let (mut guard, id) = start(&shared, &mut parts, path, peer);
+    let (host, host_value) = match host_of(&shared, &parts, &uri) {
+        Ok(host) => host,
+        Err(why) => return bad_request(&id.request_id, why, guard, parts.version),
     };
-    let host = host_header
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let host_value = host_header.clone().filter(|_| !host.is_empty());
+    let host = host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
 
-    // Phase 1: route and set.
+    // Phase 1: route and set, the route's policy.
     let first = shared.routing.load();
     let later;
     let (mut route, mut set) = match select(&shared, &first, host, path) {
         Ok(chosen) => chosen,
-        Err(refusal) => return refusal.page(&request_id, guard),
+        Err(refusal) => return refusal.page(&id.request_id, guard),
     };
+    let logging = shared.log.enabled();
     if logging {
         guard.route = Some(route.id.clone());
     }
@@ -202,354 +173,106 @@ pub(crate) async fn handle(
             status,
             detail,
             retry_after,
-        } => {
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                // A declared body over `max_body`: the client's, bound for
-                // this set.
-                set.stats.record_client_error(ClientFault::BodyTooLarge);
-                let mut resp = page(status, &request_id, &detail, retry_after, Some(guard));
-                close_after(&mut resp, parts.version);
-                return resp;
-            }
-            return page(status, &request_id, &detail, retry_after, Some(guard));
-        }
+        } => return refuse(set, status, &detail, retry_after, &id, guard, parts.version),
+        // Boxed: a rare path; its state would make every request's larger.
         Check::CspReport => {
-            let reports = &route.policy.state.reports;
-            // Boxed: a rare path; its state would make every request's larger.
-            let received = Box::pin(receive(
-                reports,
-                &parts.method,
-                &parts.headers,
-                body,
-                peer.ip(),
-            ));
-            return match received.await {
-                Ok(_) => {
-                    guard.respond(204);
-                    let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
-                    *resp.status_mut() = StatusCode::NO_CONTENT;
-                    resp
-                }
-                Err((status, detail)) => {
-                    // The report's body may be left unread (too large, wrong
-                    // type): the connection then closes after this answer,
-                    // so say so; a client would otherwise reuse it.
-                    let mut resp = page(status, &request_id, &detail, None, Some(guard));
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    resp
-                }
-            };
+            return Box::pin(csp_report(route, &parts, body, peer, guard, &id)).await;
         }
     }
-    guard.enter_set(set.stats.clone());
-    if set.stats.is_retired() {
+    if !enter_set(&mut guard, set) {
         // The table was swapped between the load and the in-flight count:
         // route again on the new table, so that a set once reported
         // drained never gets another request.
-        guard.leave_set();
         later = shared.routing.load();
         (route, set) = match select(&shared, &later, host, path) {
             Ok(chosen) => chosen,
-            Err(refusal) => return refusal.page(&request_id, guard),
+            Err(refusal) => return refusal.page(&id.request_id, guard),
         };
         if logging {
             guard.route = Some(route.id.clone());
         }
         guard.enter_set(set.stats.clone());
     }
-    // Sticky sessions: the cookie may pin the set and the first instance.
-    let pinned = crate::routing::sticky::pinned(route, &parts.headers);
-    if let Some((s, _)) = pinned
-        && !std::ptr::eq(s, set)
-    {
-        guard.leave_set();
-        set = s;
-        guard.enter_set(set.stats.clone());
-    }
-    let pinned = pinned.map(|(_, i)| i);
-    let mut first = pinned;
+    let pinned = pin_sticky(route, &mut set, &mut guard, &parts.headers);
 
-    // Phase 2: headers. A WebSocket upgrade keeps its two hop-by-hop
-    // headers; compression looks at Accept-Encoding before it goes.
-    let mut upgrade = crate::upstream::upgrade::take(&mut parts);
-    let negotiated = route
-        .compress
-        .then(|| crate::upstream::compress::negotiate(&parts.method, &parts.headers));
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(u) = &upgrade {
-        u.restore(&mut parts.headers);
-    }
-    ensure_traceparent(&mut parts.headers, new_id.then_some(request_id.as_str()));
-    set_forwarded_values(
-        &mut parts.headers,
-        &peer_ip,
-        host_value.clone(),
-        if over_tls { "https" } else { "http" },
-        shared.config.trust_forwarded,
+    // Phase 2: headers.
+    let (mut upgrade, negotiated) = rewrite_headers(
+        &shared, route, &mut parts, &peer_ip, host_value, over_tls, &id,
     );
-    // After the hop-by-hop strip, which may have removed it.
-    if let Some(v) = host_value {
-        parts.headers.insert(header::HOST, v);
-    }
-    let path_and_query = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-
-    // Phases 3 and 4: pick an instance, send, retry a connect failure.
-    if !path_and_query.as_str().starts_with('/') {
-        // `*` (OPTIONS *) has no origin-form to forward.
-        let detail = format!("The request path `{path_and_query}` cannot be forwarded.");
+    let Some(path_and_query) = origin_form(&uri) else {
+        let detail = format!(
+            "The request path `{}` cannot be forwarded.",
+            uri.path_and_query().map_or("", |p| p.as_str())
+        );
         return page(
             StatusCode::BAD_REQUEST,
-            &request_id,
+            &id.request_id,
             &detail,
             None,
             Some(guard),
         );
-    }
+    };
+
+    // Phases 3 and 4: pick an instance, send, retry a connect failure.
     // A request without a body or upgrade takes the proxy's own HTTP/1.1
     // path on a worker (`http1_client`); others take hyper's client.
     let own_h1 = upgrade.is_none()
         && parts.method != Method::CONNECT
         && bodyless(&parts.headers, &body)
         && crate::upstream::http1_client::available();
-    let connect_timeout = route
-        .connect_timeout
-        .unwrap_or(shared.config.connect_timeout);
     let body = SharedBody::new(body, route.policy.max_body, shared.config.body_read_timeout);
     guard.request_body = Some(body.clone());
     let timeout = route.timeout.unwrap_or(shared.config.response_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
-    // The set was in the table when the request started, so when its drain
-    // timeout is not the shorter one (the default: both 30 s), it ends
-    // after the response deadline: no need to watch it.
-    let watch_drain = shared.config.drain_timeout < timeout;
+    let send = Attempts {
+        shared: &shared,
+        route,
+        set,
+        own_h1,
+        connect_timeout: route
+            .connect_timeout
+            .unwrap_or(shared.config.connect_timeout),
+        timeout,
+        deadline: tokio::time::Instant::now() + timeout,
+        // The set was in the table when the request started, so when its
+        // drain timeout is not the shorter one (the default: both 30 s), it
+        // ends after the response deadline: no need to watch it.
+        watch_drain: shared.config.drain_timeout < timeout,
+        path: &path_and_query,
+        body: &body,
+    };
     // The instances tried so far (pushed on a retry only: the common
     // request allocates nothing for it).
     let mut tried = Vec::new();
+    let mut first = pinned;
     let mut last_failure = None;
     while let Some(i) = first.take().or_else(|| pick(&set.instances, &tried)) {
         let instance = &set.instances[i];
         let lease = instance.lease();
-        // Others than the common request (own client, no drain watch) are
-        // boxed: their state would make every request's future larger, and
-        // it is copied when it starts.
-        let result = if own_h1 && !watch_drain {
-            tokio::time::timeout_at(
-                deadline,
-                send_h1(instance, connect_timeout, &parts, &path_and_query),
-            )
-            .await
-            .unwrap_or(Err(Failure::Timeout))
-        } else {
-            let last_try = tried.len() + 1 >= set.instances.len();
-            let exchange = async {
-                if own_h1 {
-                    return send_h1(instance, connect_timeout, &parts, &path_and_query).await;
-                }
-                // This worker's own pool (`upstream::pools`).
-                let client = crate::upstream::pools::client(&shared, route.connect_timeout);
-                let body = UpstreamBody::new(body.clone(), set.stats.clone());
-                send_hyper(
-                    &client,
-                    instance,
-                    &mut parts,
-                    &path_and_query,
-                    body,
-                    last_try,
-                )
-                .await
-            };
-            let drain = async {
-                if watch_drain {
-                    drain_deadline(set.stats.retired(), shared.config.drain_timeout).await
-                } else {
-                    std::future::pending().await
-                }
-            };
-            Box::pin(async {
-                let mut exchange = std::pin::pin!(exchange);
-                let mut drain = std::pin::pin!(drain);
-                let mut due = deadline;
-                loop {
-                    tokio::select! {
-                        r = &mut exchange => break r,
-                        _ = &mut drain => break Err(Failure::Drained),
-                        _ = tokio::time::sleep_until(due) => {
-                            // The response timeout counts from the request
-                            // body's last move: a body still streaming is
-                            // not the backend's delay.
-                            match body.response_due(timeout) {
-                                Some(later) if later > tokio::time::Instant::now() => due = later,
-                                _ => break Err(Failure::Timeout),
-                            }
-                        }
-                    }
-                }
-            })
-            .await
-        };
-        // A failure while the client broke its body, or while the proxy
-        // had long been waiting for the client's body, is the client's.
-        let result = match result {
-            Err(Failure::Connect(why)) => Err(Failure::Connect(why)),
-            Err(failure) => match client_fault(&body, &failure) {
-                Some(fault) => Err(Failure::Client(fault)),
-                None => Err(failure),
-            },
-            ok => ok,
-        };
-        match result {
+        let last_try = tried.len() + 1 >= set.instances.len();
+        match send.attempt(instance, &mut parts, last_try).await {
             Ok(resp) => {
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
-                let mut resp = resp;
-                // Upgrades always take hyper's client (`own_h1` is false).
-                if let Some(up) = upgrade.take() {
-                    let (head, body) = resp.into_parts();
-                    resp = match body {
-                        Upstream::Hyper(incoming) => {
-                            let drain = crate::upstream::upgrade::Drain {
-                                retired: set.stats.retired(),
-                                grace: shared.config.websocket_drain_grace,
-                                tunnels: shared.tunnels.clone(),
-                            };
-                            let stats = set.stats.clone();
-                            let resp = Response::from_parts(head, incoming);
-                            match up.answer(resp, guard, stats, request_id_value.as_ref(), drain) {
-                                Ok(answer) => return answer,
-                                Err((r, g)) => {
-                                    guard = g;
-                                    r.map(Upstream::Hyper)
-                                }
-                            }
-                        }
-                        other => Response::from_parts(head, other),
-                    };
-                }
-                let mut response = respond(resp, guard, request_id_value.as_ref());
-                if let Some(n) = negotiated
-                    && let Some(coding) = crate::upstream::compress::prepare(&mut response, n)
-                {
-                    response = response.map(|b| b.compress(coding));
-                }
-                if route.sticky.is_some() && pinned != Some(i) {
-                    crate::routing::sticky::remember(response.headers_mut(), set, i, https);
-                }
-                return response;
+                let sticky = (route.sticky.is_some() && pinned != Some(i)).then_some(i);
+                let (resp, g) = match upgrade.take() {
+                    Some(up) => match tunnel(&shared, set, up, resp, guard, &id) {
+                        Ok(answer) => return answer,
+                        Err(back) => back,
+                    },
+                    None => (resp, guard),
+                };
+                return answer(resp, g, &id, negotiated, set, sticky, https);
             }
             Err(Failure::Connect(why)) => {
-                let ejected = instance.connect_failed(
-                    shared.config.eject_after_failures,
-                    shared.config.eject_cooloff,
-                );
-                tracing::warn!(
-                    route = %route.id, set = %set.name, instance = %instance.addr,
-                    request_id = %request_id, ejected, error = %why,
-                    "cannot connect to backend instance"
-                );
-                last_failure = Some(format!(
-                    "Cannot connect to any instance of set `{}` of route `{}`.",
-                    set.name, route.id
-                ));
+                last_failure = Some(connect_failed(&shared, &send, instance, &id, &why));
                 if !(idempotent(&parts.method) && body.untouched()) {
                     break;
                 }
                 tried.push(i);
             }
-            Err(Failure::Client(fault)) => {
-                let (status, detail) = match fault {
-                    ClientFault::BodyTooLarge => {
-                        route.policy.state.body_too_large.fetch_add(1, Relaxed);
-                        (
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!(
-                                "The request body is larger than route `{}` accepts ({} bytes).",
-                                route.id,
-                                route.policy.max_body.unwrap_or_default()
-                            ),
-                        )
-                    }
-                    ClientFault::BadFraming => (
-                        StatusCode::BAD_REQUEST,
-                        "The request body's framing is broken (chunked encoding).".to_string(),
-                    ),
-                    ClientFault::IncompleteBody => (
-                        StatusCode::BAD_REQUEST,
-                        "The request body ended before it was complete.".to_string(),
-                    ),
-                    ClientFault::BodyTimeout => (
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!(
-                            "The request body did not arrive in time (at most {} ms between \
-                             its bytes).",
-                            shared.config.body_read_timeout.as_millis()
-                        ),
-                    ),
-                };
-                tracing::debug!(
-                    route = %route.id, set = %set.name, request_id = %request_id,
-                    reason = fault.label(), "the client broke its request"
-                );
-                guard.instance = Some(instance.addr);
-                guard.client_error(fault);
-                let mut resp = page(status, &request_id, &detail, None, Some(guard));
-                // The rest of the body, if any, is not read: the connection
-                // cannot carry another request.
-                close_after(&mut resp, parts.version);
-                return resp;
-            }
-            Err(Failure::Other(why)) => {
-                tracing::warn!(
-                    route = %route.id, set = %set.name, instance = %instance.addr,
-                    request_id = %request_id, error = %why, "backend request failed"
-                );
-                let detail = format!(
-                    "The backend (set `{}` of route `{}`) broke off the request.",
-                    set.name, route.id
-                );
-                guard.instance = Some(instance.addr);
-                return page(
-                    StatusCode::BAD_GATEWAY,
-                    &request_id,
-                    &detail,
-                    None,
-                    Some(guard),
-                );
-            }
-            Err(Failure::Timeout) => {
-                let detail = format!(
-                    "The backend (set `{}` of route `{}`) did not answer within {} ms.",
-                    set.name,
-                    route.id,
-                    timeout.as_millis()
-                );
-                guard.instance = Some(instance.addr);
-                return page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &request_id,
-                    &detail,
-                    None,
-                    Some(guard),
-                );
-            }
-            Err(Failure::Drained) => {
-                let detail = format!(
-                    "Set `{}` of route `{}` was removed and did not answer within the drain \
-                     timeout.",
-                    set.name, route.id
-                );
-                guard.instance = Some(instance.addr);
-                return page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &request_id,
-                    &detail,
-                    None,
-                    Some(guard),
-                );
+            Err(failure) => {
+                return failure_page(&send, failure, instance.addr, &id, guard, parts.version);
             }
         }
     }
@@ -561,11 +284,491 @@ pub(crate) async fn handle(
     });
     page(
         StatusCode::BAD_GATEWAY,
-        &request_id,
+        &id.request_id,
         &detail,
         None,
         Some(guard),
     )
+}
+
+/// The request's id, as the backend gets it and the answer carries it.
+struct Ids {
+    request_id: String,
+    /// The proxy made the id (the client sent none).
+    new_id: bool,
+    /// The answer's copy, marked sensitive: HPACK then sends it as a
+    /// never-indexed literal. A value unique per request would otherwise be
+    /// inserted into the h2 connection's header table on every answer, and
+    /// each lookup walks every earlier id still in it.
+    answer: Option<HeaderValue>,
+}
+
+/// The request's guard (in flight, access log) and its id, made when
+/// absent.
+fn start(
+    shared: &Shared,
+    parts: &mut hyper::http::request::Parts,
+    path: &str,
+    peer: SocketAddr,
+) -> (Guard, Ids) {
+    let logging = shared.log.enabled();
+    let mut guard = Guard::new(
+        shared.log.clone(),
+        parts.method.clone(),
+        // Only the access log reads it.
+        if logging {
+            path.to_string()
+        } else {
+            String::new()
+        },
+        peer.ip(),
+    );
+    let (request_id, new_id) = ensure_request_id(&mut parts.headers);
+    // The guard keeps it for the access log only.
+    if logging {
+        guard.request_id = request_id.clone();
+    }
+    let answer = parts.headers.get(X_REQUEST_ID).map(|v| {
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        v
+    });
+    (
+        guard,
+        Ids {
+            request_id,
+            new_id,
+            answer,
+        },
+    )
+}
+
+/// The Host header (a cheap clone of its value), else the URI authority
+/// (h2 `:authority`), and the same as the value the backend gets (none
+/// when empty); a request with no or two hosts is refused (counted in
+/// `bad_requests`).
+#[allow(clippy::type_complexity)]
+fn host_of(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    uri: &Uri,
+) -> Result<(Option<HeaderValue>, Option<HeaderValue>), &'static str> {
+    match request_host(parts.version, &parts.headers, uri) {
+        Ok(header) => {
+            let value = header
+                .clone()
+                .filter(|v| !v.to_str().unwrap_or("").is_empty());
+            Ok((header, value))
+        }
+        Err(why) => {
+            shared.routing.registry.bad_requests.fetch_add(1, Relaxed);
+            Err(why)
+        }
+    }
+}
+
+/// 400 before routing.
+fn bad_request(
+    request_id: &str,
+    why: &str,
+    guard: Guard,
+    version: Version,
+) -> Response<ResponseBody> {
+    let mut resp = page(StatusCode::BAD_REQUEST, request_id, why, None, Some(guard));
+    close_after(&mut resp, version);
+    resp
+}
+
+/// The route's policy refused the request.
+fn refuse(
+    set: &CompiledSet,
+    status: StatusCode,
+    detail: &str,
+    retry_after: Option<u64>,
+    id: &Ids,
+    guard: Guard,
+    version: Version,
+) -> Response<ResponseBody> {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // A declared body over `max_body`: the client's, bound for this
+        // set.
+        set.stats.record_client_error(ClientFault::BodyTooLarge);
+        let mut resp = page(status, &id.request_id, detail, retry_after, Some(guard));
+        close_after(&mut resp, version);
+        return resp;
+    }
+    page(status, &id.request_id, detail, retry_after, Some(guard))
+}
+
+/// `POST /_gantry/csp-report`: the proxy takes the report itself.
+async fn csp_report(
+    route: &CompiledRoute,
+    parts: &hyper::http::request::Parts,
+    body: RequestBody,
+    peer: SocketAddr,
+    mut guard: Guard,
+    id: &Ids,
+) -> Response<ResponseBody> {
+    let reports = &route.policy.state.reports;
+    match receive(reports, &parts.method, &parts.headers, body, peer.ip()).await {
+        Ok(_) => {
+            guard.respond(204);
+            let mut resp = Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
+        Err((status, detail)) => {
+            // The report's body may be left unread (too large, wrong type):
+            // the connection then closes after this answer, so say so; a
+            // client would otherwise reuse it.
+            let mut resp = page(status, &id.request_id, &detail, None, Some(guard));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
+/// Counts the request in flight on `set`; false (and not counted) when the
+/// set was retired meanwhile.
+fn enter_set(guard: &mut Guard, set: &CompiledSet) -> bool {
+    guard.enter_set(set.stats.clone());
+    if set.stats.is_retired() {
+        guard.leave_set();
+        return false;
+    }
+    true
+}
+
+/// Sticky sessions: the cookie may pin the set (the request moves to it)
+/// and the first instance, which is returned.
+fn pin_sticky<'r>(
+    route: &'r CompiledRoute,
+    set: &mut &'r CompiledSet,
+    guard: &mut Guard,
+    headers: &hyper::HeaderMap,
+) -> Option<usize> {
+    let (s, i) = crate::routing::sticky::pinned(route, headers)?;
+    if !std::ptr::eq(s, *set) {
+        guard.leave_set();
+        *set = s;
+        guard.enter_set(s.stats.clone());
+    }
+    Some(i)
+}
+
+/// Phase 2: the request's headers as the backend gets them. A WebSocket
+/// upgrade keeps its two hop-by-hop headers (returned, for the answer);
+/// compression looks at Accept-Encoding before it goes.
+fn rewrite_headers(
+    shared: &Shared,
+    route: &CompiledRoute,
+    parts: &mut hyper::http::request::Parts,
+    peer_ip: &HeaderValue,
+    host_value: Option<HeaderValue>,
+    over_tls: bool,
+    id: &Ids,
+) -> (
+    Option<crate::upstream::upgrade::Upgrade>,
+    Option<crate::upstream::compress::Negotiated>,
+) {
+    let upgrade = crate::upstream::upgrade::take(parts);
+    let negotiated = route
+        .compress
+        .then(|| crate::upstream::compress::negotiate(&parts.method, &parts.headers));
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.restore(&mut parts.headers);
+    }
+    ensure_traceparent(
+        &mut parts.headers,
+        id.new_id.then_some(id.request_id.as_str()),
+    );
+    set_forwarded_values(
+        &mut parts.headers,
+        peer_ip,
+        host_value.clone(),
+        if over_tls { "https" } else { "http" },
+        shared.config.trust_forwarded,
+    );
+    // After the hop-by-hop strip, which may have removed it.
+    if let Some(v) = host_value {
+        parts.headers.insert(header::HOST, v);
+    }
+    (upgrade, negotiated)
+}
+
+/// The path and query the backend gets; `None` for `*` (OPTIONS *), which
+/// has no origin-form to forward.
+fn origin_form(uri: &Uri) -> Option<PathAndQuery> {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    pq.as_str().starts_with('/').then_some(pq)
+}
+
+/// What every attempt of one request shares.
+struct Attempts<'a> {
+    shared: &'a Shared,
+    route: &'a CompiledRoute,
+    set: &'a CompiledSet,
+    own_h1: bool,
+    connect_timeout: Duration,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    watch_drain: bool,
+    path: &'a PathAndQuery,
+    body: &'a Arc<SharedBody>,
+}
+
+impl Attempts<'_> {
+    /// Phase 4: one attempt on `instance`, with the response timeout (from
+    /// the request body's last move) and the drain deadline. A failure
+    /// while the client broke its body, or while the proxy had long been
+    /// waiting for the client's body, is the client's.
+    async fn attempt(
+        &self,
+        instance: &Instance,
+        parts: &mut hyper::http::request::Parts,
+        last_try: bool,
+    ) -> Result<Response<Upstream>, Failure> {
+        // Others than the common request (own client, no drain watch) are
+        // boxed: their state would make every request's future larger, and
+        // it is copied when it starts.
+        let result = if self.own_h1 && !self.watch_drain {
+            tokio::time::timeout_at(
+                self.deadline,
+                send_h1(instance, self.connect_timeout, parts, self.path),
+            )
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+        } else {
+            Box::pin(self.watched(instance, parts, last_try)).await
+        };
+        match result {
+            Err(Failure::Connect(why)) => Err(Failure::Connect(why)),
+            Err(failure) => match client_fault(self.body, &failure) {
+                Some(fault) => Err(Failure::Client(fault)),
+                None => Err(failure),
+            },
+            ok => ok,
+        }
+    }
+
+    /// An attempt over hyper's client, or one that watches the drain
+    /// deadline.
+    async fn watched(
+        &self,
+        instance: &Instance,
+        parts: &mut hyper::http::request::Parts,
+        last_try: bool,
+    ) -> Result<Response<Upstream>, Failure> {
+        let (shared, set, body) = (self.shared, self.set, self.body);
+        let exchange = async {
+            if self.own_h1 {
+                return send_h1(instance, self.connect_timeout, parts, self.path).await;
+            }
+            // This worker's own pool (`upstream::pools`).
+            let client = crate::upstream::pools::client(shared, self.route.connect_timeout);
+            let body = UpstreamBody::new(body.clone(), set.stats.clone());
+            send_hyper(&client, instance, parts, self.path, body, last_try).await
+        };
+        let drain = async {
+            if self.watch_drain {
+                drain_deadline(set.stats.retired(), shared.config.drain_timeout).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let mut exchange = std::pin::pin!(exchange);
+        let mut drain = std::pin::pin!(drain);
+        let mut due = self.deadline;
+        loop {
+            tokio::select! {
+                r = &mut exchange => break r,
+                _ = &mut drain => break Err(Failure::Drained),
+                _ = tokio::time::sleep_until(due) => {
+                    // The response timeout counts from the request body's
+                    // last move: a body still streaming is not the
+                    // backend's delay.
+                    match body.response_due(self.timeout) {
+                        Some(later) if later > tokio::time::Instant::now() => due = later,
+                        _ => break Err(Failure::Timeout),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connect failure: counted toward the instance's ejection and logged;
+/// the detail of the 502 if no other instance takes the request.
+fn connect_failed(
+    shared: &Shared,
+    send: &Attempts<'_>,
+    instance: &Instance,
+    id: &Ids,
+    why: &str,
+) -> String {
+    let (route, set) = (send.route, send.set);
+    let ejected = instance.connect_failed(
+        shared.config.eject_after_failures,
+        shared.config.eject_cooloff,
+    );
+    tracing::warn!(
+        route = %route.id, set = %set.name, instance = %instance.addr,
+        request_id = %id.request_id, ejected, error = %why,
+        "cannot connect to backend instance"
+    );
+    format!(
+        "Cannot connect to any instance of set `{}` of route `{}`.",
+        set.name, route.id
+    )
+}
+
+/// The backend switched protocols on an upgrade request: the tunnel
+/// answers (and keeps the guard), or the answer comes back, to be sent as
+/// an ordinary response. Upgrades always take hyper's client (`own_h1` is
+/// false).
+#[allow(clippy::result_large_err)]
+fn tunnel(
+    shared: &Shared,
+    set: &CompiledSet,
+    up: crate::upstream::upgrade::Upgrade,
+    resp: Response<Upstream>,
+    guard: Guard,
+    id: &Ids,
+) -> Result<Response<ResponseBody>, (Response<Upstream>, Guard)> {
+    let (head, body) = resp.into_parts();
+    let Upstream::Hyper(incoming) = body else {
+        return Err((Response::from_parts(head, body), guard));
+    };
+    let drain = crate::upstream::upgrade::Drain {
+        retired: set.stats.retired(),
+        grace: shared.config.websocket_drain_grace,
+        tunnels: shared.tunnels.clone(),
+    };
+    let stats = set.stats.clone();
+    let resp = Response::from_parts(head, incoming);
+    match up.answer(resp, guard, stats, id.answer.as_ref(), drain) {
+        Ok(answer) => Ok(answer),
+        Err((r, g)) => Err((r.map(Upstream::Hyper), g)),
+    }
+}
+
+/// The backend's answer on its way back: hop-by-hop headers out, the
+/// request id in, compressed when negotiated, the sticky cookie when the
+/// instance `sticky` is not the one the client is pinned to.
+fn answer(
+    resp: Response<Upstream>,
+    guard: Guard,
+    id: &Ids,
+    negotiated: Option<crate::upstream::compress::Negotiated>,
+    set: &CompiledSet,
+    sticky: Option<usize>,
+    https: bool,
+) -> Response<ResponseBody> {
+    let mut response = respond(resp, guard, id.answer.as_ref());
+    if let Some(n) = negotiated
+        && let Some(coding) = crate::upstream::compress::prepare(&mut response, n)
+    {
+        response = response.map(|b| b.compress(coding));
+    }
+    if let Some(i) = sticky {
+        crate::routing::sticky::remember(response.headers_mut(), set, i, https);
+    }
+    response
+}
+
+/// The proxy's own page for a failed attempt (not a connect failure).
+fn failure_page(
+    send: &Attempts<'_>,
+    failure: Failure,
+    instance: SocketAddr,
+    id: &Ids,
+    mut guard: Guard,
+    version: Version,
+) -> Response<ResponseBody> {
+    let (shared, route, set) = (send.shared, send.route, send.set);
+    guard.instance = Some(instance);
+    let request_id = id.request_id.as_str();
+    let (status, detail) = match failure {
+        Failure::Client(fault) => {
+            let (status, detail) = match fault {
+                ClientFault::BodyTooLarge => {
+                    route.policy.state.body_too_large.fetch_add(1, Relaxed);
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "The request body is larger than route `{}` accepts ({} bytes).",
+                            route.id,
+                            route.policy.max_body.unwrap_or_default()
+                        ),
+                    )
+                }
+                ClientFault::BadFraming => (
+                    StatusCode::BAD_REQUEST,
+                    "The request body's framing is broken (chunked encoding).".to_string(),
+                ),
+                ClientFault::IncompleteBody => (
+                    StatusCode::BAD_REQUEST,
+                    "The request body ended before it was complete.".to_string(),
+                ),
+                ClientFault::BodyTimeout => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "The request body did not arrive in time (at most {} ms between \
+                         its bytes).",
+                        shared.config.body_read_timeout.as_millis()
+                    ),
+                ),
+            };
+            tracing::debug!(
+                route = %route.id, set = %set.name, request_id = %request_id,
+                reason = fault.label(), "the client broke its request"
+            );
+            guard.client_error(fault);
+            let mut resp = page(status, request_id, &detail, None, Some(guard));
+            // The rest of the body, if any, is not read: the connection
+            // cannot carry another request.
+            close_after(&mut resp, version);
+            return resp;
+        }
+        Failure::Other(why) => {
+            tracing::warn!(
+                route = %route.id, set = %set.name, instance = %instance,
+                request_id = %request_id, error = %why, "backend request failed"
+            );
+            (
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "The backend (set `{}` of route `{}`) broke off the request.",
+                    set.name, route.id
+                ),
+            )
+        }
+        Failure::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "The backend (set `{}` of route `{}`) did not answer within {} ms.",
+                set.name,
+                route.id,
+                send.timeout.as_millis()
+            ),
+        ),
+        Failure::Drained => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "Set `{}` of route `{}` was removed and did not answer within the drain \
+                 timeout.",
+                set.name, route.id
+            ),
+        ),
+        // Retried or answered by the caller.
+        Failure::Connect(why) => (StatusCode::BAD_GATEWAY, why),
+    };
+    page(status, request_id, &detail, None, Some(guard))
 }
 
 /// One attempt over the proxy's own HTTP/1.1 client (`http1_client`).
