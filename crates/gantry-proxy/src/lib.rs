@@ -181,7 +181,7 @@ mod upstream;
 
 pub use admin::client::{AdminClient, AdminClientError};
 pub use config::{AcmeChallenge, ProxyConfig};
-pub use error::{ProxyError, TableError};
+pub use error::{HandoffError, ProxyError, TableError, TlsError};
 pub use observe::stats::{
     ClassCounts, ClientErrorCounts, DrainStatus, InstanceSnapshot, LatencySummary,
     SetStatsSnapshot, StatsSnapshot,

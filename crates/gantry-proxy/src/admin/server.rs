@@ -73,7 +73,8 @@ pub(crate) async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Respons
                     StatusCode::OK,
                     &serde_json::json!({ "old_pid": old_pid, "new_pid": new_pid }),
                 ),
-                Err(why) => {
+                Err(e) => {
+                    let why = crate::error::chain(&e);
                     tracing::error!(error = %why, "upgrade failed; this proxy keeps serving");
                     error(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,8 +190,9 @@ async fn put_table(admin: &Admin, body: Incoming) -> Response<Full<Bytes>> {
     match saved {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot persist the routing table; not applied");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            let why = crate::error::chain(&e);
+            tracing::error!(error = %why, "cannot persist the routing table; not applied");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, why);
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

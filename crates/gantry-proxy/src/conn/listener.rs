@@ -287,7 +287,9 @@ fn before_routing(shared: &Shared, req: &Request<RequestBody>) -> Option<Respons
     Some(resp)
 }
 
-/// `host:port` → `host`; `[::1]:80` → `[::1]`.
+/// `host:port` → `host`; `[::1]:80` → `[::1]`: the host as it goes into
+/// the redirect URL (an IPv6 literal keeps its brackets there, which
+/// `gantry_common::split_host_port` takes off).
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
@@ -304,5 +306,7 @@ mod tests {
         assert_eq!(strip_port("a.example:8080"), "a.example");
         assert_eq!(strip_port("a.example"), "a.example");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("a.example:"), "a.example");
     }
 }

@@ -403,20 +403,20 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn set_stats(&self, route: &str, set: &str) -> Arc<SetStats> {
-        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sets = gantry_common::lock(&self.sets);
         sets.entry((route.to_string(), set.to_string()))
             .or_insert_with(|| Arc::new(SetStats::new(route, set)))
             .clone()
     }
 
     pub(crate) fn get(&self, route: &str, set: &str) -> Option<Arc<SetStats>> {
-        let sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let sets = gantry_common::lock(&self.sets);
         sets.get(&(route.to_string(), set.to_string())).cloned()
     }
 
     /// Every set, sorted by route then set.
     pub(crate) fn all(&self) -> Vec<Arc<SetStats>> {
-        let sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let sets = gantry_common::lock(&self.sets);
         let mut all: Vec<_> = sets.values().cloned().collect();
         drop(sets);
         all.sort_by(|a, b| (&a.route, &a.set).cmp(&(&b.route, &b.set)));

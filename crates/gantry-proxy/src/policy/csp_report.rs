@@ -118,7 +118,7 @@ impl Reports {
 
     /// Everything kept, for the admin API.
     pub(crate) fn snapshot(&self, route: &str) -> CspReports {
-        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = gantry_common::lock(&self.kept);
         let mut violations: Vec<CspViolation> = kept.violations.values().cloned().collect();
         let reports = kept.recent.iter().cloned().collect();
         let other_violations = kept.other;
@@ -142,7 +142,7 @@ impl Reports {
     }
 
     fn store(&self, reports: Vec<CspReport>) {
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = gantry_common::lock(&self.kept);
         for mut r in reports {
             let v = Summary::of(&r.report, r.format == "csp-report");
             let key = (v.directive.clone(), v.blocked_uri.clone(), v.page.clone());

@@ -55,7 +55,7 @@ pub(crate) struct PolicyRegistry {
 
 impl PolicyRegistry {
     pub(crate) fn route(&self, id: &str) -> Arc<RouteState> {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = gantry_common::lock(&self.routes);
         routes
             .entry(id.to_string())
             .or_insert_with(|| {
@@ -71,12 +71,12 @@ impl PolicyRegistry {
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<RouteState>> {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = gantry_common::lock(&self.routes);
         routes.get(id).cloned()
     }
 
     fn all(&self) -> Vec<Arc<RouteState>> {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = gantry_common::lock(&self.routes);
         let mut all: Vec<_> = routes.values().cloned().collect();
         drop(routes);
         all.sort_by(|a, b| a.id.cmp(&b.id));

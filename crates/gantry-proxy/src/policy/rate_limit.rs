@@ -97,7 +97,7 @@ impl Limiter {
     /// is available.
     pub(crate) fn check(&self, ip: IpAddr, rate: &RateLimit, now: Instant) -> Result<(), u64> {
         let shard = &self.shards[self.hasher.hash_one(ip) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = gantry_common::lock(shard);
         if !map.contains_key(&ip) && map.len() >= self.capacity {
             map.retain(|_, b| !b.is_full(rate, now));
             if map.len() >= self.capacity
@@ -125,7 +125,7 @@ impl Limiter {
     fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| gantry_common::lock(s).len())
             .sum()
     }
 }

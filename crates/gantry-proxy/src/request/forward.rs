@@ -793,8 +793,8 @@ async fn send_h1(
     .await
     {
         Ok(resp) => Ok(resp.map(Upstream::H1)),
-        Err(e) if e.is_connect() => Err(Failure::Connect(e.to_string())),
-        Err(e) => Err(Failure::Other(e.to_string())),
+        Err(e) if e.is_connect() => Err(Failure::Connect(crate::error::chain(&e))),
+        Err(e) => Err(Failure::Other(crate::error::chain(&e))),
     }
 }
 
@@ -825,8 +825,8 @@ async fn send_hyper(
     };
     match client.request(upstream).await {
         Ok(resp) => Ok(resp.map(Upstream::Hyper)),
-        Err(e) if e.is_connect() => Err(Failure::Connect(error_chain(&e))),
-        Err(e) => Err(Failure::Other(error_chain(&e))),
+        Err(e) if e.is_connect() => Err(Failure::Connect(crate::error::chain(&e))),
+        Err(e) => Err(Failure::Other(crate::error::chain(&e))),
     }
 }
 
@@ -897,15 +897,4 @@ fn respond(
     parts.version = Version::default();
     guard.respond(parts.status.as_u16());
     Response::from_parts(parts, ResponseBody::upstream(body, guard))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use crate::observe::stats::InstanceSnapshot;
 use crate::runtime::shard::Sharded;
 
+/// Milliseconds on the proxy's own monotonic clock (not
+/// `gantry_common::now_ms`, the wall clock): an ejection's cool-off must
+/// not stretch or end early when the system time is set, and the value
+/// fits an `AtomicU64` with 0 kept free for "not ejected".
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     // +1 so that 0 can mean "not ejected".
@@ -111,7 +115,7 @@ pub(crate) struct Instances {
 
 impl Instances {
     pub(crate) fn get(&self, addr: SocketAddr) -> Arc<Instance> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = gantry_common::lock(&self.map);
         map.entry(addr)
             .or_insert_with(|| Arc::new(Instance::new(addr)))
             .clone()
@@ -121,7 +125,7 @@ impl Instances {
 impl Instances {
     /// Every instance seen, sorted by address.
     pub(crate) fn snapshot(&self) -> Vec<InstanceSnapshot> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let map = gantry_common::lock(&self.map);
         let all: Vec<Arc<Instance>> = map.values().cloned().collect();
         drop(map);
         let now = now_ms();

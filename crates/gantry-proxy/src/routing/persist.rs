@@ -1,8 +1,8 @@
 //! The routing table on disk: `<state_dir>/table.json`, replaced
-//! atomically (write a temp file, fsync, rename, fsync the directory), so a
-//! crash leaves either the old or the new table, never half of one.
+//! atomically (`gantry_common::write_atomic`: write a temp file, fsync,
+//! rename, fsync the directory), so a crash leaves either the old or the
+//! new table, never half of one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::ProxyError;
@@ -25,25 +25,17 @@ pub(crate) fn load(state_dir: &Path) -> Result<Table, ProxyError> {
     Table::from_json(&bytes).map_err(|source| ProxyError::BadTable { path, source })
 }
 
+/// Replaces the persisted table with `table`, durably
+/// (`gantry_common::write_atomic`).
 pub(crate) fn save(state_dir: &Path, table: &Table) -> Result<(), ProxyError> {
     let path = table_path(state_dir);
-    let tmp = state_dir.join(format!(".{FILE}.tmp"));
-    let write_err = |source| ProxyError::WriteTable {
+    let mut json = serde_json::to_vec_pretty(table).map_err(|e| ProxyError::WriteTable {
         path: path.clone(),
-        source,
-    };
-    let mut json = serde_json::to_vec_pretty(table).map_err(|e| write_err(e.into()))?;
+        source: e.into(),
+    })?;
     json.push(b'\n');
-    let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
-    f.write_all(&json).map_err(write_err)?;
-    f.sync_all().map_err(write_err)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(write_err)?;
-    if let Ok(dir) = std::fs::File::open(state_dir) {
-        // Makes the rename durable; not all filesystems support it.
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    gantry_common::write_atomic(&path, &json, 0o644)
+        .map_err(|source| ProxyError::WriteTable { path, source })
 }
 
 #[cfg(test)]

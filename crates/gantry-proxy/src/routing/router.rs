@@ -199,6 +199,12 @@ impl Router {
 
 /// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`. Borrows when
 /// the host is already in that form (the common case: no copy per request).
+///
+/// Not `gantry_common::split_host_port`: routing drops whatever follows the
+/// last `:` of a name, port or not (`example.com:` has an empty port, which
+/// RFC 3986 allows, and still routes to `example.com`), and keeps an IPv6
+/// literal's brackets, so that no part of one can match a `*.suffix`
+/// route (`[::ffff:1.2.3.4]` never matches `*.2.3.4`).
 pub(crate) fn normalize_request_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
         match host.find(']') {
@@ -335,6 +341,38 @@ mod tests {
         assert_eq!(id(&r, "a.b.example.com", "/").as_deref(), Some("any"));
         assert_eq!(id(&r, "example.com", "/").as_deref(), Some("any"));
         assert_eq!(id(&r, "[::1]:8080", "/").as_deref(), Some("any"));
+        assert_eq!(id(&r, "app.example.com:", "/").as_deref(), Some("exact"));
+        assert_eq!(
+            id(&r, "app.example.com.:443", "/").as_deref(),
+            Some("exact")
+        );
+    }
+
+    #[test]
+    fn ipv6_literals_route_with_and_without_a_port() {
+        let rt = routing(vec![
+            route("wild", &["*.2.3.4"], "/"),
+            route("exact", &["1.2.3.4"], "/"),
+        ]);
+        let r = rt.load();
+        // Only `*` routes an IPv6 literal; none here.
+        for host in [
+            "[::1]:8080",
+            "[::1]",
+            "[::ffff:1.2.3.4]:80",
+            "[::ffff:1.2.3.4]",
+        ] {
+            assert_eq!(id(&r, host, "/"), None, "{host}");
+        }
+        assert_eq!(id(&r, "1.2.3.4:80", "/").as_deref(), Some("exact"));
+        let rt = routing(vec![route("any", &["*"], "/")]);
+        let r = rt.load();
+        for host in ["[::1]:8080", "[::1]", "[fe80::1%25eth0]:80"] {
+            assert_eq!(id(&r, host, "/").as_deref(), Some("any"), "{host}");
+        }
+        assert_eq!(normalize_request_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_request_host("[::1]"), "[::1]");
+        assert_eq!(normalize_request_host("[::1"), "[::1");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::error::ProxyError;
+use crate::error::{HandoffError, ProxyError};
 
 const INHERIT_ENV: &str = "GANTRY_PROXY_INHERIT";
 const READY_ENV: &str = "GANTRY_PROXY_READY";
@@ -66,46 +66,45 @@ pub(crate) fn inherited(plain: usize, tls: usize) -> Result<Option<Inherited>, P
     let Ok(spec) = std::env::var(INHERIT_ENV) else {
         return Ok(None);
     };
-    let err = |reason: String| ProxyError::Upgrade { reason };
+    let err = |source: HandoffError| ProxyError::Upgrade { source };
     let counts = spec
         .split_once(',')
         .and_then(|(p, t)| Some((p.parse::<usize>().ok()?, t.parse::<usize>().ok()?)));
     let Some((p, t)) = counts else {
-        return Err(err(format!(
-            "{INHERIT_ENV}=`{spec}` is not `<plain>,<tls>`"
-        )));
+        return Err(err(HandoffError::Spec { spec }));
     };
     if (p, t) != (plain, tls) {
-        return Err(err(format!(
-            "the previous proxy handed over {p} plain and {t} TLS listeners, but this one is \
-             configured with {plain} and {tls}"
-        )));
+        return Err(err(HandoffError::Counts {
+            plain: p,
+            tls: t,
+            want_plain: plain,
+            want_tls: tls,
+        }));
     }
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() != p + t + 1 {
-        return Err(err(format!(
-            "expected {} inherited sockets (LISTEN_FDS), got {}",
-            p + t + 1,
-            fds.len()
-        )));
+        return Err(err(HandoffError::FdCount {
+            expected: p + t + 1,
+            got: fds.len(),
+        }));
     }
     let mut traffic = Vec::new();
     for i in 0..p + t {
         let l = fds
             .take_tcp_listener(i)
-            .map_err(|e| err(format!("inherited socket {i}: {e}")))?
-            .ok_or_else(|| err(format!("inherited socket {i} is missing")))?;
+            .map_err(|source| err(HandoffError::Socket { index: i, source }))?
+            .ok_or_else(|| err(HandoffError::MissingSocket { index: i }))?;
         l.set_nonblocking(true)
-            .map_err(|e| err(format!("inherited socket {i}: {e}")))?;
+            .map_err(|source| err(HandoffError::Socket { index: i, source }))?;
         traffic.push(l);
     }
     let admin = fds
         .take_unix_listener(p + t)
-        .map_err(|e| err(format!("inherited admin socket: {e}")))?
-        .ok_or_else(|| err("the inherited admin socket is missing".into()))?;
+        .map_err(|source| err(HandoffError::AdminSocket { source }))?
+        .ok_or_else(|| err(HandoffError::MissingAdminSocket))?;
     admin
         .set_nonblocking(true)
-        .map_err(|e| err(format!("inherited admin socket: {e}")))?;
+        .map_err(|source| err(HandoffError::AdminSocket { source }))?;
     Ok(Some(Inherited { traffic, admin }))
 }
 
@@ -168,7 +167,7 @@ impl Upgrade {
     /// accepting: the kernel then refuses new connections instead of
     /// queueing them for nobody (a successor holds its own copies).
     pub(crate) fn close_sockets(&self) {
-        self.fds.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        gantry_common::lock(&self.fds).clear();
     }
 
     pub(crate) fn handed_over(&self) -> bool {
@@ -177,22 +176,20 @@ impl Upgrade {
 
     /// Starts the successor and waits until it serves; then marks this
     /// process as handed over. Returns (old pid, new pid).
-    pub(crate) async fn start(&self) -> Result<(u32, u32), String> {
-        let _one = self
-            .lock
-            .try_lock()
-            .map_err(|_| "an upgrade is already running".to_string())?;
+    pub(crate) async fn start(&self) -> Result<(u32, u32), HandoffError> {
+        let _one = self.lock.try_lock().map_err(|_| HandoffError::Running)?;
         if self.handed_over() {
-            return Err("this proxy has already handed over to a new process".into());
+            return Err(HandoffError::HandedOver);
         }
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the proxy's own binary: {e}"))?;
+        let exe = std::env::current_exe().map_err(|source| HandoffError::OwnBinary { source })?;
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let old_pid = std::process::id();
         let notify_path = self.state_dir.join(format!("upgrade-{old_pid}.sock"));
         let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixListener::bind(&notify_path)
-            .map_err(|e| format!("cannot bind {}: {e}", notify_path.display()))?;
+        let notify = UnixListener::bind(&notify_path).map_err(|source| HandoffError::Bind {
+            path: notify_path.clone(),
+            source,
+        })?;
         let result = self.spawn_and_wait(exe, args, &notify, &notify_path).await;
         let _ = std::fs::remove_file(&notify_path);
         let new_pid = result?;
@@ -206,19 +203,20 @@ impl Upgrade {
         args: Vec<OsString>,
         notify: &UnixListener,
         notify_path: &std::path::Path,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, HandoffError> {
         let mut mappings = Vec::new();
         {
-            let fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
+            let fds = gantry_common::lock(&self.fds);
             if fds.is_empty() {
-                return Err("this proxy is shutting down".into());
+                return Err(HandoffError::ShuttingDown);
             }
             for (i, fd) in fds.iter().enumerate() {
                 mappings.push(FdMapping {
                     parent_fd: fd
                         .try_clone()
-                        .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?,
-                    child_fd: 3 + i32::try_from(i).map_err(|e| e.to_string())?,
+                        .map_err(|source| HandoffError::Dup { source })?,
+                    // A handful of sockets: far below i32::MAX.
+                    child_fd: 3 + i32::try_from(i).unwrap_or(i32::MAX - 3),
                 });
             }
         }
@@ -231,10 +229,11 @@ impl Upgrade {
             .env(READY_ENV, notify_path)
             .stdin(Stdio::null());
         cmd.fd_mappings(mappings)
-            .map_err(|e| format!("cannot pass the sockets: {e}"))?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            .map_err(|source| HandoffError::PassSockets { source })?;
+        let mut child = cmd.spawn().map_err(|source| HandoffError::Spawn {
+            exe: exe.clone(),
+            source,
+        })?;
         let new_pid = child.id();
         tracing::info!(new_pid, exe = %exe.display(), "upgrade: new proxy started; waiting until it serves");
         let ready = async {
@@ -254,15 +253,12 @@ impl Upgrade {
         let outcome = tokio::select! {
             r = tokio::time::timeout(READY_TIMEOUT, ready) => match r {
                 Ok(Ok(line)) if line.trim() == format!("ready {new_pid}") => Ok(new_pid),
-                Ok(Ok(line)) => Err(format!("unexpected readiness message {line:?}")),
-                Ok(Err(e)) => Err(format!("waiting for the new proxy: {e}")),
-                Err(_) => Err(format!("the new proxy (pid {new_pid}) was not ready within {READY_TIMEOUT:?}")),
+                Ok(Ok(line)) => Err(HandoffError::Readiness { line }),
+                Ok(Err(source)) => Err(HandoffError::Wait { source }),
+                Err(_) => Err(HandoffError::NotReady { pid: new_pid, timeout: READY_TIMEOUT }),
             },
             status = exited => {
-                return Err(format!(
-                    "the new proxy (pid {new_pid}) exited before it was ready ({status}); \
-                     see its log; this proxy keeps serving"
-                ));
+                return Err(HandoffError::Exited { pid: new_pid, status });
             }
         };
         if outcome.is_err() {

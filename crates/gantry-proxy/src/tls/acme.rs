@@ -13,14 +13,14 @@
 //! On disk, under `<state_dir>/acme/`: `account.json` (the account key and
 //! URL, with the directory it belongs to; mode 0600), and per host
 //! `<host>.crt` (the PEM chain) and `<host>.key` (mode 0600). Files are
-//! replaced atomically (temp file, rename).
+//! replaced atomically (`gantry_common::write_atomic`: temp file, fsync,
+//! rename, fsync the directory).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -44,10 +44,9 @@ struct StoredAccount {
     credentials: AccountCredentials,
 }
 
+/// Seconds since the Unix epoch, as certificate validity is told.
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    gantry_common::now_ms() / 1000
 }
 
 /// Whether a certificate valid `not_before..not_after` should be renewed.
@@ -59,30 +58,87 @@ fn due(not_before: i64, not_after: i64, renew_before: Option<Duration>, now: i64
     not_after.saturating_sub(now) < margin
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+/// Why a certificate could not be obtained (logged; the order is retried
+/// with backoff).
+#[derive(Debug, thiserror::Error)]
+enum AcmeError {
+    #[error("cannot create {}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use the ACME CA root {}", path.display())]
+    CaRoot {
+        path: PathBuf,
+        source: instant_acme::Error,
+    },
+    #[error("cannot build the ACME client")]
+    Client { source: instant_acme::Error },
+    #[error("cannot restore the ACME account")]
+    Restore { source: instant_acme::Error },
+    #[error("cannot create an ACME account at {directory}")]
+    CreateAccount {
+        directory: String,
+        source: instant_acme::Error,
+    },
+    #[error("cannot encode the ACME account")]
+    EncodeAccount { source: serde_json::Error },
+    #[error("cannot save the ACME account to {}", path.display())]
+    SaveAccount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A step of the order (RFC 8555 section 7.4) the server refused.
+    #[error("{step}")]
+    Order {
+        step: &'static str,
+        source: instant_acme::Error,
+    },
+    #[error("authorization is {status}")]
+    Authorization { status: String },
+    #[error("the ACME server offers no {kind} challenge")]
+    NoChallenge { kind: String },
+    #[error("the order is {status}{detail}")]
+    OrderState { status: String, detail: String },
+    #[error("the issued certificate is not usable")]
+    Unusable { source: PemError },
+    #[error("cannot save the certificate to {}", path.display())]
+    SaveCertificate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make the TLS-ALPN-01 certificate")]
+    AlpnCertificate { source: rcgen::Error },
+    #[error("cannot use the TLS-ALPN-01 key")]
+    AlpnKey { source: rustls::Error },
 }
 
-fn load_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, String> {
+/// A PEM chain and key (issued, or persisted) that cannot be served.
+#[derive(Debug, thiserror::Error)]
+enum PemError {
+    #[error("the chain is not valid PEM")]
+    Chain {
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no certificate in the chain")]
+    NoCertificate,
+    #[error("the key is not valid PEM")]
+    Key {
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error(transparent)]
+    Certified(#[from] crate::error::TlsError),
+}
+
+fn load_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, PemError> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| PemError::Chain { source })?;
     if chain.is_empty() {
-        return Err("no certificate in the chain".into());
+        return Err(PemError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
-    certified(chain, key)
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| PemError::Key { source })?;
+    Ok(certified(chain, key)?)
 }
 
 struct Manager {
@@ -136,7 +192,8 @@ pub(crate) async fn run(tls: Arc<TlsState>, config: ProxyConfig, mut stop: watch
                     tracing::info!(%host, %serial, "ACME certificate obtained");
                     m.retry.remove(host);
                 }
-                Err(why) => {
+                Err(e) => {
+                    let why = crate::error::chain(&e);
                     let backoff = m
                         .retry
                         .get(host)
@@ -174,29 +231,35 @@ impl Manager {
                 tracing::info!(%host, serial = %loaded.info.serial, "persisted ACME certificate loaded");
                 self.tls.set_acme_cert(host, loaded);
             }
-            Err(why) => {
-                tracing::warn!(%host, path = %crt.display(), error = %why, "persisted ACME certificate unusable; ordering a new one")
+            Err(e) => {
+                let error = crate::error::chain(&e);
+                tracing::warn!(%host, path = %crt.display(), %error, "persisted ACME certificate unusable; ordering a new one")
             }
         }
     }
 
-    fn ensure_dir(&self) -> Result<(), String> {
+    fn ensure_dir(&self) -> Result<(), AcmeError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))
+            .map_err(|source| AcmeError::Dir {
+                path: self.dir.clone(),
+                source,
+            })
     }
 
-    async fn account(&mut self, email: Option<&str>) -> Result<Account, String> {
+    async fn account(&mut self, email: Option<&str>) -> Result<Account, AcmeError> {
         if let Some(a) = &self.account {
             return Ok(a.clone());
         }
         self.ensure_dir()?;
         let builder = || match &self.config.acme_ca_root {
-            Some(root) => Account::builder_with_root(root)
-                .map_err(|e| format!("cannot use the ACME CA root {}: {e}", root.display())),
-            None => Account::builder().map_err(|e| format!("cannot build the ACME client: {e}")),
+            Some(root) => Account::builder_with_root(root).map_err(|source| AcmeError::CaRoot {
+                path: root.clone(),
+                source,
+            }),
+            None => Account::builder().map_err(|source| AcmeError::Client { source }),
         };
         let path = self.dir.join("account.json");
         let directory = self.config.acme_directory.clone();
@@ -206,7 +269,7 @@ impl Manager {
                     let account = builder()?
                         .from_credentials(stored.credentials)
                         .await
-                        .map_err(|e| format!("cannot restore the ACME account: {e}"))?;
+                        .map_err(|source| AcmeError::Restore { source })?;
                     self.account = Some(account.clone());
                     return Ok(account);
                 }
@@ -231,14 +294,17 @@ impl Manager {
                 None,
             )
             .await
-            .map_err(|e| format!("cannot create an ACME account at {directory}: {e}"))?;
+            .map_err(|source| AcmeError::CreateAccount {
+                directory: directory.clone(),
+                source,
+            })?;
         let json = serde_json::to_vec_pretty(&StoredAccount {
             directory,
             credentials,
         })
-        .map_err(|e| e.to_string())?;
-        write_file(&path, &json, 0o600)
-            .map_err(|e| format!("cannot save the ACME account to {}: {e}", path.display()))?;
+        .map_err(|source| AcmeError::EncodeAccount { source })?;
+        gantry_common::write_atomic(&path, &json, 0o600)
+            .map_err(|source| AcmeError::SaveAccount { path, source })?;
         tracing::info!(id = account.id(), "ACME account created");
         self.account = Some(account.clone());
         Ok(account)
@@ -246,7 +312,7 @@ impl Manager {
 
     /// Orders, validates, fetches and installs a certificate for `host`;
     /// returns its serial.
-    async fn obtain(&mut self, host: &str, email: Option<&str>) -> Result<String, String> {
+    async fn obtain(&mut self, host: &str, email: Option<&str>) -> Result<String, AcmeError> {
         let account = self.account(email).await?;
         let mut tokens = Vec::new();
         let result = self.order(&account, host, &mut tokens).await;
@@ -256,12 +322,12 @@ impl Manager {
         self.tls.set_alpn_challenge(host, None);
         let (chain_pem, key_pem) = result?;
         let loaded = load_pem(chain_pem.as_bytes(), key_pem.as_bytes())
-            .map_err(|e| format!("the issued certificate is not usable: {e}"))?;
+            .map_err(|source| AcmeError::Unusable { source })?;
         self.ensure_dir()?;
         let (crt, key) = self.cert_paths(host);
-        write_file(&key, key_pem.as_bytes(), 0o600)
-            .and_then(|()| write_file(&crt, chain_pem.as_bytes(), 0o644))
-            .map_err(|e| format!("cannot save the certificate to {}: {e}", crt.display()))?;
+        gantry_common::write_atomic(&key, key_pem.as_bytes(), 0o600)
+            .and_then(|()| gantry_common::write_atomic(&crt, chain_pem.as_bytes(), 0o644))
+            .map_err(|source| AcmeError::SaveCertificate { path: crt, source })?;
         let serial = loaded.info.serial.clone();
         self.tls.set_acme_cert(host, loaded);
         Ok(serial)
@@ -272,27 +338,39 @@ impl Manager {
         account: &Account,
         host: &str,
         tokens: &mut Vec<String>,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), AcmeError> {
         let ids = [Identifier::Dns(host.to_string())];
         let mut order = account
             .new_order(&NewOrder::new(&ids))
             .await
-            .map_err(|e| format!("new order: {e}"))?;
+            .map_err(|source| AcmeError::Order {
+                step: "new order",
+                source,
+            })?;
         let kind = match self.config.acme_challenge {
             AcmeChallenge::Http01 => ChallengeType::Http01,
             AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         };
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
-            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            let mut authz = authz.map_err(|source| AcmeError::Order {
+                step: "authorization",
+                source,
+            })?;
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => return Err(format!("authorization is {other:?}")),
+                other => {
+                    return Err(AcmeError::Authorization {
+                        status: format!("{other:?}"),
+                    });
+                }
             }
             let mut ch = authz
                 .challenge(kind.clone())
-                .ok_or_else(|| format!("the ACME server offers no {kind:?} challenge"))?;
+                .ok_or_else(|| AcmeError::NoChallenge {
+                    kind: format!("{kind:?}"),
+                })?;
             let ka = ch.key_authorization();
             match kind {
                 ChallengeType::TlsAlpn01 => {
@@ -305,15 +383,19 @@ impl Manager {
                         .set_http_challenge(&ch.token, Some(ka.as_str().to_string()));
                 }
             }
-            ch.set_ready()
-                .await
-                .map_err(|e| format!("challenge ready: {e}"))?;
+            ch.set_ready().await.map_err(|source| AcmeError::Order {
+                step: "challenge ready",
+                source,
+            })?;
         }
         let retries = RetryPolicy::default().timeout(Duration::from_secs(120));
         let status = order
             .poll_ready(&retries)
             .await
-            .map_err(|e| format!("waiting for validation: {e}"))?;
+            .map_err(|source| AcmeError::Order {
+                step: "waiting for validation",
+                source,
+            })?;
         if status != OrderStatus::Ready {
             let detail = order
                 .state()
@@ -321,16 +403,23 @@ impl Manager {
                 .as_ref()
                 .map(|p| format!(": {p:?}"))
                 .unwrap_or_default();
-            return Err(format!("the order is {status:?}{detail}"));
+            return Err(AcmeError::OrderState {
+                status: format!("{status:?}"),
+                detail,
+            });
         }
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(|e| format!("finalize: {e}"))?;
-        let chain_pem = order
-            .poll_certificate(&retries)
-            .await
-            .map_err(|e| format!("certificate: {e}"))?;
+        let key_pem = order.finalize().await.map_err(|source| AcmeError::Order {
+            step: "finalize",
+            source,
+        })?;
+        let chain_pem =
+            order
+                .poll_certificate(&retries)
+                .await
+                .map_err(|source| AcmeError::Order {
+                    step: "certificate",
+                    source,
+                })?;
         Ok((chain_pem, key_pem))
     }
 }
@@ -341,15 +430,15 @@ impl Manager {
 fn alpn_challenge_cert(
     host: &str,
     digest: &[u8],
-) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let err = |e: rcgen::Error| format!("cannot make the TLS-ALPN-01 certificate: {e}");
+) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
+    let err = |source: rcgen::Error| AcmeError::AlpnCertificate { source };
     let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).map_err(err)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let cert = params.self_signed(&key).map_err(err)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("cannot use the TLS-ALPN-01 key: {e}"))?;
+        .map_err(|source| AcmeError::AlpnKey { source })?;
     // Not `certified`: its key check parses the certificate with webpki,
     // which refuses the critical acmeIdentifier extension.
     Ok(Arc::new(rustls::sign::CertifiedKey::new(

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TlsError};
 use crate::routing::table::{Route, RouteTls, Table};
 use crate::tls::x509::{CertInfo, cert_info};
 
@@ -136,38 +136,35 @@ fn server_config(
 
 /// Reads a PEM chain and key and checks that they belong together. The
 /// error names the file at fault.
-pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<Loaded, String> {
-    let read = |p: &Path, what: &str| {
-        std::fs::read(p).map_err(|e| format!("cannot read the {what} file `{}`: {e}", p.display()))
+pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
+    let read = |p: &Path, what: &'static str| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            what,
+            path: p.to_path_buf(),
+            source,
+        })
     };
     let cert_pem = read(cert, "certificate")?;
     let key_pem = read(key, "private key")?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            format!(
-                "the certificate file `{}` is not valid PEM: {e}",
-                cert.display()
-            )
+        .map_err(|source| TlsError::CertPem {
+            path: cert.to_path_buf(),
+            source,
         })?;
     if chain.is_empty() {
-        return Err(format!(
-            "the certificate file `{}` has no `BEGIN CERTIFICATE` block",
-            cert.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!(
-            "the private key file `{}` has no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
-            key.display()
-        )
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::KeyPem {
+        path: key.to_path_buf(),
+        source,
     })?;
-    certified(chain, key_der).map_err(|e| {
-        format!(
-            "the private key file `{}` does not fit the certificate file `{}`: {e}",
-            key.display(),
-            cert.display()
-        )
+    certified(chain, key_der).map_err(|e| TlsError::Mismatch {
+        key: key.to_path_buf(),
+        cert: cert.to_path_buf(),
+        source: Box::new(e),
     })
 }
 
@@ -175,13 +172,16 @@ pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<Loaded, String> {
 pub(crate) fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<Loaded, String> {
-    let info = cert_info(&chain[0]).ok_or("the first certificate is not valid X.509 DER")?;
+) -> Result<Loaded, TlsError> {
+    let info = chain
+        .first()
+        .and_then(|c| cert_info(c))
+        .ok_or(TlsError::NotX509)?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("unsupported key: {e}"))?;
+        .map_err(|source| TlsError::UnsupportedKey { source })?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match()
-        .map_err(|e| format!("key and certificate do not match: {e}"))?;
+        .map_err(|source| TlsError::KeysDiffer { source })?;
     Ok(Loaded {
         key: Arc::new(ck),
         info,
@@ -202,8 +202,8 @@ pub(crate) fn validate_route_tls(at: &str, route: &Route, problems: &mut Vec<Str
                     return;
                 }
             }
-            if let Err(why) = load_files(cert, key) {
-                problems.push(format!("{at}: tls: {why}"));
+            if let Err(e) = load_files(cert, key) {
+                problems.push(format!("{at}: tls: {}", crate::error::chain(&e)));
             }
         }
         Some(RouteTls::Acme { .. }) => {
@@ -224,12 +224,12 @@ impl TlsState {
     pub(crate) fn new(config: &ProxyConfig) -> Result<TlsState, ProxyError> {
         let default = match (&config.tls_default_cert, &config.tls_default_key) {
             (Some(c), Some(k)) => Some(Arc::new(
-                load_files(c, k).map_err(|reason| ProxyError::Tls { reason })?,
+                load_files(c, k).map_err(|source| ProxyError::Tls { source })?,
             )),
             (None, None) => None,
             _ => {
                 return Err(ProxyError::Tls {
-                    reason: "give both the default certificate and its key, or neither".into(),
+                    source: TlsError::DefaultPair,
                 });
             }
         };
@@ -241,8 +241,8 @@ impl TlsState {
             Arc::new(Resolver(certs.clone())),
             vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         )
-        .map_err(|e| ProxyError::Tls {
-            reason: e.to_string(),
+        .map_err(|source| ProxyError::Tls {
+            source: TlsError::Config { source },
         })?;
         Ok(TlsState {
             certs,
@@ -274,8 +274,9 @@ impl TlsState {
                         }
                     }
                     // Validated when the table was set; the files changed since.
-                    Err(why) => {
-                        tracing::error!(route = %route.id, error = %why, "TLS certificate not loaded")
+                    Err(e) => {
+                        let error = crate::error::chain(&e);
+                        tracing::error!(route = %route.id, %error, "TLS certificate not loaded")
                     }
                 },
                 Some(RouteTls::Acme { email }) => {

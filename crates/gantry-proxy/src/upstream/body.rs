@@ -265,7 +265,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let shared = &*this.shared;
-        let mut slot = shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = gantry_common::lock(&shared.slot);
         let Some(inner) = slot.as_mut() else {
             return Poll::Ready(None);
         };
@@ -322,7 +322,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = gantry_common::lock(&self.shared.slot);
         match slot.as_ref() {
             Some(b) if b.is_end_stream() => {
                 self.shared.finished.store(true, Relaxed);
@@ -335,7 +335,7 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = gantry_common::lock(&self.shared.slot);
         slot.as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }

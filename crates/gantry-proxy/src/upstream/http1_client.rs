@@ -72,20 +72,20 @@ const READ_SIZE: usize = 16 << 10;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     /// No connection could be made: another instance may take the request.
-    #[error("tcp connect error: {0}")]
-    Connect(io::Error),
+    #[error("tcp connect error")]
+    Connect(#[source] io::Error),
     #[error("tcp connect error: timed out after {0:?}")]
     ConnectTimeout(Duration),
     /// The request could not be written: the backend got nothing usable
     /// (at most an incomplete head), so any method may be sent again.
-    #[error("the backend connection failed while sending the request: {0}")]
-    Unsent(io::Error),
+    #[error("the backend connection failed while sending the request")]
+    Unsent(#[source] io::Error),
     /// The connection broke before any byte of the answer came back.
-    #[error("the backend closed the connection before answering: {0}")]
-    Closed(io::Error),
+    #[error("the backend closed the connection before answering")]
+    Closed(#[source] io::Error),
     /// The backend's answer is not valid HTTP/1.x.
-    #[error("invalid answer from the backend: {0}")]
-    Protocol(String),
+    #[error("invalid answer from the backend")]
+    Protocol(#[from] Invalid),
 }
 
 impl Error {
@@ -94,12 +94,43 @@ impl Error {
     }
 }
 
-fn protocol(why: impl Into<String>) -> Error {
-    Error::Protocol(why.into())
-}
-
-fn head_too_large() -> Error {
-    protocol(format!("the response head is larger than {MAX_HEAD} bytes"))
+/// What is wrong with a backend's answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Invalid {
+    #[error("the response head does not parse")]
+    Head(#[source] httparse::Error),
+    #[error("invalid header name `{0}`")]
+    HeaderName(String),
+    #[error("the response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the connection closed inside the response head")]
+    ClosedInHead,
+    #[error("reading the response head")]
+    ReadHead(#[source] io::Error),
+    #[error("101 Switching Protocols to a request without an upgrade")]
+    Switching,
+    #[error("invalid status {0}")]
+    Status(u16),
+    #[error("invalid value of header `{0}`")]
+    HeaderValue(HeaderName),
+    #[error("an HTTP/1.0 answer with Transfer-Encoding")]
+    Http10TransferEncoding,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("conflicting Content-Length values")]
+    ConflictingLengths,
+    #[error("empty Content-Length")]
+    EmptyContentLength,
+    #[error("chunk-size line too long")]
+    ChunkLineTooLong,
+    #[error("invalid chunk size `{0}`")]
+    ChunkSize(String),
+    #[error("missing CRLF after chunk data")]
+    ChunkEnd,
+    #[error("trailer section larger than {MAX_HEAD} bytes")]
+    TrailersTooLarge,
+    #[error("invalid trailer section")]
+    Trailers(#[source] httparse::Error),
 }
 
 // === the pool ===
@@ -351,14 +382,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, Error> {
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(protocol(format!("{e}"))),
+        Err(e) => return Err(Invalid::Head(e).into()),
     };
     let base = buf.as_ptr().addr();
     let mut fields = Vec::with_capacity(r.headers.len());
     let (mut te, mut cl, mut close, mut keep_alive) = (false, false, false, false);
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| protocol(format!("invalid header name `{}`", h.name)))?;
+            .map_err(|_| Invalid::HeaderName(h.name.to_string()))?;
         if name == header::TRANSFER_ENCODING {
             te = true;
         } else if name == header::CONTENT_LENGTH {
@@ -405,10 +436,10 @@ async fn exchange(mut conn: Conn, wire: &[u8], head_only: bool) -> Result<Respon
             Ok(0) if !answered => {
                 return Err(Error::Closed(io::ErrorKind::UnexpectedEof.into()));
             }
-            Ok(0) => return Err(protocol("the connection closed inside the response head")),
+            Ok(0) => return Err(Invalid::ClosedInHead.into()),
             Ok(_) => answered = true,
             Err(e) if !answered => return Err(Error::Closed(e)),
-            Err(e) => return Err(protocol(format!("reading the response head: {e}"))),
+            Err(e) => return Err(Invalid::ReadHead(e).into()),
         }
     };
     let AnswerHead {
@@ -448,9 +479,9 @@ fn final_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Error> {
             Some(p) if (100..200).contains(&p.status) && p.status != 101 => {
                 let _ = buf.split_to(p.len);
             }
-            Some(p) if p.len > MAX_HEAD => return Err(head_too_large()),
+            Some(p) if p.len > MAX_HEAD => return Err(Invalid::HeadTooLarge.into()),
             Some(p) => return Ok(Some(p)),
-            None if buf.len() > MAX_HEAD => return Err(head_too_large()),
+            None if buf.len() > MAX_HEAD => return Err(Invalid::HeadTooLarge.into()),
             None => return Ok(None),
         }
     }
@@ -469,12 +500,9 @@ struct AnswerHead {
 /// headers and body framing (RFC 9112 section 6.3).
 fn answer_head(buf: &mut BytesMut, parsed: Parsed, head_only: bool) -> Result<AnswerHead, Error> {
     if parsed.status == 101 {
-        return Err(protocol(
-            "101 Switching Protocols to a request without an upgrade",
-        ));
+        return Err(Invalid::Switching.into());
     }
-    let status = StatusCode::from_u16(parsed.status)
-        .map_err(|_| protocol(format!("invalid status {}", parsed.status)))?;
+    let status = StatusCode::from_u16(parsed.status).map_err(|_| Invalid::Status(parsed.status))?;
     let raw = buf.split_to(parsed.len).freeze();
     // Room for what the proxy adds to an answer (request id, security
     // headers, a sticky cookie) without growing the map.
@@ -482,7 +510,7 @@ fn answer_head(buf: &mut BytesMut, parsed: Parsed, head_only: bool) -> Result<An
     let (te, cl) = (parsed.transfer_encoding, parsed.content_length);
     for (name, start, end) in parsed.fields {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
-            .map_err(|_| protocol(format!("invalid value of header `{name}`")))?;
+            .map_err(|_| Invalid::HeaderValue(name.clone()))?;
         headers.append(name, value);
     }
 
@@ -496,7 +524,7 @@ fn answer_head(buf: &mut BytesMut, parsed: Parsed, head_only: bool) -> Result<An
             Framing::Len(0)
         } else if te && parsed.http10 {
             // RFC 9112 section 6.1: the framing is faulty (hyper refuses it too).
-            return Err(protocol("an HTTP/1.0 answer with Transfer-Encoding"));
+            return Err(Invalid::Http10TransferEncoding.into());
         } else if te {
             if cl {
                 keep_alive = false; // both: Transfer-Encoding wins, then close
@@ -537,14 +565,14 @@ fn content_length(headers: &HeaderMap) -> Result<u64, Error> {
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| protocol("invalid Content-Length"))?;
+                .ok_or(Invalid::ContentLength)?;
             if found.is_some_and(|f| f != n) {
-                return Err(protocol("conflicting Content-Length values"));
+                return Err(Invalid::ConflictingLengths.into());
             }
             found = Some(n);
         }
     }
-    found.ok_or_else(|| protocol("empty Content-Length"))
+    Ok(found.ok_or(Invalid::EmptyContentLength)?)
 }
 
 // === the response body ===
@@ -719,14 +747,14 @@ enum Decoded {
 
 impl Chunked {
     /// Takes the next item from the front of `buf`.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, String> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Invalid> {
         loop {
             match self.state {
                 ChunkState::Size => {
                     let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
                     let Some(nl) = window.iter().position(|b| *b == b'\n') else {
                         if buf.len() >= MAX_CHUNK_LINE {
-                            return Err("chunk-size line too long".into());
+                            return Err(Invalid::ChunkLineTooLong);
                         }
                         return Ok(Decoded::More);
                     };
@@ -741,9 +769,8 @@ impl Chunked {
                         || digits.len() > 15
                         || !digits.iter().all(u8::is_ascii_hexdigit)
                     {
-                        return Err(format!(
-                            "invalid chunk size `{}`",
-                            String::from_utf8_lossy(digits)
+                        return Err(Invalid::ChunkSize(
+                            String::from_utf8_lossy(digits).into_owned(),
                         ));
                     }
                     let size = digits.iter().fold(0u64, |n, d| {
@@ -777,7 +804,7 @@ impl Chunked {
                     } else if buf.is_empty() || buf[..] == b"\r"[..] {
                         return Ok(Decoded::More);
                     } else {
-                        return Err("missing CRLF after chunk data".into());
+                        return Err(Invalid::ChunkEnd);
                     }
                     self.state = ChunkState::Size;
                 }
@@ -808,10 +835,10 @@ impl Chunked {
                             Ok(Decoded::Trailers(map))
                         }
                         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                            Err(format!("trailer section larger than {MAX_HEAD} bytes"))
+                            Err(Invalid::TrailersTooLarge)
                         }
                         Ok(httparse::Status::Partial) => Ok(Decoded::More),
-                        Err(e) => Err(format!("invalid trailer section: {e}")),
+                        Err(e) => Err(Invalid::Trailers(e)),
                     };
                 }
                 ChunkState::Done => return Ok(Decoded::End),
@@ -848,18 +875,18 @@ pub(crate) fn fuzz_answer(data: &[u8], head_only: bool) -> Option<(u16, usize)> 
 }
 
 /// The chunked decoder on `data` fed `step` bytes at a time: the data
-/// bytes of a complete body, or the error (or `ran out of input`).
-pub(crate) fn fuzz_chunked(data: &[u8], step: usize) -> Result<usize, String> {
+/// bytes of a complete body; `None` for a broken or incomplete one.
+pub(crate) fn fuzz_chunked(data: &[u8], step: usize) -> Option<usize> {
     let mut c = Chunked::default();
     let mut buf = BytesMut::new();
     let mut rest = data;
     let mut n = 0;
     loop {
-        match c.decode(&mut buf)? {
+        match c.decode(&mut buf).ok()? {
             Decoded::Data(d) => n += d.len(),
             Decoded::Trailers(_) => {}
-            Decoded::End => return Ok(n),
-            Decoded::More if rest.is_empty() => return Err("ran out of input".into()),
+            Decoded::End => return Some(n),
+            Decoded::More if rest.is_empty() => return None,
             Decoded::More => {
                 let (now, later) = rest.split_at(step.max(1).min(rest.len()));
                 buf.extend_from_slice(now);
@@ -881,7 +908,7 @@ mod tests {
         let mut trailers = None;
         let mut fed = 0;
         loop {
-            match c.decode(&mut buf)? {
+            match c.decode(&mut buf).map_err(|e| e.to_string())? {
                 Decoded::Data(d) => data.extend_from_slice(&d),
                 Decoded::Trailers(t) => trailers = Some(t),
                 Decoded::End => return Ok((data, trailers)),

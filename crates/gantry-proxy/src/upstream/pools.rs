@@ -46,7 +46,7 @@ pub(crate) struct Clients {
 
 impl Clients {
     pub(crate) fn get(&self, config: &ProxyConfig, connect_timeout: Duration) -> UpstreamClient {
-        let mut map = self.by_timeout.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = gantry_common::lock(&self.by_timeout);
         map.entry(connect_timeout)
             .or_insert_with(|| upstream_client(config, connect_timeout))
             .clone()
