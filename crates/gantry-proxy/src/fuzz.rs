@@ -72,7 +72,7 @@ fn compile_table(data: &[u8]) -> Option<usize> {
         .iter()
         .flat_map(|r| r.hosts.iter().cloned())
         .collect();
-    let routing = crate::routing::router::Routing::new(table);
+    let routing = crate::routing::router::Routing::new(table, std::time::Duration::ZERO);
     let router = routing.load();
     Some(
         hosts

@@ -271,6 +271,8 @@ pub(crate) struct SetStats {
     window: Window,
     /// `true` while the set is absent from the current table.
     retired_now: AtomicBool,
+    /// When it left the table (`clock()` in ms, + 1); 0 while in it.
+    retired_at: AtomicU64,
     /// The same, to wait on: one channel per shard, so a request's wait
     /// touches only its own worker's channel.
     retired: Sharded<watch::Sender<bool>>,
@@ -284,6 +286,7 @@ impl SetStats {
             counters: Sharded::default(),
             window: Window::new(),
             retired_now: AtomicBool::new(false),
+            retired_at: AtomicU64::new(0),
             retired: Sharded::new_with(|| watch::Sender::new(false)),
         }
     }
@@ -348,6 +351,12 @@ impl SetStats {
     }
 
     pub(crate) fn set_retired(&self, retired: bool) {
+        if !retired {
+            self.retired_at.store(0, Relaxed);
+        } else if self.retired_at.load(Relaxed) == 0 {
+            let now = u64::try_from(clock().as_millis()).unwrap_or(u64::MAX - 1);
+            self.retired_at.store(now + 1, Relaxed);
+        }
         self.retired_now.store(retired, SeqCst);
         for tx in self.retired.iter() {
             tx.send_if_modified(|r| {
@@ -360,6 +369,17 @@ impl SetStats {
 
     pub(crate) fn is_retired(&self) -> bool {
         self.retired_now.load(SeqCst)
+    }
+
+    /// Out of the table for `grace` at least, with nothing in flight: its
+    /// counters may go ([`Registry::prune`]).
+    fn done_with(&self, grace: Duration) -> bool {
+        let at = self.retired_at.load(Relaxed);
+        if at == 0 || !self.is_retired() {
+            return false;
+        }
+        let out_for = clock().saturating_sub(Duration::from_millis(at - 1));
+        out_for >= grace && self.in_flight() == 0
     }
 
     /// Changes of [`SetStats::is_retired`], on this worker's channel.
@@ -389,8 +409,18 @@ impl SetStats {
 
 // === impl Registry ===
 
-/// All sets ever seen, by (route, set). Locked only on table swaps and
-/// admin reads, never per request: the compiled table holds the `Arc`s.
+/// The sets of the table and those that left it lately, by (route, set).
+/// Locked only on table swaps and admin reads, never per request: the
+/// compiled table holds the `Arc`s.
+///
+/// A set that left the table keeps its counters while it drains and for a
+/// grace period after (`retired_stats_grace`, 5 min by default), so the
+/// control plane still reads them at the drain and in its last analysis;
+/// then [`Registry::prune`] drops it, and with it its series in
+/// `/metrics` (a Prometheus server sees it as a target's series going
+/// away, as when an instance is replaced). A set that comes back into the
+/// table later starts from zero. So every deploy's set leaves again and
+/// the registry stays as large as the table.
 #[derive(Default)]
 pub(crate) struct Registry {
     sets: Mutex<HashMap<(String, String), Arc<SetStats>>>,
@@ -407,6 +437,21 @@ impl Registry {
         sets.entry((route.to_string(), set.to_string()))
             .or_insert_with(|| Arc::new(SetStats::new(route, set)))
             .clone()
+    }
+
+    /// Drops the sets that have been out of the table for `grace` and
+    /// have nothing in flight; how many went.
+    pub(crate) fn prune(&self, grace: Duration) -> usize {
+        let mut sets = gantry_common::lock(&self.sets);
+        let before = sets.len();
+        sets.retain(|_, s| !s.done_with(grace));
+        before - sets.len()
+    }
+
+    /// Sets held (in the table or lately out of it).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        gantry_common::lock(&self.sets).len()
     }
 
     pub(crate) fn get(&self, route: &str, set: &str) -> Option<Arc<SetStats>> {
@@ -803,5 +848,44 @@ mod tests {
         assert!(
             text.contains("gantry_proxy_set_weight{route=\"hello/production\",set=\"canary\"} 10")
         );
+    }
+
+    #[test]
+    fn retired_sets_leave_after_the_grace_once_drained() {
+        let r = Registry::default();
+        let old = r.set_stats("app/prod", "r1");
+        let new = r.set_stats("app/prod", "r2");
+        old.record_response(200, Duration::from_millis(1));
+        // In the table: never pruned, however long.
+        assert_eq!(r.prune(Duration::ZERO), 0);
+        // Out of the table with a request in flight: kept (it drains).
+        old.begin();
+        old.set_retired(true);
+        assert_eq!(r.prune(Duration::ZERO), 0);
+        old.end();
+        // Drained, but within the grace: kept, its counters readable.
+        assert_eq!(r.prune(Duration::from_secs(3600)), 0);
+        assert_eq!(
+            r.get("app/prod", "r1")
+                .unwrap()
+                .snapshot(None)
+                .requests
+                .c2xx,
+            1
+        );
+        // Past the grace: gone, with its series.
+        assert_eq!(r.prune(Duration::ZERO), 1);
+        assert!(r.get("app/prod", "r1").is_none());
+        assert_eq!(r.len(), 1);
+        let text = r.render_prometheus(|_, _| Some(100), &[]);
+        assert!(!text.contains("set=\"r1\""), "{text}");
+        assert!(text.contains("set=\"r2\""));
+        // Back in the table within the grace: the clock starts again.
+        new.set_retired(true);
+        new.set_retired(false);
+        assert_eq!(r.prune(Duration::ZERO), 0);
+        // A set that comes back after it was pruned starts from zero.
+        let again = r.set_stats("app/prod", "r1");
+        assert_eq!(again.snapshot(Some(100)).requests.total(), 0);
     }
 }

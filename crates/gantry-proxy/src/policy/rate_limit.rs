@@ -4,11 +4,18 @@
 //! `requests_per_second`; a request takes one token or is refused with
 //! the seconds until the next token. Buckets live in a sharded map (one
 //! mutex per shard, held for a few arithmetic operations) with a fixed
-//! capacity: when a shard is full, buckets that have refilled completely
-//! are dropped (a full bucket is the same as no bucket), and if none has,
-//! the least recently used one of the shard goes (that client starts over
-//! with a full bucket). Memory stays bounded however many client addresses
-//! appear.
+//! capacity. When a shard is full, a new client's bucket takes the place of
+//! one chosen by a clock hand (the CLOCK approximation of least recently
+//! used): the hand walks the shard's slots from where it stopped last,
+//! takes the first bucket that has refilled completely (a full bucket is
+//! the same as no bucket) or that no request used since the hand last
+//! passed it, and clears that mark on the others it passes. A client seen
+//! once is marked only when it comes back, so a flood of one-shot
+//! addresses replaces itself and leaves the returning clients alone; the
+//! one whose bucket goes starts over with a full one. Each step of the
+//! hand either frees a slot or clears a mark some request set, so a new
+//! client costs O(1) amortised, never a scan of the shard. Memory stays
+//! bounded however many client addresses appear.
 //!
 //! Hand-written rather than `governor`: governor's keyed limiter grows
 //! without bound until `retain_recent` is called, and it needs dashmap.
@@ -73,43 +80,96 @@ impl Bucket {
     }
 }
 
+/// One bucket in a shard's ring.
+struct Slot {
+    ip: IpAddr,
+    bucket: Bucket,
+    /// Used since the clock hand last passed.
+    used: bool,
+}
+
+/// One shard: the buckets in a ring, indexed by address.
+#[derive(Default)]
+struct Shard {
+    index: HashMap<IpAddr, usize>,
+    slots: Vec<Slot>,
+    hand: usize,
+    /// Slots the hand visited, ever (the work evictions cost).
+    swept: u64,
+}
+
+impl Shard {
+    /// The slot a new client takes in a full shard: the first from the
+    /// hand on whose bucket is full or unused since the hand last passed.
+    /// Ends within two turns (the first clears every mark).
+    fn victim(&mut self, rate: &RateLimit, now: Instant) -> usize {
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            self.swept += 1;
+            let slot = &mut self.slots[i];
+            if !slot.used || slot.bucket.is_full(rate, now) {
+                return i;
+            }
+            slot.used = false;
+        }
+    }
+}
+
 /// The buckets of one route.
 pub(crate) struct Limiter {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<IpAddr, Bucket>>]>,
+    shards: Box<[Mutex<Shard>]>,
     capacity: usize,
 }
 
 impl Limiter {
     pub(crate) fn new() -> Limiter {
-        Self::with_capacity(SHARD_CAPACITY)
+        Self::with_capacity(SHARDS, SHARD_CAPACITY)
     }
 
-    fn with_capacity(capacity: usize) -> Limiter {
+    fn with_capacity(shards: usize, capacity: usize) -> Limiter {
         Limiter {
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            capacity,
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            capacity: capacity.max(1),
         }
     }
 
     /// Takes a token for `ip`, or tells the whole seconds (>= 1) until one
     /// is available.
     pub(crate) fn check(&self, ip: IpAddr, rate: &RateLimit, now: Instant) -> Result<(), u64> {
-        let shard = &self.shards[self.hasher.hash_one(ip) as usize % SHARDS];
-        let mut map = gantry_common::lock(shard);
-        if !map.contains_key(&ip) && map.len() >= self.capacity {
-            map.retain(|_, b| !b.is_full(rate, now));
-            if map.len() >= self.capacity
-                && let Some(oldest) = map.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
+        let n = self.shards.len();
+        let shard = &self.shards[self.hasher.hash_one(ip) as usize % n];
+        let mut shard = gantry_common::lock(shard);
+        let fresh = |ip| Slot {
+            ip,
+            bucket: Bucket {
+                tokens: f64::from(rate.burst),
+                last: now,
+            },
+            used: false,
+        };
+        let i = match shard.index.get(&ip) {
+            Some(&i) => {
+                shard.slots[i].used = true;
+                i
             }
-        }
-        let bucket = map.entry(ip).or_insert(Bucket {
-            tokens: f64::from(rate.burst),
-            last: now,
-        });
+            None if shard.slots.len() < self.capacity => {
+                let i = shard.slots.len();
+                shard.slots.push(fresh(ip));
+                shard.index.insert(ip, i);
+                i
+            }
+            None => {
+                let i = shard.victim(rate, now);
+                let gone = std::mem::replace(&mut shard.slots[i], fresh(ip));
+                shard.index.remove(&gone.ip);
+                shard.index.insert(ip, i);
+                i
+            }
+        };
+        let bucket = &mut shard.slots[i].bucket;
         bucket.refill(rate, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -125,7 +185,16 @@ impl Limiter {
     fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| gantry_common::lock(s).len())
+            .map(|s| gantry_common::lock(s).slots.len())
+            .sum()
+    }
+
+    /// Slots the clock hands visited (all shards).
+    #[cfg(test)]
+    fn swept(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| gantry_common::lock(s).swept)
             .sum()
     }
 }
@@ -162,7 +231,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_under_many_addresses() {
-        let l = Limiter::with_capacity(8);
+        let l = Limiter::with_capacity(SHARDS, 8);
         let rate = RateLimit {
             requests_per_second: 0.001,
             burst: 2,
@@ -178,5 +247,68 @@ mod tests {
         let later = t0 + Duration::from_secs(10_000);
         assert_eq!(l.check("192.0.2.1".parse().unwrap(), &rate, later), Ok(()));
         assert!(l.len() <= SHARDS * 8);
+    }
+
+    /// One full shard, many clients: a client that keeps coming stays
+    /// limited (its bucket is not the one replaced), however many new
+    /// addresses pass through.
+    #[test]
+    fn a_full_shard_still_limits_its_returning_clients() {
+        let l = Limiter::with_capacity(1, 64);
+        let rate = RateLimit {
+            requests_per_second: 0.001,
+            burst: 2,
+        };
+        let t0 = Instant::now();
+        let hot: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(l.check(hot, &rate, t0), Ok(()));
+        assert_eq!(l.check(hot, &rate, t0), Ok(()));
+        for round in 0..1_000u32 {
+            assert!(l.check(hot, &rate, t0).is_err(), "round {round}: reset");
+            for k in 0..16u32 {
+                let ip = IpAddr::from((round * 16 + k + 1).to_be_bytes());
+                assert_eq!(
+                    l.check(ip, &rate, t0),
+                    Ok(()),
+                    "a new client gets its burst"
+                );
+            }
+            assert!(l.len() <= 64);
+        }
+    }
+
+    /// A flood of new clients on full shards costs each a step or two of
+    /// the clock hand, never a walk over the shard's 4096 buckets (the
+    /// old path: a `retain` and a `min_by_key` over every entry per new
+    /// client).
+    #[test]
+    fn a_flood_of_new_clients_costs_no_scan() {
+        let l = Limiter::with_capacity(1, SHARD_CAPACITY);
+        let rate = RateLimit {
+            requests_per_second: 0.001,
+            burst: 1,
+        };
+        let t0 = Instant::now();
+        let flood = 100_000u32;
+        for i in 0..flood {
+            let _ = l.check(IpAddr::from(i.to_be_bytes()), &rate, t0);
+        }
+        let new_in_full_shard = u64::from(flood) - SHARD_CAPACITY as u64;
+        assert_eq!(l.len(), SHARD_CAPACITY);
+        // One-shot clients are never marked: the hand takes each at once.
+        assert_eq!(l.swept(), new_in_full_shard);
+        // Returning clients mark their buckets; each mark costs the hand
+        // one more step, once.
+        let l = Limiter::with_capacity(1, SHARD_CAPACITY);
+        for i in 0..flood {
+            let ip = IpAddr::from(i.to_be_bytes());
+            let _ = l.check(ip, &rate, t0);
+            let _ = l.check(ip, &rate, t0);
+        }
+        assert!(
+            l.swept() <= 2 * new_in_full_shard + SHARD_CAPACITY as u64,
+            "{} steps for {new_in_full_shard} new clients",
+            l.swept()
+        );
     }
 }

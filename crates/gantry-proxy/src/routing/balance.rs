@@ -4,7 +4,8 @@
 //! passively ejected after consecutive connect failures.
 //!
 //! Instance state is keyed by address and outlives tables, so a swap does
-//! not forget that an instance is down, and outstanding counts stay right.
+//! not forget that an instance is down, and outstanding counts stay right;
+//! an instance no table lists any more is forgotten at the next swap.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -107,7 +108,8 @@ impl Drop for Lease {
 
 // === impl Instances ===
 
-/// Every instance address seen in a table. Locked only on table swaps.
+/// Every instance address of the table (and of requests still running on
+/// an older one). Locked only on table swaps and admin reads.
 #[derive(Default)]
 pub(crate) struct Instances {
     map: Mutex<HashMap<SocketAddr, Arc<Instance>>>,
@@ -123,7 +125,14 @@ impl Instances {
 }
 
 impl Instances {
-    /// Every instance seen, sorted by address.
+    /// Forgets the instances that no compiled table lists and no request
+    /// holds (only this map has them); one that comes back into a table
+    /// starts afresh, not ejected.
+    pub(crate) fn prune(&self) {
+        gantry_common::lock(&self.map).retain(|_, i| Arc::strong_count(i) > 1);
+    }
+
+    /// Every instance held, sorted by address.
     pub(crate) fn snapshot(&self) -> Vec<InstanceSnapshot> {
         let map = gantry_common::lock(&self.map);
         let all: Vec<Arc<Instance>> = map.values().cloned().collect();

@@ -230,10 +230,14 @@ pub(crate) struct Routing {
     pub(crate) registry: Registry,
     instances: Instances,
     pub(crate) policies: PolicyRegistry,
+    /// How long a set's counters stay after it left the table and drained.
+    retired_grace: Duration,
 }
 
 impl Routing {
-    pub(crate) fn new(table: Table) -> Routing {
+    /// `retired_grace`: how long the counters of a set that left the table
+    /// stay once it has drained (`ProxyConfig::retired_stats_grace`).
+    pub(crate) fn new(table: Table, retired_grace: Duration) -> Routing {
         let registry = Registry::default();
         let instances = Instances::default();
         let policies = PolicyRegistry::default();
@@ -243,6 +247,7 @@ impl Routing {
             registry,
             instances,
             policies,
+            retired_grace,
         }
     }
 
@@ -253,6 +258,7 @@ impl Routing {
 
     /// `GET /stats`, against the current table.
     pub(crate) fn stats(&self) -> StatsSnapshot {
+        self.registry.prune(self.retired_grace);
         let router = self.load();
         self.registry
             .snapshot(|r, s| router.weight(r, s), self.instances.snapshot())
@@ -260,6 +266,7 @@ impl Routing {
 
     /// `GET /metrics`, against the current table.
     pub(crate) fn prometheus(&self) -> String {
+        self.registry.prune(self.retired_grace);
         let router = self.load();
         let mut out = self
             .registry
@@ -282,6 +289,9 @@ impl Routing {
         for s in self.registry.all() {
             s.set_retired(router.weight(&s.route, &s.set).is_none());
         }
+        self.registry.prune(self.retired_grace);
+        // Instances no table lists and no request holds.
+        self.instances.prune();
     }
 }
 
@@ -316,7 +326,7 @@ mod tests {
     fn routing(routes: Vec<Route>) -> Routing {
         let t = Table { version: 1, routes };
         t.validate().unwrap();
-        Routing::new(t)
+        Routing::new(t, Duration::from_secs(300))
     }
 
     fn id(r: &Router, host: &str, path: &str) -> Option<String> {
@@ -445,5 +455,40 @@ mod tests {
         // The old snapshot still routes to canary.
         assert_eq!(router.weight("r", "canary"), Some(25));
         assert_eq!(rt.load().weight("r", "canary"), None);
+    }
+
+    #[test]
+    fn swaps_forget_retired_sets_and_unlisted_instances_after_the_grace() {
+        let mut r = route("r", &["*"], "/");
+        let t = Table {
+            version: 1,
+            routes: vec![r.clone()],
+        };
+        let rt = Routing::new(t, Duration::ZERO);
+        let old = rt.load();
+        r.sets[0].name = "next".into();
+        r.sets[0].instances = vec!["127.0.0.1:10".into()];
+        rt.swap(Table {
+            version: 2,
+            routes: vec![r],
+        });
+        // The old snapshot still lists the old instance: a request on it
+        // keeps it.
+        let addrs = |rt: &Routing| -> Vec<String> {
+            rt.instances
+                .snapshot()
+                .iter()
+                .map(|i| i.address.to_string())
+                .collect()
+        };
+        assert!(
+            rt.registry.get("r", "stable").is_none(),
+            "drained, no grace"
+        );
+        assert_eq!(addrs(&rt), ["127.0.0.1:9", "127.0.0.1:10"]);
+        drop(old);
+        rt.swap(rt.load().table.clone());
+        assert_eq!(addrs(&rt), ["127.0.0.1:10"]);
+        assert_eq!(rt.stats().sets.len(), 1);
     }
 }

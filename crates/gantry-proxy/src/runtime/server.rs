@@ -42,7 +42,7 @@ pub struct Proxy {
     /// The `metrics_listen` listener and its bound address.
     metrics: Option<(TcpListener, SocketAddr)>,
     /// Each worker's inbox of connections placed on it (`spread`).
-    inboxes: Vec<mpsc::UnboundedReceiver<Moved>>,
+    inboxes: Vec<mpsc::Receiver<Moved>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -190,7 +190,7 @@ impl Proxy {
 
         let (spread, inboxes) = Spread::new(crate::runtime::worker::count());
         let shared = Arc::new(Shared {
-            routing: Routing::new(table),
+            routing: Routing::new(table, config.retired_stats_grace),
             client,
             route_clients: Default::default(),
             log: Arc::new(log),
@@ -466,7 +466,7 @@ pub(crate) async fn accept_traffic(
         if to != me {
             match move_to_worker(&spread, (me, to), stream, peer, kind, held) {
                 None => continue,
-                // Its worker is stopping: served here.
+                // Its worker is stopping or stuck: served here.
                 Some(back) => (stream, held) = back,
             }
         }
@@ -482,7 +482,7 @@ pub(crate) async fn accept_traffic(
 /// Sends a connection accepted by worker `me` to worker `to`, where it was
 /// placed. `None` when sent (or lost: a socket that cannot leave this
 /// reactor is closed); the connection back, registered and counted here
-/// again, when that worker's inbox is closed.
+/// again, when that worker's inbox is closed or full.
 fn move_to_worker(
     spread: &Spread,
     (me, to): (usize, usize),
@@ -526,7 +526,7 @@ fn move_to_worker(
 /// At the stop it closes, serves what was already sent, and ends (a later
 /// send fails, and the sender serves the connection itself).
 pub(crate) async fn take_moved(
-    mut inbox: mpsc::UnboundedReceiver<Moved>,
+    mut inbox: mpsc::Receiver<Moved>,
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
@@ -636,5 +636,37 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--listen/--tls-listen or drop it"), "{msg}");
+    }
+
+    /// A worker whose inbox is full (it is stuck): the accepting worker
+    /// gets the connection back, registered with its own reactor and
+    /// counted on itself, and serves it; nothing is dropped.
+    #[tokio::test]
+    async fn a_connection_for_a_full_inbox_is_served_where_it_was_accepted() {
+        let (spread, _inboxes) = Spread::new(2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let kind = Kind {
+            tls: false,
+            proxy_protocol: false,
+        };
+        // Fill worker 1's inbox (nobody takes from it).
+        let mut clients = Vec::new();
+        let mut served_here = 0;
+        for _ in 0..crate::runtime::spread::INBOX + 3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (stream, peer) = listener.accept().await.unwrap();
+            let held = Held::new(None, spread.place(1));
+            if let Some((mut back, held)) =
+                move_to_worker(&spread, (0, 1), stream, peer, kind, held)
+            {
+                served_here += 1;
+                drop(held);
+                // Still a live connection, on this runtime.
+                use tokio::io::AsyncWriteExt as _;
+                back.write_all(b"x").await.unwrap();
+            }
+        }
+        assert_eq!(served_here, 3);
     }
 }

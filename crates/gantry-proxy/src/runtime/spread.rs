@@ -20,6 +20,12 @@
 //! Stopping: a worker's inbox serves whatever was sent to it before the
 //! stop; after that the inbox is closed, a send fails, and the accepting
 //! worker serves the connection itself. No accepted connection is dropped.
+//!
+//! Bounded: an inbox holds at most [`INBOX`] connections. A worker that
+//! does not take them in (its thread is stuck on something long) would
+//! otherwise collect connections without bound, each an open socket; when
+//! its inbox is full the accepting worker serves the connection itself, as
+//! when the inbox is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,10 +35,15 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::conn::listener::Kind;
 
+/// Connections an inbox holds at most. A worker takes its moved
+/// connections in as soon as it runs, so a full inbox means that worker
+/// is stuck; a burst's worth (a few hundred) is plenty otherwise.
+pub(crate) const INBOX: usize = 256;
+
 /// The workers' open-connection counts and inboxes.
 pub(crate) struct Spread {
     open: Box<[AtomicUsize]>,
-    inbox: Box<[mpsc::UnboundedSender<Moved>]>,
+    inbox: Box<[mpsc::Sender<Moved>]>,
 }
 
 /// A connection on its way to another worker.
@@ -79,9 +90,13 @@ impl Drop for Placed {
 
 impl Spread {
     /// For `n` workers: the spread and each worker's inbox receiver.
-    pub(crate) fn new(n: usize) -> (Arc<Spread>, Vec<mpsc::UnboundedReceiver<Moved>>) {
-        let (inbox, receivers): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    pub(crate) fn new(n: usize) -> (Arc<Spread>, Vec<mpsc::Receiver<Moved>>) {
+        Self::with_inbox(n, INBOX)
+    }
+
+    /// The same, with inboxes of `capacity` connections.
+    fn with_inbox(n: usize, capacity: usize) -> (Arc<Spread>, Vec<mpsc::Receiver<Moved>>) {
+        let (inbox, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(capacity)).unzip();
         let spread = Spread {
             open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             inbox: inbox.into_boxed_slice(),
@@ -109,9 +124,11 @@ impl Spread {
     }
 
     /// Sends a connection to worker `to`'s inbox; gives it back when that
-    /// inbox is closed (the worker is stopping).
+    /// inbox is closed (the worker is stopping) or full (it is stuck).
     pub(crate) fn send(&self, to: usize, moved: Moved) -> Result<(), Moved> {
-        self.inbox[to].send(moved).map_err(|e| e.0)
+        self.inbox[to].try_send(moved).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+        })
     }
 
     #[cfg(test)]
@@ -191,5 +208,48 @@ mod tests {
         let mut back = spread.send(1, moved).expect_err("inbox is closed");
         back.held.move_to(0);
         assert_eq!((spread.open(0), spread.open(1)), (2, 0));
+    }
+
+    #[test]
+    fn a_full_inbox_gives_the_connection_back() {
+        let (spread, mut rx) = Spread::with_inbox(2, 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            accepted.push(listener.accept().unwrap());
+        }
+        let moved = |(stream, peer): (std::net::TcpStream, SocketAddr), placed| Moved {
+            stream,
+            peer,
+            kind: Kind {
+                tls: false,
+                proxy_protocol: false,
+            },
+            held: Held::new(None, placed),
+        };
+        let _busy = spread.place(0);
+        let first = spread.place(0);
+        assert_eq!(first.worker(), 1);
+        // A tie stays where it was accepted: worker 1 again.
+        let second = spread.place(1);
+        assert_eq!(second.worker(), 1);
+        let second_peer = accepted[1].1;
+        let mut conns = accepted.into_iter();
+        assert!(spread.send(1, moved(conns.next().unwrap(), first)).is_ok());
+        // The inbox holds one: the second comes back, whole.
+        let mut back = spread
+            .send(1, moved(conns.next().unwrap(), second))
+            .expect_err("inbox is full");
+        assert_eq!(back.peer, second_peer);
+        back.held.move_to(0);
+        assert_eq!((spread.open(0), spread.open(1)), (2, 1));
+        // Once the worker takes its connection in, there is room again.
+        let taken = rx[1].try_recv().expect("the first is in the inbox");
+        assert!(spread.send(1, back).is_ok());
+        drop(taken);
+        assert!(rx[1].try_recv().is_ok());
     }
 }

@@ -60,7 +60,7 @@ pub(crate) fn count() -> usize {
 /// Starts the workers; each accepts on every listener until `stop`.
 pub(crate) fn start(
     listeners: Vec<(std::net::TcpListener, SocketAddr, Kind)>,
-    inboxes: Vec<mpsc::UnboundedReceiver<crate::runtime::spread::Moved>>,
+    inboxes: Vec<mpsc::Receiver<crate::runtime::spread::Moved>>,
     cap: Option<Arc<Semaphore>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
