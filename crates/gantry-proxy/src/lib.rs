@@ -158,9 +158,16 @@
 //!
 //! # Not here yet
 //!
-//! DNS-01 (so no ACME wildcard certificates). Counters of sets
-//! that left the table are kept (Prometheus counters must not go back),
-//! never pruned.
+//! DNS-01 (so no ACME wildcard certificates).
+//!
+//! # Bounded over time
+//!
+//! Counters of a set that left the table stay while it drains and for
+//! `retired_stats_grace` (5 min) after, then go, with their `/metrics`
+//! series (a Prometheus server sees that as a target's series ending); an
+//! instance no table lists is forgotten at the next swap. The connection
+//! inboxes (`runtime::spread`) and the rate limiter's buckets are bounded,
+//! and a full rate-limit shard costs a new client O(1) amortised.
 #![forbid(unsafe_code)]
 
 mod admin;
