@@ -112,6 +112,12 @@ pub struct ProxyConfig {
     /// At most this many client connections (plain + TLS) at once; further
     /// ones wait in the kernel's accept queue. `None`: no cap.
     pub max_connections: Option<usize>,
+    /// How long the counters of a backend set that left the table stay
+    /// (in `/stats` and `/metrics`) once nothing is in flight on it; then
+    /// they are dropped, so many deploys do not grow the proxy's memory.
+    /// Longer than the control plane's analysis interval, so it still
+    /// reads a retired set's last counts.
+    pub retired_stats_grace: Duration,
     /// The port in the `Location` of a route's HTTP → HTTPS redirect (left
     /// out of the URL when 443). Set it when clients reach the TLS listener
     /// on another port, e.g. 8443.
@@ -141,7 +147,7 @@ impl ProxyConfig {
     /// between request body bytes, 90 s idle
     /// timeout for client connections, 64 KiB request heads, 30 s WebSocket
     /// drain grace, no metrics listener, no PROXY protocol, redirects to
-    /// HTTPS on port 443.
+    /// HTTPS on port 443, counters of retired sets kept 5 min.
     pub fn new(listen: Vec<SocketAddr>, admin_socket: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -174,6 +180,7 @@ impl ProxyConfig {
             proxy_protocol: Vec::new(),
             max_connections: None,
             https_port: 443,
+            retired_stats_grace: Duration::from_secs(300),
         }
     }
 }
