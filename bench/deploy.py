@@ -234,8 +234,9 @@ class Gantry:
 
     def deploy(self, number, detach=False, check=True):
         args = ["--json", "deploy", "--env", "production", "--release", str(number)]
-        if detach:
-            args.append("--detach")
+        # Followed to the very end (a blue-green deploy's command returns at
+        # the switch otherwise, its warm window running on in the server).
+        args.append("--detach" if detach else "--wait")
         return self.run(*args, check=check)
 
     def show(self, deploy_id):
@@ -324,7 +325,7 @@ def bench_gantry(tmp):
 
         # A cold rollback: the previous release started again.
         t0 = now_ms()
-        g.run("rollback", "--env", "production")
+        g.run("rollback", "--env", "production", "--wait")
         res["cold_rollback"].append(now_ms() - t0)
         recs = load.finish()
         res["failed"] = len(failures(recs, t_begin))
