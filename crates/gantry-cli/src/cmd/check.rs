@@ -135,7 +135,12 @@ fn reports(ctx: &Ctx, a: HeadersArgs) -> anyhow::Result<ExitCode> {
                 v.count, v.directive, v.blocked_uri, v.page, v.disposition
             );
             if let Some(sample) = &v.sample {
-                println!("          sample: {sample}");
+                // One line: a sample is page text (markup, newlines).
+                let one: String = sample
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                println!("          sample: {}", one.trim());
             }
         }
         if r.other_violations > 0 {

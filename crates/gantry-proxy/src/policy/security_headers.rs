@@ -139,14 +139,46 @@ impl SecurityHeaders {
 /// A route's headers, parsed once per table.
 pub(crate) struct CompiledHeaders {
     always: Vec<(HeaderName, HeaderValue)>,
+    /// The CSP (enforced or report-only), and the form sent over plain
+    /// HTTP when it differs (see [`without_report_to`]).
+    csp: Option<(HeaderName, HeaderValue, Option<HeaderValue>)>,
     hsts: Option<HeaderValue>,
+}
+
+/// A CSP's `report-to` directives taken out, when it also has a
+/// `report-uri`. Browsers that know `report-to` ignore `report-uri`, but
+/// deliver `report-to` reports (the Reporting API) only from secure
+/// origins: over plain HTTP a page with both reports nothing at all (seen
+/// with Chromium 156 on Datasette's pages). Without `report-to` they send
+/// `report-uri` reports, over HTTP too.
+fn without_report_to(csp: &str) -> Option<String> {
+    let directive = |d: &str| {
+        d.split_ascii_whitespace()
+            .next()
+            .map(str::to_ascii_lowercase)
+    };
+    let parts: Vec<&str> = csp.split(';').collect();
+    let has = |name: &str| parts.iter().any(|d| directive(d).as_deref() == Some(name));
+    if !has("report-uri") || !has("report-to") {
+        return None;
+    }
+    Some(
+        parts
+            .into_iter()
+            .filter(|d| directive(d).as_deref() != Some("report-to"))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 impl CompiledHeaders {
     pub(crate) fn compile(h: &SecurityHeaders) -> CompiledHeaders {
         let mut always = Vec::new();
+        let mut csp = None;
         let mut hsts = None;
-        for (_, name, value) in h.fields() {
+        for (field, name, value) in h.fields() {
             // Validated with the table; a bad value is skipped, never sent.
             let Ok(v) = HeaderValue::from_str(value) else {
                 continue;
@@ -156,15 +188,27 @@ impl CompiledHeaders {
             }
             if name == header::STRICT_TRANSPORT_SECURITY {
                 hsts = Some(v);
+            } else if field == "csp" {
+                let plain = without_report_to(value).and_then(|p| HeaderValue::from_str(&p).ok());
+                csp = Some((name, v, plain));
             } else {
                 always.push((name, v));
             }
         }
-        CompiledHeaders { always, hsts }
+        CompiledHeaders { always, csp, hsts }
     }
 
     /// Adds each header the response lacks; HSTS only when `https`.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, https: bool) {
+        if let Some((name, value, plain)) = &self.csp
+            && let hyper::header::Entry::Vacant(slot) = headers.entry(name)
+        {
+            let v = match plain {
+                Some(p) if !https => p,
+                _ => value,
+            };
+            slot.insert(v.clone());
+        }
         for (name, value) in &self.always {
             // One lookup: the app's own header wins.
             if let hyper::header::Entry::Vacant(slot) = headers.entry(name) {
@@ -198,7 +242,10 @@ mod tests {
         );
         c.apply(&mut resp, false);
         assert_eq!(resp[header::X_FRAME_OPTIONS], "SAMEORIGIN");
-        assert_eq!(resp[header::CONTENT_SECURITY_POLICY], DEFAULT_CSP);
+        assert_eq!(
+            resp[header::CONTENT_SECURITY_POLICY],
+            DEFAULT_CSP.replace("; report-to gantry-csp", "")
+        );
         assert!(!resp.contains_key(header::REFERRER_POLICY));
         assert!(!resp.contains_key(header::STRICT_TRANSPORT_SECURITY));
         c.apply(&mut resp, true);
@@ -212,7 +259,7 @@ mod tests {
             ..SecurityHeaders::default()
         };
         let mut resp = HeaderMap::new();
-        CompiledHeaders::compile(&h).apply(&mut resp, false);
+        CompiledHeaders::compile(&h).apply(&mut resp, true);
         assert_eq!(resp["content-security-policy-report-only"], DEFAULT_CSP);
         assert!(!resp.contains_key(header::CONTENT_SECURITY_POLICY));
         // Old persisted tables have no mode: enforce; and enforce is not
@@ -224,6 +271,30 @@ mod tests {
         assert!(json.get("csp_mode").is_none(), "{json}");
         let json = serde_json::to_value(&h).unwrap();
         assert_eq!(json["csp_mode"], "report-only");
+    }
+
+    #[test]
+    fn over_plain_http_a_csp_reports_through_report_uri_alone() {
+        let c = CompiledHeaders::compile(&SecurityHeaders::default());
+        let mut https = HeaderMap::new();
+        c.apply(&mut https, true);
+        assert_eq!(https[header::CONTENT_SECURITY_POLICY], DEFAULT_CSP);
+        let mut plain = HeaderMap::new();
+        c.apply(&mut plain, false);
+        let sent = plain[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(sent.contains("report-uri /_gantry/csp-report"), "{sent}");
+        assert!(!sent.contains("report-to"), "{sent}");
+        assert!(
+            sent.starts_with("default-src 'self'; object-src 'none'"),
+            "{sent}"
+        );
+        // Only when both are there; directive names are case-insensitive.
+        assert_eq!(without_report_to("default-src 'self'; report-to g"), None);
+        assert_eq!(without_report_to("default-src 'self'; report-uri /r"), None);
+        assert_eq!(
+            without_report_to("default-src 'self';REPORT-TO g ; Report-Uri /r;").as_deref(),
+            Some("default-src 'self'; Report-Uri /r")
+        );
     }
 
     #[test]
