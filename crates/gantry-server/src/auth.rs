@@ -121,7 +121,7 @@ async fn identify(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?
         .to_string();
-    let now = gantry_store::now_ms();
+    let now = gantry_common::now_ms();
     let rec = state
         .db(move |s| s.authenticate_token(&token, now))
         .await?

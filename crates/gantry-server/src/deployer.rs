@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use gantry_common::lock;
 use gantry_proxy::{AdminClient, AdminClientError, BackendSet, Route, Table};
 use gantry_rollout::{
     Action, Baseline, Deploy, Gates, Input, Pause, Phase, Plan, SetMetrics, Step, Strategy,
@@ -99,10 +100,6 @@ pub(crate) struct Deployer {
     /// One read-modify-write of the proxy's table at a time.
     table: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<i64, Running>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a deploy task needs to know, fixed at its start.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use gantry_api::{InstanceInfo, LogLine};
+use gantry_common::lock;
 use gantry_runtime::limits::Limits;
 use gantry_runtime::ports::PortPool;
 use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
@@ -61,10 +62,6 @@ pub(crate) struct Fleet {
     ports: Mutex<PortPool>,
     /// One start/stop/restart at a time.
     busy: tokio::sync::Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Fleet {
@@ -117,7 +114,7 @@ impl Fleet {
     }
 
     async fn sample_usage(&self, keep: Duration) {
-        let now = gantry_store::now_ms();
+        let now = gantry_common::now_ms();
         let samples: Vec<UsageSample> = lock(&self.running)
             .iter()
             .filter_map(|(id, r)| {
@@ -219,7 +216,7 @@ impl Fleet {
                 }
             }
         }
-        let now = gantry_store::now_ms();
+        let now = gantry_common::now_ms();
         let records = specs
             .iter()
             .map(|s| {

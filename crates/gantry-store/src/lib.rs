@@ -28,7 +28,6 @@ pub mod vault;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
@@ -161,39 +160,19 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         })
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |source| StoreError::Io {
+/// Writes `bytes` to `path` durably with `mode` ([`gantry_common::write_atomic`]:
+/// temp file, fsync, rename, fsync the directory), as a store error that
+/// names the file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    gantry_common::write_atomic(path, bytes, mode).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(Ok(d)) = path.parent().map(std::fs::File::open) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
-/// Milliseconds since the Unix epoch: the store's one time unit.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, the store's one time unit
+/// (Gantry's one clock, [`gantry_common::now_ms`]).
+pub use gantry_common::now_ms;
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

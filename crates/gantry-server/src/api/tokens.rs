@@ -38,7 +38,7 @@ pub(crate) async fn create(
         ));
     }
     let expires_at = body.expires_in_secs.map(|s| {
-        gantry_store::now_ms().saturating_add((s.min(i64::MAX as u64 / 1000) as i64) * 1000)
+        gantry_common::now_ms().saturating_add((s.min(i64::MAX as u64 / 1000) as i64) * 1000)
     });
     let (rec, token) = state
         .db(move |s| {
