@@ -10,35 +10,31 @@
 //! its sorted file list (path, executable bit, size, content hash), so
 //! identical outputs are stored once under `artifacts/<hex>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_store::Store;
 use gantry_store::releases::Release;
 use sha2::{Digest, Sha256};
 
+use crate::db::db;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::paths;
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const LOG_LIMIT: usize = 64 * 1024;
 
-/// Where the artifact with `digest` (`sha256:<hex>`) lives.
-pub(crate) fn artifact_dir(data_dir: &Path, digest: &str) -> PathBuf {
-    data_dir
-        .join("artifacts")
-        .join(digest.trim_start_matches("sha256:"))
-}
-
 pub(crate) async fn build_release(
-    state: &AppState,
+    store: &Arc<Store>,
     app: &str,
     env: &str,
     bundle: axum::body::Bytes,
     commit: Option<String>,
     actor: &str,
 ) -> Result<Release, ApiError> {
-    let data = state.store.dir().to_path_buf();
-    let builds = data.join("builds");
+    let data = store.dir().to_path_buf();
+    let builds = paths::builds_dir(&data);
     std::fs::create_dir_all(&builds)
         .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
     let work = tempfile::Builder::new()
@@ -95,7 +91,7 @@ pub(crate) async fn build_release(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let dest = artifact_dir(&data, &digest);
+    let dest = paths::artifact_dir(&data, &digest);
     if !dest.exists() {
         let (st, d) = (staging.clone(), dest.clone());
         tokio::task::spawn_blocking(move || store_artifact(&st, &d))
@@ -104,9 +100,10 @@ pub(crate) async fn build_release(
             .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
     }
     let (a, d, c, actor, l) = (app.to_string(), digest, commit, actor.to_string(), log);
-    state
-        .db(move |s| s.add_release(&a, &d, c.as_deref(), &actor, &l))
-        .await
+    db(store, move |s| {
+        s.add_release(&a, &d, c.as_deref(), &actor, &l)
+    })
+    .await
 }
 
 /// Moves the staged artifact to `dest`; by copy when the builds and

@@ -46,6 +46,7 @@ use gantry_store::Store;
 use gantry_store::deploys::{DeployRecord, Lease, NewDeploy};
 use tokio::sync::{mpsc, watch};
 
+use crate::db::db;
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 
@@ -119,19 +120,6 @@ struct Job {
 impl Job {
     fn route_id(&self) -> String {
         format!("{}/{}", self.app, self.env)
-    }
-}
-
-fn db<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> gantry_store::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, ApiError>> {
-    let store = store.clone();
-    async move {
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::from)
     }
 }
 
@@ -372,7 +360,7 @@ impl Deployer {
             old_set: rec.old_set_name().filter(|_| plan.has_previous),
             plan,
             new_set: rec.new_set_name(),
-            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            dir: crate::paths::artifact_dir(self.store.dir(), &rel.digest),
             secrets,
         };
         self.spawn(job, state, Input::Resumed);
@@ -506,7 +494,7 @@ impl Deployer {
             plan,
             new_set: rec.new_set_name(),
             old_set,
-            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            dir: crate::paths::artifact_dir(self.store.dir(), &rel.digest),
             secrets,
         };
         self.spawn(job, state, Input::Begin);

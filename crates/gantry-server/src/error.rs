@@ -134,8 +134,9 @@ pub(crate) async fn json_error(resp: Response, method: &Method, path: &str) -> R
         }
         StatusCode::PAYLOAD_TOO_LARGE => format!(
             "the request body is too large for {method} {path}: a JSON body may have at most \
-             {} MiB (a source bundle 1 GiB)",
-            crate::audit::MAX_BODY / (1024 * 1024)
+             {} MiB (a source bundle {} GiB)",
+            crate::limits::MAX_BODY / (1024 * 1024),
+            crate::limits::MAX_BUNDLE / (1024 * 1024 * 1024)
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => format!(
             "{method} {path} takes a JSON body: send one with the header `Content-Type: \

@@ -10,15 +10,30 @@
 //! `/healthz` says the process is up; `/readyz` that the store answers with
 //! a current schema. SIGTERM/SIGINT stop it gracefully: listeners close,
 //! in-flight requests finish, the socket file is removed.
+//!
+//! The modules form layers; each imports only from the layers below it, so
+//! there is no import circle:
+//!
+//! 1. `limits`, `paths` (the data directory's layout), `shell` (build,
+//!    migration and hook commands);
+//! 2. `error` ([`error::ApiError`]);
+//! 3. `db` (store calls on the blocking pool), `fleet` (the instances);
+//! 4. `build` (releases), `deployer` (the rollout executor);
+//! 5. `state` (what the handlers share: store, fleet, deployer, proxy);
+//! 6. `auth` (who calls);
+//! 7. `audit` (the entry of every mutating call), `api` (the handlers).
 #![forbid(unsafe_code)]
 
 mod api;
 mod audit;
 mod auth;
 mod build;
+mod db;
 mod deployer;
 mod error;
 mod fleet;
+mod limits;
+mod paths;
 mod shell;
 mod state;
 
@@ -38,9 +53,8 @@ use gantry_store::Store;
 use crate::auth::Peer;
 use crate::state::AppState;
 
-/// File name of the API socket inside the data directory.
-pub const SOCKET_FILE: &str = "gantry.sock";
-const LOCK_FILE: &str = "server.lock";
+use paths::LOCK_FILE;
+pub use paths::SOCKET_FILE;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -77,7 +91,7 @@ pub struct Listening {
 fn app(state: AppState) -> Router {
     let api = api::routes()
         // The routes that take more (source bundles) set their own limit.
-        .layer(axum::extract::DefaultBodyLimit::max(audit::MAX_BODY))
+        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -262,4 +276,85 @@ async fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The layers of the crate's documentation, lowest first.
+    const LAYERS: &[&[&str]] = &[
+        &["limits", "paths", "shell"],
+        &["error"],
+        &["db", "fleet"],
+        &["build", "deployer"],
+        &["state"],
+        &["auth"],
+        &["audit", "api"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    /// Every `crate::<module>` a source file names.
+    fn imports(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            found.push(name);
+        }
+        found
+    }
+
+    #[test]
+    fn modules_import_only_from_the_layers_below() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        let mut stack = vec![src.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut checked = 0;
+        for f in files {
+            let rel = f.strip_prefix(&src).unwrap();
+            let module = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            if module == "lib" {
+                continue;
+            }
+            let own = layer(&module)
+                .unwrap_or_else(|| panic!("module `{module}` is in no layer of the crate doc"));
+            for used in imports(&std::fs::read_to_string(&f).unwrap()) {
+                if used == module {
+                    continue;
+                }
+                let theirs = layer(&used)
+                    .unwrap_or_else(|| panic!("`{module}` uses `crate::{used}`, in no layer"));
+                assert!(
+                    theirs < own,
+                    "`{}` (layer {own}) imports `crate::{used}` (layer {theirs})",
+                    rel.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} imports found");
+    }
 }

@@ -27,7 +27,7 @@ pub(crate) async fn start(
         (Some(n), None) => {
             let a = app.clone();
             let rel = state.db(move |s| s.release(&a, n)).await?;
-            crate::build::artifact_dir(state.store.dir(), &rel.digest)
+            crate::paths::artifact_dir(state.store.dir(), &rel.digest)
         }
         (None, Some(d)) => d.into(),
         _ => {

@@ -1,0 +1,29 @@
+//! Where the control plane's own files live in the data directory. (The
+//! store's files — `gantry.db`, `audit.head`, `secret.key` — are
+//! `gantry-store`'s; `instances/` is `gantry-runtime`'s; `proxy/` is the
+//! edge proxy's.)
+//!
+//! - `gantry.sock`: the API socket; `server.lock`: one server per directory;
+//! - `builds/`: builds in progress (a directory each, removed after);
+//! - `artifacts/<sha256>`: the built releases, content-addressed;
+//! - `deploys/<id>.command`: the marker of a deploy's running command;
+//! - `envs/<app>/<env>/data`: an environment's persistent data.
+
+use std::path::{Path, PathBuf};
+
+/// File name of the API socket inside the data directory.
+pub const SOCKET_FILE: &str = "gantry.sock";
+/// The lock that keeps a second server off the data directory.
+pub(crate) const LOCK_FILE: &str = "server.lock";
+
+/// Where builds run (a fresh directory each).
+pub(crate) fn builds_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("builds")
+}
+
+/// Where the artifact with `digest` (`sha256:<hex>`) lives.
+pub(crate) fn artifact_dir(data_dir: &Path, digest: &str) -> PathBuf {
+    data_dir
+        .join("artifacts")
+        .join(digest.trim_start_matches("sha256:"))
+}
