@@ -18,7 +18,7 @@ use gantry_store::Store;
 use gantry_store::releases::Release;
 use sha2::{Digest, Sha256};
 
-use crate::db::db;
+use crate::db::{blocking, db};
 use crate::error::ApiError;
 use crate::paths;
 
@@ -35,32 +35,34 @@ pub(crate) async fn build_release(
 ) -> Result<Release, ApiError> {
     let data = store.dir().to_path_buf();
     let builds = paths::builds_dir(&data);
-    std::fs::create_dir_all(&builds)
-        .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
-    let work = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&builds)
-        .map_err(|e| io_failure(&builds, "cannot create a build directory", e))?;
-    let src = work.path().join("src");
-    let s2 = src.clone();
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&s2)?;
-        gantry_api::bundle::unpack(&bundle[..], &s2)
+    let work = blocking(move || {
+        std::fs::create_dir_all(&builds)
+            .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
+        tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&builds)
+            .map_err(|e| io_failure(&builds, "cannot create a build directory", e))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| {
+    .await??;
+    let work = BuildDir(Some(work));
+    let dir = work.path().to_path_buf();
+    let log = paths::build_log(&data, &dir);
+    let src = dir.join("src");
+    let s2 = src.clone();
+    let spec = blocking(move || {
+        std::fs::create_dir_all(&s2)?;
+        gantry_api::bundle::unpack(&bundle[..], &s2)?;
+        Ok(gantry_spec::load(&s2.join("gantry.toml")))
+    })
+    .await?
+    .map_err(|e: std::io::Error| {
         if is_disk_full(&e) {
             disk_full(&src, "unpacking the source bundle", with_causes(&e))
         } else {
             ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}"))
         }
-    })?;
-
-    let spec_path = src.join("gantry.toml");
-    let spec = gantry_spec::load(&spec_path).map_err(|d| {
-        ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}"))
-    })?;
+    })?
+    .map_err(|d| ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}")))?;
     if spec.app_name() != app {
         return Err(ApiError::unprocessable(format!(
             "the bundle is app `{}`, not `{app}`",
@@ -74,36 +76,64 @@ pub(crate) async fn build_release(
         Some(w) => src.join(w),
         None => src.clone(),
     };
-    let mut log = String::new();
+    let mut output = String::new();
     if let Some(cmd) = &resolved.build.command {
-        log = run_build(cmd, &workdir).await?;
+        output = run_build(cmd, &workdir, &log).await?;
     }
-    let staging = work.path().join("artifact");
+    let staging = dir.join("artifact");
     let outputs = resolved.build.outputs.clone();
-    let (wd, st) = (workdir.clone(), staging.clone());
-    let digest = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
-        collect_outputs(&wd, &outputs, &st)?;
+    let spec_path = src.join("gantry.toml");
+    let dest = blocking(move || -> Result<_, ApiError> {
+        collect_outputs(&workdir, &outputs, &staging)?;
         // The spec travels with the artifact, so a release knows its config.
-        std::fs::copy(wd.join("gantry.toml"), st.join("gantry.toml"))
-            .or_else(|_| std::fs::copy(spec_path, st.join("gantry.toml")))
-            .map_err(|e| io_failure(&st, "cannot copy gantry.toml into the artifact", e))?;
-        digest_tree(&st).map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))
+        std::fs::copy(workdir.join("gantry.toml"), staging.join("gantry.toml"))
+            .or_else(|_| std::fs::copy(spec_path, staging.join("gantry.toml")))
+            .map_err(|e| io_failure(&staging, "cannot copy gantry.toml into the artifact", e))?;
+        let digest = digest_tree(&staging)
+            .map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))?;
+        let dest = paths::artifact_dir(&data, &digest);
+        if !dest.exists() {
+            store_artifact(&staging, &dest)
+                .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
+        }
+        Ok(digest)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    let dest = paths::artifact_dir(&data, &digest);
-    if !dest.exists() {
-        let (st, d) = (staging.clone(), dest.clone());
-        tokio::task::spawn_blocking(move || store_artifact(&st, &d))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
+    .await??;
+    let (a, d, c, actor) = (app.to_string(), dest, commit, actor.to_string());
+    let release = db(store, move |s| {
+        s.add_release(&a, &d, c.as_deref(), &actor, &output)
+    })
+    .await;
+    work.remove().await;
+    release
+}
+
+/// A build's directory, removed when the build ends: on the blocking pool
+/// (it holds a whole source tree), also when the request is dropped.
+struct BuildDir(Option<tempfile::TempDir>);
+
+impl BuildDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new(""), |d| d.path())
     }
-    let (a, d, c, actor, l) = (app.to_string(), digest, commit, actor.to_string(), log);
-    db(store, move |s| {
-        s.add_release(&a, &d, c.as_deref(), &actor, &l)
-    })
-    .await
+
+    /// Removes the directory and waits until it is gone.
+    async fn remove(mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(d)).await;
+        }
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(d))),
+                Err(_) => drop(d),
+            }
+        }
+    }
 }
 
 /// Moves the staged artifact to `dest`; by copy when the builds and
@@ -128,8 +158,8 @@ fn store_artifact(staging: &Path, dest: &Path) -> std::io::Result<()> {
     }
 }
 
-async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
-    let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT).await;
+async fn run_build(cmd: &str, workdir: &Path, log: &Path) -> Result<String, ApiError> {
+    let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT, Some(log)).await;
     if !out.ok {
         let wd = workdir.to_path_buf();
         let full = says_disk_full(&out.output)

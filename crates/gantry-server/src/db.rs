@@ -1,5 +1,6 @@
-//! The one way the control plane calls the store from async code: on the
-//! blocking pool, since SQLite is synchronous.
+//! Blocking work off the async threads: every store call (SQLite is
+//! synchronous) and file-system work that is more than a small bounded
+//! call runs on tokio's blocking pool.
 
 use std::sync::Arc;
 
@@ -19,4 +20,15 @@ where
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)
+}
+
+/// Runs `f` on the blocking pool (file-system walks, copies, removals).
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))
 }

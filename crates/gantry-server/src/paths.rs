@@ -4,9 +4,12 @@
 //! edge proxy's.)
 //!
 //! - `gantry.sock`: the API socket; `server.lock`: one server per directory;
-//! - `builds/`: builds in progress (a directory each, removed after);
+//! - `builds/`: builds in progress (a directory each, removed after) and
+//!   the whole output of each build command (`builds/build-<id>.log`, the
+//!   newest 50 kept);
 //! - `artifacts/<sha256>`: the built releases, content-addressed;
 //! - `deploys/<id>.command`: the marker of a deploy's running command;
+//!   `deploys/<id>.log`: the whole output of its migrations and hooks;
 //! - `envs/<app>/<env>/data`: an environment's persistent data.
 
 use std::path::{Path, PathBuf};
@@ -26,4 +29,13 @@ pub(crate) fn artifact_dir(data_dir: &Path, digest: &str) -> PathBuf {
     data_dir
         .join("artifacts")
         .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The log of the build running in `build_dir` (`builds/build-<id>`):
+/// `builds/build-<id>.log`, which outlives the directory.
+pub(crate) fn build_log(data_dir: &Path, build_dir: &Path) -> PathBuf {
+    let name = build_dir
+        .file_name()
+        .map_or_else(|| "build".into(), |n| n.to_string_lossy().into_owned());
+    builds_dir(data_dir).join(format!("{name}.log"))
 }
