@@ -130,10 +130,9 @@ async fn identify(
                 "{why}; ask an admin for a valid token (`gantry token create`)"
             ))
         })?;
-    let role: Role = rec
-        .role
-        .parse()
-        .map_err(|e: String| ApiError::internal(format!("token {}: {e}", rec.id)))?;
+    let role: Role = rec.role.parse().map_err(|e: gantry_api::UnknownRole| {
+        ApiError::internal(format!("token {}: {e}", rec.id))
+    })?;
     Ok(Principal {
         actor: format!("token:{}", rec.id),
         role,

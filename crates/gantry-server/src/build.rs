@@ -19,7 +19,7 @@ use gantry_store::releases::Release;
 use sha2::{Digest, Sha256};
 
 use crate::db::{blocking, db};
-use crate::error::ApiError;
+use crate::error::{ApiError, chain};
 use crate::paths;
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -57,9 +57,12 @@ pub(crate) async fn build_release(
     .await?
     .map_err(|e: std::io::Error| {
         if is_disk_full(&e) {
-            disk_full(&src, "unpacking the source bundle", with_causes(&e))
+            disk_full(&src, "unpacking the source bundle", chain(&e))
         } else {
-            ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}"))
+            ApiError::unprocessable(format!(
+                "the uploaded source bundle is unusable: {}",
+                chain(&e)
+            ))
         }
     })?
     .map_err(|d| ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}")))?;
@@ -230,26 +233,10 @@ fn disk_full(path: &Path, what: &str, detail: impl std::fmt::Display) -> ApiErro
 /// the step and the path.
 fn io_failure(path: &Path, what: &str, e: std::io::Error) -> ApiError {
     if is_disk_full(&e) {
-        disk_full(path, what, with_causes(&e))
+        disk_full(path, what, chain(&e))
     } else {
-        ApiError::internal(format!("{what} ({}): {}", path.display(), with_causes(&e)))
+        ApiError::internal(format!("{what} ({}): {}", path.display(), chain(&e)))
     }
-}
-
-/// An error with its causes, `: `-separated (a wrapped I/O error, such as
-/// tar's "failed to unpack `x`", hides the system's words otherwise).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result<(), ApiError> {

@@ -28,7 +28,8 @@ use gantry_spec::model::{self, ProbeKind, StopSignal};
 use gantry_store::Store;
 use gantry_store::instances::{InstanceRecord, UsageSample};
 
-use crate::error::ApiError;
+use crate::db::{blocking, db};
+use crate::error::{ApiError, ServerError, chain};
 
 /// The backend set started by `gantry start` (releases bring their own).
 const MAIN_SET: &str = "main";
@@ -66,11 +67,16 @@ pub(crate) struct Fleet {
 
 impl Fleet {
     /// Adopts every recorded instance and starts the event and usage pumps.
-    pub(crate) fn boot(
+    pub(crate) async fn boot(
         store: Arc<Store>,
         data_dir: &Path,
         opts: FleetOptions,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, ServerError> {
+        let s = store.clone();
+        let records = tokio::task::spawn_blocking(move || s.instances(None))
+            .await
+            .map_err(|source| ServerError::Task { source })?
+            .map_err(|source| ServerError::Adopt { source })?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
             .with_secrets(Arc::new(StoreSecrets(store.clone())));
@@ -83,7 +89,7 @@ impl Fleet {
             busy: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(pump_events(store.clone(), rx));
-        for rec in store.instances(None)? {
+        for rec in records {
             let spec: InstanceSpec = match serde_json::from_str(&rec.spec) {
                 Ok(s) => s,
                 Err(e) => {
@@ -177,15 +183,20 @@ impl Fleet {
                 ),
             ));
         }
-        if !dir.is_absolute() || !dir.is_dir() {
-            return Err(ApiError::unprocessable(format!(
-                "`{}` is not an existing absolute directory to run the app in",
-                dir.display()
-            )));
-        }
         let data = self.env_data_dir(app, env);
-        std::fs::create_dir_all(&data)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", data.display())))?;
+        let (d, dd) = (dir.clone(), data.clone());
+        blocking(move || {
+            if !d.is_absolute() || !d.is_dir() {
+                return Err(ApiError::unprocessable(format!(
+                    "`{}` is not an existing absolute directory to run the app in",
+                    d.display()
+                )));
+            }
+            std::fs::create_dir_all(&dd).map_err(|e| {
+                ApiError::internal(format!("cannot create {}: {}", dd.display(), chain(&e)))
+            })
+        })
+        .await??;
         let (env_vars, secret_env) = instance_env_split(app, env, spec, &secrets, &data)?;
         let count = spec.run.instances;
         let mut specs = Vec::new();
@@ -316,11 +327,7 @@ impl Fleet {
             }
         }
         let ids: Vec<String> = stopped.iter().map(|(id, _)| id.clone()).collect();
-        let store = self.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let removed = db(&self.store, move |s| s.remove_instance_ids(&ids)).await;
         let n = stopped.len();
         match removed {
             Ok(_) => {
@@ -337,8 +344,9 @@ impl Fleet {
                 // not adopt what the old one was told is gone.
                 let ids: Vec<&str> = stopped.iter().map(|(id, _)| id.as_str()).collect();
                 failed.push(format!(
-                    "{} stopped, but their records could not be removed: {e}",
-                    ids.join(", ")
+                    "{} stopped, but their records could not be removed: {}",
+                    ids.join(", "),
+                    e.message
                 ));
             }
         }
@@ -347,7 +355,9 @@ impl Fleet {
                 .values()
                 .map(|r| self.runtime.instance_dir(r.instance.spec()))
                 .collect();
-            prune_stopped_sets(&self.runtime.env_dir(app, env), &live, KEEP_STOPPED_SETS);
+            let env_dir = self.runtime.env_dir(app, env);
+            // Removing directories (logs of up to tens of MiB): off the runtime.
+            blocking(move || prune_stopped_sets(&env_dir, &live, KEEP_STOPPED_SETS)).await?;
             return Ok(n);
         }
         Err(ApiError::internal(format!(
@@ -571,7 +581,8 @@ struct StoreSecrets(Arc<Store>);
 
 impl SecretSource for StoreSecrets {
     fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
-        let values = self.0.secret_values(app, env).map_err(|e| e.to_string())?;
+        // The runtime's trait takes the error as text: with its causes.
+        let values = self.0.secret_values(app, env).map_err(|e| chain(&e))?;
         Ok(values
             .into_iter()
             .filter_map(|(name, v)| Some((name, String::from_utf8(v).ok()?)))

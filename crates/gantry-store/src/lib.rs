@@ -37,9 +37,10 @@ pub use migrations::SCHEMA_VERSION;
 pub const DB_FILE: &str = "gantry.db";
 
 /// Everything that can go wrong in the store, each variant saying what to do.
+/// A variant's cause is its `source()`, never repeated in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot use data directory {path}: {source}")]
+    #[error("cannot use data directory {path}")]
     DataDir {
         path: PathBuf,
         #[source]
@@ -55,7 +56,7 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("database error: {0}")]
+    #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("schema migration failed: {0}")]
     Migration(String),
@@ -67,7 +68,7 @@ pub enum StoreError {
     Invalid(String),
     #[error(transparent)]
     Vault(#[from] vault::VaultError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -196,6 +197,50 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn no_message_repeats_its_cause() {
+        let io = || std::io::Error::other("the disk said no");
+        let errors: Vec<StoreError> = vec![
+            StoreError::DataDir {
+                path: "/d".into(),
+                source: io(),
+            },
+            StoreError::Io {
+                path: "/d/audit.head".into(),
+                source: io(),
+            },
+            StoreError::Vault(vault::VaultError::Read {
+                path: "/d/secret.key".into(),
+                source: io(),
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(13),
+                Some("database or disk is full".into()),
+            )),
+        ];
+        for e in errors {
+            let cause = std::error::Error::source(&e)
+                .unwrap_or_else(|| panic!("{e:?} has a cause"))
+                .to_string();
+            assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
+        }
+        // A real one: a data directory that is a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = Store::open(&file)
+            .err()
+            .expect("a file is no data directory");
+        assert_eq!(
+            e.to_string(),
+            format!("cannot use data directory {}", file.display())
+        );
+        let io = std::error::Error::source(&e)
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .expect("the io error is the cause");
+        assert_eq!(io.kind(), std::io::ErrorKind::AlreadyExists);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub(crate) enum Command {
     Revoke { id: String },
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+fn parse_role(s: &str) -> Result<Role, gantry_api::UnknownRole> {
     s.parse()
 }
 

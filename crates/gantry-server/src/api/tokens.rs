@@ -13,7 +13,7 @@ fn info(r: TokenRecord) -> Result<TokenInfo, ApiError> {
     let role: Role = r
         .role
         .parse()
-        .map_err(|e: String| ApiError::internal(format!("token {}: {e}", r.id)))?;
+        .map_err(|e: gantry_api::UnknownRole| ApiError::internal(format!("token {}: {e}", r.id)))?;
     Ok(TokenInfo {
         id: r.id,
         role,
