@@ -82,3 +82,53 @@ fn a_server_that_cannot_start_says_why_each_cause_once() {
     assert_eq!(err.matches(&in_use).count(), 1, "the cause once: {err}");
     drop(taken);
 }
+
+#[test]
+fn a_runtime_event_the_store_refuses_is_logged_with_the_stores_error() {
+    let server = TestServer::start();
+    let app = server.dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy(support::hello_app(), app.join("hello-app")).unwrap();
+    std::fs::write(
+        server.dir.path().join("gantry.toml"),
+        "[app]\nname = \"hello\"\n\n[run]\ncommand = \"./hello-app\"\n\n[health.readiness]\n\
+         kind = \"http\"\npath = \"/readiness\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
+    )
+    .unwrap();
+    server.run(&["config", "apply", "--env", "production"]).ok();
+    server
+        .run(&[
+            "start",
+            "--env",
+            "production",
+            "--dir",
+            app.to_str().unwrap(),
+        ])
+        .ok();
+    server.wait_ready("production", 1);
+    // The store refuses new events, as on a full disk.
+    server
+        .sqlite(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON events \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .ok();
+    server.run(&["restart", "--env", "production"]).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = server.log.lock().unwrap().clone();
+        let line = log
+            .lines()
+            .find(|l| l.contains("could not store a runtime event"));
+        if let Some(line) = line {
+            assert!(line.contains("database or disk is full"), "{line}");
+            assert!(line.contains("hello.production.main.0"), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused event was logged: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

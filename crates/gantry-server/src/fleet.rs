@@ -27,6 +27,7 @@ use gantry_spec::AppSpec;
 use gantry_spec::model::{self, ProbeKind, StopSignal};
 use gantry_store::Store;
 use gantry_store::instances::{InstanceRecord, UsageSample};
+use tokio::sync::mpsc;
 
 use crate::db::{blocking, db};
 use crate::error::{ApiError, ServerError, chain};
@@ -77,7 +78,7 @@ impl Fleet {
             .await
             .map_err(|source| ServerError::Task { source })?
             .map_err(|source| ServerError::Adopt { source })?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = EventSender::channel();
         let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
             .with_secrets(Arc::new(StoreSecrets(store.clone())));
         let fleet = Arc::new(Self {
@@ -552,7 +553,54 @@ fn prune_stopped_sets(env_dir: &Path, live: &[PathBuf], keep: usize) {
     }
 }
 
-async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+/// How many runtime events wait for the store at most; the runtime drops
+/// (and counts) what comes while the queue is full.
+const EVENT_QUEUE: usize = 4096;
+
+/// The sending side of the runtime's event queue: bounded
+/// ([`EVENT_QUEUE`]), or unbounded while the runtime still takes an
+/// unbounded sender. `Runtime::new`'s parameter picks the one `boot`
+/// makes; the unbounded one goes once the runtime takes only the bounded.
+trait EventSender: Sized {
+    type Receiver: EventReceiver;
+    fn channel() -> (Self, Self::Receiver);
+}
+
+/// The receiving side of the runtime's event queue.
+trait EventReceiver: Send + 'static {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send;
+}
+
+impl EventSender for mpsc::Sender<Event> {
+    type Receiver = mpsc::Receiver<Event>;
+    fn channel() -> (Self, Self::Receiver) {
+        mpsc::channel(EVENT_QUEUE)
+    }
+}
+
+impl EventReceiver for mpsc::Receiver<Event> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+}
+
+impl EventSender for mpsc::UnboundedSender<Event> {
+    type Receiver = mpsc::UnboundedReceiver<Event>;
+    fn channel() -> (Self, Self::Receiver) {
+        mpsc::unbounded_channel()
+    }
+}
+
+impl EventReceiver for mpsc::UnboundedReceiver<Event> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
+}
+
+/// Stores the runtime's events as they come, one at a time; one that
+/// cannot be stored is logged with the store's error, and the next is
+/// tried.
+async fn pump_events(store: Arc<Store>, mut rx: impl EventReceiver) {
     while let Some(e) = rx.recv().await {
         // Instance ids are `app.env.set.index`; app and env names have no dots.
         let mut parts = e.instance.splitn(3, '.');
@@ -564,13 +612,13 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedRece
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        let store = store.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            store.append_event(e.at_ms, &app, &env, &e.instance, &kind, &e.message)
+        let instance = e.instance.clone();
+        let stored = db(&store, move |s| {
+            s.append_event(e.at_ms, &app, &env, &e.instance, &kind, &e.message)
         })
         .await;
-        if !matches!(r, Ok(Ok(_))) {
-            tracing::error!("could not store a runtime event");
+        if let Err(err) = stored {
+            tracing::error!(%instance, error = %err.message, "could not store a runtime event");
         }
     }
 }
@@ -740,6 +788,52 @@ fn instance_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(instance: &str, message: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "instance": instance,
+            "at_ms": 1_000,
+            "kind": "started",
+            "message": message,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_through_the_bounded_queue_are_stored_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (tx, rx): (mpsc::Sender<Event>, _) = EventSender::channel();
+        assert_eq!(tx.max_capacity(), EVENT_QUEUE);
+        let pump = tokio::spawn(pump_events(store.clone(), rx));
+        for i in 0..3 {
+            tx.send(event(
+                &format!("hello.production.main.{i}"),
+                &format!("pid {i}"),
+            ))
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        pump.await.unwrap();
+        let mut stored: Vec<(String, String, String)> = store
+            .events("hello", "production", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.instance, e.kind, e.message))
+            .collect();
+        stored.sort();
+        assert_eq!(
+            stored,
+            (0..3)
+                .map(|i| (
+                    format!("hello.production.main.{i}"),
+                    "started".to_string(),
+                    format!("pid {i}")
+                ))
+                .collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn release_sets_are_matched_by_name() {
