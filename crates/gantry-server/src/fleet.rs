@@ -357,8 +357,9 @@ impl Fleet {
                 .map(|r| self.runtime.instance_dir(r.instance.spec()))
                 .collect();
             let env_dir = self.runtime.env_dir(app, env);
-            // Removing directories (logs of up to tens of MiB): off the runtime.
-            blocking(move || prune_stopped_sets(&env_dir, &live, KEEP_STOPPED_SETS)).await?;
+            // Removing directories (logs of up to tens of MiB): off the
+            // runtime, and best effort (the stop itself is done).
+            let _ = blocking(move || prune_stopped_sets(&env_dir, &live, KEEP_STOPPED_SETS)).await;
             return Ok(n);
         }
         Err(ApiError::internal(format!(
