@@ -30,53 +30,77 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// A server address that [`Endpoint`] does not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("`{0}` is not a server address; use `http://HOST:PORT` or `unix:/PATH`")]
+    NotAnAddress(String),
+    #[error(
+        "`{0}`: TLS for the API is not built yet; use `http://HOST:PORT` behind a TLS \
+         terminator, or the unix socket"
+    )]
+    Tls(String),
+}
+
 impl std::str::FromStr for Endpoint {
-    type Err = String;
+    type Err = EndpointError;
     /// `unix:/path/to/gantry.sock`, a path, or `http://host:port`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, EndpointError> {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(Endpoint::Unix(PathBuf::from(p)));
         }
         if let Some(rest) = s.strip_prefix("http://") {
             let addr = rest.trim_end_matches('/');
             if addr.is_empty() || addr.contains('/') {
-                return Err(format!(
-                    "`{s}` is not a server address; use `http://HOST:PORT` or `unix:/PATH`"
-                ));
+                return Err(EndpointError::NotAnAddress(s.to_string()));
             }
             return Ok(Endpoint::Tcp(addr.to_string()));
         }
         if s.starts_with("https://") {
-            return Err(format!(
-                "`{s}`: TLS for the API is not built yet; use `http://HOST:PORT` behind a TLS \
-                 terminator, or the unix socket"
-            ));
+            return Err(EndpointError::Tls(s.to_string()));
         }
         if s.starts_with('/') || s.starts_with('.') {
             return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
-        Err(format!(
-            "`{s}` is not a server address; use `http://HOST:PORT` or `unix:/PATH`"
-        ))
+        Err(EndpointError::NotAnAddress(s.to_string()))
     }
 }
 
+/// A failed API call. A variant's cause (the system's, hyper's or serde's
+/// error) is its `source()`, never repeated in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot reach the Gantry server at {endpoint}: {reason}\n  hint: start it with `gantry \
-         server`, or point --server / GANTRY_SERVER at it"
-    )]
-    Connect { endpoint: Endpoint, reason: String },
-    #[error("the server at {endpoint} broke off the request: {reason}")]
-    Transport { endpoint: Endpoint, reason: String },
+    #[error("cannot reach the Gantry server at {endpoint}")]
+    Connect {
+        endpoint: Endpoint,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server at {endpoint} broke off the request")]
+    Transport {
+        endpoint: Endpoint,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the request to {endpoint} could not be made")]
+    Request {
+        endpoint: Endpoint,
+        #[source]
+        source: hyper::http::Error,
+    },
     /// The server answered with an error status and message.
     #[error("{message}")]
     Api { status: u16, message: String },
-    #[error(
-        "the server's answer could not be read ({reason}); is the CLI the same version as the server?"
-    )]
-    Decode { reason: String },
+    #[error("the server's answer could not be read; is the CLI the same version as the server?")]
+    Decode {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the request's body could not be encoded as JSON")]
+    Encode {
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl ClientError {
@@ -84,6 +108,17 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// What to do next, when there is one thing to say (a server that
+    /// cannot be reached).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Connect { .. } => {
+                Some("start it with `gantry server`, or point --server / GANTRY_SERVER at it")
+            }
             _ => None,
         }
     }
@@ -139,9 +174,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let (status, bytes) = self.raw(method, path, body).await?;
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-                reason: e.to_string(),
-            })
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { source })
         } else {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.error)
@@ -184,9 +217,9 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let payload = match body {
             Some(b) => Some((
-                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode {
-                    reason: e.to_string(),
-                })?),
+                Bytes::from(
+                    serde_json::to_vec(b).map_err(|source| ClientError::Encode { source })?,
+                ),
                 "application/json",
             )),
             None => None,
@@ -221,17 +254,17 @@ impl Client {
         }
         let req = req
             .body(Full::new(payload))
-            .map_err(|e| ClientError::Transport {
+            .map_err(|source| ClientError::Request {
                 endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
+                source,
             })?;
-        let connect_err = |e: std::io::Error| ClientError::Connect {
+        let connect_err = |source: std::io::Error| ClientError::Connect {
             endpoint: self.endpoint.clone(),
-            reason: e.to_string(),
+            source,
         };
-        let transport = |e: hyper::Error| ClientError::Transport {
+        let transport = |source: hyper::Error| ClientError::Transport {
             endpoint: self.endpoint.clone(),
-            reason: e.to_string(),
+            source,
         };
         let resp = match &self.endpoint {
             Endpoint::Unix(p) => {
@@ -261,9 +294,7 @@ impl Client {
 /// A 2xx JSON answer into `T`, or the server's error message.
 fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
     if status.is_success() {
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(bytes).map_err(|source| ClientError::Decode { source })
     } else {
         let message = serde_json::from_slice::<ErrorBody>(bytes)
             .map(|b| b.error)
@@ -328,13 +359,82 @@ mod tests {
             "http://127.0.0.1:7400/".parse::<Endpoint>(),
             Ok(Endpoint::Tcp("127.0.0.1:7400".into()))
         );
+        assert_eq!(
+            "ftp://x".parse::<Endpoint>(),
+            Err(EndpointError::NotAnAddress("ftp://x".into()))
+        );
         assert!(
             "ftp://x"
                 .parse::<Endpoint>()
                 .unwrap_err()
+                .to_string()
                 .contains("HOST:PORT")
         );
-        assert!("https://x".parse::<Endpoint>().unwrap_err().contains("TLS"));
+        assert!(
+            "https://x"
+                .parse::<Endpoint>()
+                .unwrap_err()
+                .to_string()
+                .contains("TLS")
+        );
+    }
+
+    /// Every source of `e`, outermost first.
+    fn causes(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut c = e.source();
+        while let Some(s) = c {
+            out.push(s.to_string());
+            c = s.source();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_keeps_the_io_error_as_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        let client = Client::new(Endpoint::Unix(sock.clone()), None);
+        let err = client
+            .get::<serde_json::Value>("/healthz")
+            .await
+            .unwrap_err();
+        let ClientError::Connect { source, .. } = &err else {
+            panic!("expected Connect, got {err:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        let message = err.to_string();
+        assert_eq!(
+            message,
+            format!("cannot reach the Gantry server at unix:{}", sock.display())
+        );
+        let causes = causes(&err);
+        assert_eq!(causes, [source.to_string()]);
+        assert!(!message.contains(&causes[0]), "the cause is not repeated");
+        assert!(err.hint().unwrap().contains("gantry server"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_answer_keeps_the_json_error_as_its_cause() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nnot json")
+                .await
+                .unwrap();
+        });
+        let client = Client::new(Endpoint::Unix(sock), None);
+        let err = client.get::<serde_json::Value>("/x").await.unwrap_err();
+        assert!(matches!(err, ClientError::Decode { .. }), "{err:?}");
+        let causes = causes(&err);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert!(causes[0].contains("expected ident"), "{causes:?}");
+        assert!(!err.to_string().contains(&causes[0]));
     }
 
     #[test]

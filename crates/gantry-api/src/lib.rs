@@ -9,6 +9,6 @@ pub mod bundle;
 pub mod client;
 pub mod types;
 
-pub use client::{Client, ClientError, Endpoint};
+pub use client::{Client, ClientError, Endpoint, EndpointError};
 pub use hyper::Method;
 pub use types::*;

@@ -33,16 +33,19 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// A role name that is none of Gantry's roles.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}`; expected one of `viewer`, `deployer`, `admin`")]
+pub struct UnknownRole(pub String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "viewer" => Ok(Role::Viewer),
             "deployer" => Ok(Role::Deployer),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role `{other}`; expected one of `viewer`, `deployer`, `admin`"
-            )),
+            other => Err(UnknownRole(other.to_string())),
         }
     }
 }

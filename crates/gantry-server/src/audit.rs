@@ -24,12 +24,8 @@ use serde_json::Value;
 
 use crate::auth::Actor;
 use crate::error::ErrorMessage;
+use crate::limits::MAX_BODY;
 use crate::state::AppState;
-
-/// JSON bodies larger than this are refused (413) by the handler's
-/// extractor (the limit is set on the API's routes); it is also what the
-/// audit layer keeps of one.
-pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Field names whose values never reach the audit log.
 const SECRET_FIELDS: &[&str] = &["value", "token", "password", "secret", "key"];

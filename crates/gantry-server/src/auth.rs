@@ -121,7 +121,7 @@ async fn identify(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?
         .to_string();
-    let now = gantry_store::now_ms();
+    let now = gantry_common::now_ms();
     let rec = state
         .db(move |s| s.authenticate_token(&token, now))
         .await?
@@ -130,10 +130,9 @@ async fn identify(
                 "{why}; ask an admin for a valid token (`gantry token create`)"
             ))
         })?;
-    let role: Role = rec
-        .role
-        .parse()
-        .map_err(|e: String| ApiError::internal(format!("token {}: {e}", rec.id)))?;
+    let role: Role = rec.role.parse().map_err(|e: gantry_api::UnknownRole| {
+        ApiError::internal(format!("token {}: {e}", rec.id))
+    })?;
     Ok(Principal {
         actor: format!("token:{}", rec.id),
         role,

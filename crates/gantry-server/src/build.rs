@@ -10,61 +10,62 @@
 //! its sorted file list (path, executable bit, size, content hash), so
 //! identical outputs are stored once under `artifacts/<hex>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_store::Store;
 use gantry_store::releases::Release;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::db::{blocking, db};
+use crate::error::{ApiError, chain};
+use crate::paths;
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const LOG_LIMIT: usize = 64 * 1024;
 
-/// Where the artifact with `digest` (`sha256:<hex>`) lives.
-pub(crate) fn artifact_dir(data_dir: &Path, digest: &str) -> PathBuf {
-    data_dir
-        .join("artifacts")
-        .join(digest.trim_start_matches("sha256:"))
-}
-
 pub(crate) async fn build_release(
-    state: &AppState,
+    store: &Arc<Store>,
     app: &str,
     env: &str,
     bundle: axum::body::Bytes,
     commit: Option<String>,
     actor: &str,
 ) -> Result<Release, ApiError> {
-    let data = state.store.dir().to_path_buf();
-    let builds = data.join("builds");
-    std::fs::create_dir_all(&builds)
-        .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
-    let work = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&builds)
-        .map_err(|e| io_failure(&builds, "cannot create a build directory", e))?;
-    let src = work.path().join("src");
-    let s2 = src.clone();
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&s2)?;
-        gantry_api::bundle::unpack(&bundle[..], &s2)
+    let data = store.dir().to_path_buf();
+    let builds = paths::builds_dir(&data);
+    let work = blocking(move || {
+        std::fs::create_dir_all(&builds)
+            .map_err(|e| io_failure(&builds, "cannot create the builds directory", e))?;
+        tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&builds)
+            .map_err(|e| io_failure(&builds, "cannot create a build directory", e))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| {
+    .await??;
+    let work = BuildDir(Some(work));
+    let dir = work.path().to_path_buf();
+    let log = paths::build_log(&data, &dir);
+    let src = dir.join("src");
+    let s2 = src.clone();
+    let spec = blocking(move || {
+        std::fs::create_dir_all(&s2)?;
+        gantry_api::bundle::unpack(&bundle[..], &s2)?;
+        Ok(gantry_spec::load(&s2.join("gantry.toml")))
+    })
+    .await?
+    .map_err(|e: std::io::Error| {
         if is_disk_full(&e) {
-            disk_full(&src, "unpacking the source bundle", with_causes(&e))
+            disk_full(&src, "unpacking the source bundle", chain(&e))
         } else {
-            ApiError::unprocessable(format!("the uploaded source bundle is unusable: {e}"))
+            ApiError::unprocessable(format!(
+                "the uploaded source bundle is unusable: {}",
+                chain(&e)
+            ))
         }
-    })?;
-
-    let spec_path = src.join("gantry.toml");
-    let spec = gantry_spec::load(&spec_path).map_err(|d| {
-        ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}"))
-    })?;
+    })?
+    .map_err(|d| ApiError::unprocessable(format!("the bundle's gantry.toml has errors:\n{d}")))?;
     if spec.app_name() != app {
         return Err(ApiError::unprocessable(format!(
             "the bundle is app `{}`, not `{app}`",
@@ -78,35 +79,64 @@ pub(crate) async fn build_release(
         Some(w) => src.join(w),
         None => src.clone(),
     };
-    let mut log = String::new();
+    let mut output = String::new();
     if let Some(cmd) = &resolved.build.command {
-        log = run_build(cmd, &workdir).await?;
+        output = run_build(cmd, &workdir, &log).await?;
     }
-    let staging = work.path().join("artifact");
+    let staging = dir.join("artifact");
     let outputs = resolved.build.outputs.clone();
-    let (wd, st) = (workdir.clone(), staging.clone());
-    let digest = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
-        collect_outputs(&wd, &outputs, &st)?;
+    let spec_path = src.join("gantry.toml");
+    let dest = blocking(move || -> Result<_, ApiError> {
+        collect_outputs(&workdir, &outputs, &staging)?;
         // The spec travels with the artifact, so a release knows its config.
-        std::fs::copy(wd.join("gantry.toml"), st.join("gantry.toml"))
-            .or_else(|_| std::fs::copy(spec_path, st.join("gantry.toml")))
-            .map_err(|e| io_failure(&st, "cannot copy gantry.toml into the artifact", e))?;
-        digest_tree(&st).map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))
+        std::fs::copy(workdir.join("gantry.toml"), staging.join("gantry.toml"))
+            .or_else(|_| std::fs::copy(spec_path, staging.join("gantry.toml")))
+            .map_err(|e| io_failure(&staging, "cannot copy gantry.toml into the artifact", e))?;
+        let digest = digest_tree(&staging)
+            .map_err(|e| ApiError::internal(format!("cannot hash the artifact: {e}")))?;
+        let dest = paths::artifact_dir(&data, &digest);
+        if !dest.exists() {
+            store_artifact(&staging, &dest)
+                .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
+        }
+        Ok(digest)
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    let dest = artifact_dir(&data, &digest);
-    if !dest.exists() {
-        let (st, d) = (staging.clone(), dest.clone());
-        tokio::task::spawn_blocking(move || store_artifact(&st, &d))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| io_failure(&dest, "cannot store the artifact", e))?;
+    .await??;
+    let (a, d, c, actor) = (app.to_string(), dest, commit, actor.to_string());
+    let release = db(store, move |s| {
+        s.add_release(&a, &d, c.as_deref(), &actor, &output)
+    })
+    .await;
+    work.remove().await;
+    release
+}
+
+/// A build's directory, removed when the build ends: on the blocking pool
+/// (it holds a whole source tree), also when the request is dropped.
+struct BuildDir(Option<tempfile::TempDir>);
+
+impl BuildDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new(""), |d| d.path())
     }
-    let (a, d, c, actor, l) = (app.to_string(), digest, commit, actor.to_string(), log);
-    state
-        .db(move |s| s.add_release(&a, &d, c.as_deref(), &actor, &l))
-        .await
+
+    /// Removes the directory and waits until it is gone.
+    async fn remove(mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(d)).await;
+        }
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(d))),
+                Err(_) => drop(d),
+            }
+        }
+    }
 }
 
 /// Moves the staged artifact to `dest`; by copy when the builds and
@@ -131,8 +161,8 @@ fn store_artifact(staging: &Path, dest: &Path) -> std::io::Result<()> {
     }
 }
 
-async fn run_build(cmd: &str, workdir: &Path) -> Result<String, ApiError> {
-    let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT).await;
+async fn run_build(cmd: &str, workdir: &Path, log: &Path) -> Result<String, ApiError> {
+    let out = crate::shell::run(cmd, workdir, None, BUILD_TIMEOUT, LOG_LIMIT, Some(log)).await;
     if !out.ok {
         let wd = workdir.to_path_buf();
         let full = says_disk_full(&out.output)
@@ -203,26 +233,10 @@ fn disk_full(path: &Path, what: &str, detail: impl std::fmt::Display) -> ApiErro
 /// the step and the path.
 fn io_failure(path: &Path, what: &str, e: std::io::Error) -> ApiError {
     if is_disk_full(&e) {
-        disk_full(path, what, with_causes(&e))
+        disk_full(path, what, chain(&e))
     } else {
-        ApiError::internal(format!("{what} ({}): {}", path.display(), with_causes(&e)))
+        ApiError::internal(format!("{what} ({}): {}", path.display(), chain(&e)))
     }
-}
-
-/// An error with its causes, `: `-separated (a wrapped I/O error, such as
-/// tar's "failed to unpack `x`", hides the system's words otherwise).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn collect_outputs(workdir: &Path, outputs: &[String], staging: &Path) -> Result<(), ApiError> {

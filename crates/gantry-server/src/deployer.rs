@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use gantry_common::lock;
 use gantry_proxy::{AdminClient, AdminClientError, BackendSet, Route, Table};
 use gantry_rollout::{
     Action, Baseline, Deploy, Gates, Input, Pause, Phase, Plan, SetMetrics, Step, Strategy,
@@ -45,6 +46,7 @@ use gantry_store::Store;
 use gantry_store::deploys::{DeployRecord, Lease, NewDeploy};
 use tokio::sync::{mpsc, watch};
 
+use crate::db::db;
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 
@@ -101,10 +103,6 @@ pub(crate) struct Deployer {
     running: Mutex<HashMap<i64, Running>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// What a deploy task needs to know, fixed at its start.
 struct Job {
     id: i64,
@@ -122,19 +120,6 @@ struct Job {
 impl Job {
     fn route_id(&self) -> String {
         format!("{}/{}", self.app, self.env)
-    }
-}
-
-fn db<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> gantry_store::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, ApiError>> {
-    let store = store.clone();
-    async move {
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::from)
     }
 }
 
@@ -375,7 +360,7 @@ impl Deployer {
             old_set: rec.old_set_name().filter(|_| plan.has_previous),
             plan,
             new_set: rec.new_set_name(),
-            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            dir: crate::paths::artifact_dir(self.store.dir(), &rel.digest),
             secrets,
         };
         self.spawn(job, state, Input::Resumed);
@@ -509,7 +494,7 @@ impl Deployer {
             plan,
             new_set: rec.new_set_name(),
             old_set,
-            dir: crate::build::artifact_dir(self.store.dir(), &rel.digest),
+            dir: crate::paths::artifact_dir(self.store.dir(), &rel.digest),
             secrets,
         };
         self.spawn(job, state, Input::Begin);

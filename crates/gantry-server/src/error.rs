@@ -1,4 +1,10 @@
-//! The one error type of the API: a status and a message that says what to do.
+//! The one error type of the API ([`ApiError`]: a status and a message
+//! that says what to do), the server's own ([`ServerError`]: why it could
+//! not start or serve), and [`chain`], which renders an error with its
+//! causes for a message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::Json;
 use axum::extract::Request;
@@ -46,6 +52,100 @@ impl ApiError {
     }
 }
 
+/// Why the server could not start, or stopped serving. Each variant's
+/// message names what failed; its cause is its `source()`, never repeated
+/// in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store in {}", dir.display())]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "another gantry server is already running on the data directory {}; stop it first, \
+         or use another --data-dir",
+        dir.display()
+    )]
+    AlreadyRunning { dir: PathBuf },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read who owns the data directory {}", dir.display())]
+    Owner {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: the recorded instances cannot be read")]
+    Adopt {
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot resume the unfinished deploys: {message}")]
+    Resume { message: String },
+    #[error("a server is already answering on {}; stop it first", path.display())]
+    SocketInUse { path: PathBuf },
+    #[error("cannot remove the stale socket {}", path.display())]
+    StaleSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the socket {}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of {}", path.display())]
+    SocketMode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}; is the port in use?")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API server failed")]
+    Serve {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a task of the server's start failed")]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// `e` and its causes as one line, `: `-separated: the form of an API
+/// message or a log field. A cause whose text is exactly the one before
+/// it (an outside error that prints its source as its own message, such
+/// as rusqlite's) is not written twice.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut last = text.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if t != last {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        last = t;
+        cause = c.source();
+    }
+    text
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
@@ -55,10 +155,11 @@ impl From<StoreError> for ApiError {
             StoreError::Vault(gantry_store::vault::VaultError::KeyFromEnv) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        let message = chain(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "store failure");
+            tracing::error!(error = %message, "store failure");
         }
-        Self::new(status, e.to_string())
+        Self::new(status, message)
     }
 }
 
@@ -134,8 +235,9 @@ pub(crate) async fn json_error(resp: Response, method: &Method, path: &str) -> R
         }
         StatusCode::PAYLOAD_TOO_LARGE => format!(
             "the request body is too large for {method} {path}: a JSON body may have at most \
-             {} MiB (a source bundle 1 GiB)",
-            crate::audit::MAX_BODY / (1024 * 1024)
+             {} MiB (a source bundle {} GiB)",
+            crate::limits::MAX_BODY / (1024 * 1024),
+            crate::limits::MAX_BUNDLE / (1024 * 1024 * 1024)
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => format!(
             "{method} {path} takes a JSON body: send one with the header `Content-Type: \

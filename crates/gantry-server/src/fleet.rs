@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use gantry_api::{InstanceInfo, LogLine};
+use gantry_common::lock;
 use gantry_runtime::limits::Limits;
 use gantry_runtime::ports::PortPool;
 use gantry_runtime::probe::{ProbeCheck, ProbeSpec};
@@ -26,8 +27,10 @@ use gantry_spec::AppSpec;
 use gantry_spec::model::{self, ProbeKind, StopSignal};
 use gantry_store::Store;
 use gantry_store::instances::{InstanceRecord, UsageSample};
+use tokio::sync::mpsc;
 
-use crate::error::ApiError;
+use crate::db::{blocking, db};
+use crate::error::{ApiError, ServerError, chain};
 
 /// The backend set started by `gantry start` (releases bring their own).
 const MAIN_SET: &str = "main";
@@ -63,20 +66,21 @@ pub(crate) struct Fleet {
     busy: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Fleet {
     /// Adopts every recorded instance and starts the event and usage pumps.
-    pub(crate) fn boot(
+    pub(crate) async fn boot(
         store: Arc<Store>,
         data_dir: &Path,
         opts: FleetOptions,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, ServerError> {
+        let s = store.clone();
+        let records = tokio::task::spawn_blocking(move || s.instances(None))
+            .await
+            .map_err(|source| ServerError::Task { source })?
+            .map_err(|source| ServerError::Adopt { source })?;
         // Bounded: a supervisor drops (and counts) an event rather than
         // wait for room, so a slow store never holds up supervision.
-        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let runtime = Runtime::new(data_dir.join("instances"), opts.shim, tx)
             .with_secrets(Arc::new(StoreSecrets(store.clone())));
         let fleet = Arc::new(Self {
@@ -88,7 +92,7 @@ impl Fleet {
             busy: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(pump_events(store.clone(), rx));
-        for rec in store.instances(None)? {
+        for rec in records {
             let spec: InstanceSpec = match serde_json::from_str(&rec.spec) {
                 Ok(s) => s,
                 Err(e) => {
@@ -119,7 +123,7 @@ impl Fleet {
     }
 
     async fn sample_usage(&self, keep: Duration) {
-        let now = gantry_store::now_ms();
+        let now = gantry_common::now_ms();
         let samples: Vec<UsageSample> = lock(&self.running)
             .iter()
             .filter_map(|(id, r)| {
@@ -182,15 +186,20 @@ impl Fleet {
                 ),
             ));
         }
-        if !dir.is_absolute() || !dir.is_dir() {
-            return Err(ApiError::unprocessable(format!(
-                "`{}` is not an existing absolute directory to run the app in",
-                dir.display()
-            )));
-        }
         let data = self.env_data_dir(app, env);
-        std::fs::create_dir_all(&data)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", data.display())))?;
+        let (d, dd) = (dir.clone(), data.clone());
+        blocking(move || {
+            if !d.is_absolute() || !d.is_dir() {
+                return Err(ApiError::unprocessable(format!(
+                    "`{}` is not an existing absolute directory to run the app in",
+                    d.display()
+                )));
+            }
+            std::fs::create_dir_all(&dd).map_err(|e| {
+                ApiError::internal(format!("cannot create {}: {}", dd.display(), chain(&e)))
+            })
+        })
+        .await??;
         let (env_vars, secret_env) = instance_env_split(app, env, spec, &secrets, &data)?;
         let count = spec.run.instances;
         let mut specs = Vec::new();
@@ -221,7 +230,7 @@ impl Fleet {
                 }
             }
         }
-        let now = gantry_store::now_ms();
+        let now = gantry_common::now_ms();
         let records = specs
             .iter()
             .map(|s| {
@@ -321,11 +330,7 @@ impl Fleet {
             }
         }
         let ids: Vec<String> = stopped.iter().map(|(id, _)| id.clone()).collect();
-        let store = self.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.remove_instance_ids(&ids))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let removed = db(&self.store, move |s| s.remove_instance_ids(&ids)).await;
         let n = stopped.len();
         match removed {
             Ok(_) => {
@@ -342,8 +347,9 @@ impl Fleet {
                 // not adopt what the old one was told is gone.
                 let ids: Vec<&str> = stopped.iter().map(|(id, _)| id.as_str()).collect();
                 failed.push(format!(
-                    "{} stopped, but their records could not be removed: {e}",
-                    ids.join(", ")
+                    "{} stopped, but their records could not be removed: {}",
+                    ids.join(", "),
+                    e.message
                 ));
             }
         }
@@ -352,7 +358,10 @@ impl Fleet {
                 .values()
                 .map(|r| self.runtime.instance_dir(r.instance.spec()))
                 .collect();
-            prune_stopped_sets(&self.runtime.env_dir(app, env), &live, KEEP_STOPPED_SETS);
+            let env_dir = self.runtime.env_dir(app, env);
+            // Removing directories (logs of up to tens of MiB): off the
+            // runtime, and best effort (the stop itself is done).
+            let _ = blocking(move || prune_stopped_sets(&env_dir, &live, KEEP_STOPPED_SETS)).await;
             return Ok(n);
         }
         Err(ApiError::internal(format!(
@@ -547,7 +556,14 @@ fn prune_stopped_sets(env_dir: &Path, live: &[PathBuf], keep: usize) {
     }
 }
 
-async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+/// How many runtime events wait for the store at most; the runtime drops
+/// (and counts) what comes while the queue is full.
+const EVENT_QUEUE: usize = 4096;
+
+/// Stores the runtime's events as they come, one at a time; one that
+/// cannot be stored is logged with the store's error, and the next is
+/// tried.
+async fn pump_events(store: Arc<Store>, mut rx: mpsc::Receiver<Event>) {
     while let Some(e) = rx.recv().await {
         // Instance ids are `app.env.set.index`; app and env names have no dots.
         let mut parts = e.instance.splitn(3, '.');
@@ -559,13 +575,13 @@ async fn pump_events(store: Arc<Store>, mut rx: tokio::sync::mpsc::Receiver<Even
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        let store = store.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            store.append_event(e.at_ms, &app, &env, &e.instance, &kind, &e.message)
+        let instance = e.instance.clone();
+        let stored = db(&store, move |s| {
+            s.append_event(e.at_ms, &app, &env, &e.instance, &kind, &e.message)
         })
         .await;
-        if !matches!(r, Ok(Ok(_))) {
-            tracing::error!("could not store a runtime event");
+        if let Err(err) = stored {
+            tracing::error!(%instance, error = %err.message, "could not store a runtime event");
         }
     }
 }
@@ -576,7 +592,8 @@ struct StoreSecrets(Arc<Store>);
 
 impl SecretSource for StoreSecrets {
     fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
-        let values = self.0.secret_values(app, env).map_err(|e| e.to_string())?;
+        // The runtime's trait takes the error as text: with its causes.
+        let values = self.0.secret_values(app, env).map_err(|e| chain(&e))?;
         Ok(values
             .into_iter()
             .filter_map(|(name, v)| Some((name, String::from_utf8(v).ok()?)))
@@ -734,6 +751,52 @@ fn instance_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(instance: &str, message: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "instance": instance,
+            "at_ms": 1_000,
+            "kind": "started",
+            "message": message,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_through_the_bounded_queue_are_stored_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (tx, rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+        assert_eq!(tx.max_capacity(), EVENT_QUEUE);
+        let pump = tokio::spawn(pump_events(store.clone(), rx));
+        for i in 0..3 {
+            tx.send(event(
+                &format!("hello.production.main.{i}"),
+                &format!("pid {i}"),
+            ))
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        pump.await.unwrap();
+        let mut stored: Vec<(String, String, String)> = store
+            .events("hello", "production", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.instance, e.kind, e.message))
+            .collect();
+        stored.sort();
+        assert_eq!(
+            stored,
+            (0..3)
+                .map(|i| (
+                    format!("hello.production.main.{i}"),
+                    "started".to_string(),
+                    format!("pid {i}")
+                ))
+                .collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn release_sets_are_matched_by_name() {

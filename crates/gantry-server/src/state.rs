@@ -1,8 +1,8 @@
-//! Shared state of the API handlers.
+//! Shared state of the API handlers: the top of the module tree (see the
+//! crate's documentation), which nothing below the handlers imports.
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use gantry_store::Store;
 
 use crate::error::ApiError;
@@ -21,16 +21,12 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Runs a store call on the blocking pool (SQLite is synchronous).
+    /// Runs a store call on the blocking pool ([`crate::db::db`]).
     pub(crate) async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, gantry_store::StoreError> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(ApiError::from)
+        crate::db::db(&self.store, f).await
     }
 }

@@ -101,8 +101,8 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
     let env_entries = env_table.and_then(Node::entries).unwrap_or_default();
     let base = match typed(&base_node) {
         Ok(spec) => spec,
-        Err(message) => {
-            rep.push(None, "", message, None);
+        Err(e) => {
+            rep.push(None, "", e.message(), None);
             return Err(Diagnostics(rep.finish()));
         }
     };
@@ -116,10 +116,13 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
             Ok(spec) => {
                 environments.insert(name.to_string(), spec);
             }
-            Err(message) => rep.push(
+            Err(e) => rep.push(
                 entry.key_span.clone().or_else(|| entry.value.span.clone()),
                 format!("environments.{name}"),
-                format!("environment `{name}` does not resolve to a valid spec: {message}"),
+                format!(
+                    "environment `{name}` does not resolve to a valid spec: {}",
+                    e.message()
+                ),
                 None,
             ),
         }
@@ -175,11 +178,9 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Spec, Diagnostics> {
 
 /// Deserializes a merged tree; structure was checked, so errors here are rare
 /// (e.g. an environment that changes a notify channel's `kind` without the
-/// fields the new kind needs).
-fn typed(node: &Node) -> Result<AppSpec, String> {
-    node.to_toml()
-        .try_into::<AppSpec>()
-        .map_err(|e| e.message().to_string())
+/// fields the new kind needs); the diagnostic carries its message.
+fn typed(node: &Node) -> Result<AppSpec, toml::de::Error> {
+    node.to_toml().try_into::<AppSpec>()
 }
 
 /// [`parse_str`] for raw bytes: also refuses text that is not UTF-8, with

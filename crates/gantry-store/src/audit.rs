@@ -315,6 +315,45 @@ mod tests {
     }
 
     #[test]
+    fn the_head_file_is_written_whole_with_mode_0600_and_no_temp_file_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = filled(3);
+        let head = dir.path().join(HEAD_FILE);
+        let text = std::fs::read_to_string(&head).unwrap();
+        let last = store.list_audit(None, 1).unwrap().pop().unwrap();
+        assert_eq!(text, format!("3 {}\n", last.hash));
+        let mode = std::fs::metadata(&head).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    #[test]
+    fn a_head_file_that_cannot_be_replaced_is_an_io_error_naming_it() {
+        let (dir, store) = filled(1);
+        let head = dir.path().join(HEAD_FILE);
+        std::fs::remove_file(&head).unwrap();
+        // A non-empty directory in its place: the rename over it fails.
+        std::fs::create_dir_all(head.join("blocked")).unwrap();
+        match store.append_audit(&entry(1)) {
+            Err(StoreError::Io { path, .. }) => assert_eq!(path, head),
+            other => panic!("expected an Io error naming the head file, got {other:?}"),
+        }
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")),
+            "the temp file was removed"
+        );
+    }
+
+    #[test]
     fn intact_chain_verifies() {
         let (_dir, store) = filled(5);
         let v = store.verify_audit().unwrap();

@@ -28,7 +28,6 @@ pub mod vault;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
@@ -38,9 +37,10 @@ pub use migrations::SCHEMA_VERSION;
 pub const DB_FILE: &str = "gantry.db";
 
 /// Everything that can go wrong in the store, each variant saying what to do.
+/// A variant's cause is its `source()`, never repeated in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot use data directory {path}: {source}")]
+    #[error("cannot use data directory {path}")]
     DataDir {
         path: PathBuf,
         #[source]
@@ -56,7 +56,7 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("database error: {0}")]
+    #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("schema migration failed: {0}")]
     Migration(String),
@@ -68,7 +68,7 @@ pub enum StoreError {
     Invalid(String),
     #[error(transparent)]
     Vault(#[from] vault::VaultError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -161,39 +161,19 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         })
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |source| StoreError::Io {
+/// Writes `bytes` to `path` durably with `mode` ([`gantry_common::write_atomic`]:
+/// temp file, fsync, rename, fsync the directory), as a store error that
+/// names the file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    gantry_common::write_atomic(path, bytes, mode).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(Ok(d)) = path.parent().map(std::fs::File::open) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
-/// Milliseconds since the Unix epoch: the store's one time unit.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, the store's one time unit
+/// (Gantry's one clock, [`gantry_common::now_ms`]).
+pub use gantry_common::now_ms;
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -217,6 +197,50 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn no_message_repeats_its_cause() {
+        let io = || std::io::Error::other("the disk said no");
+        let errors: Vec<StoreError> = vec![
+            StoreError::DataDir {
+                path: "/d".into(),
+                source: io(),
+            },
+            StoreError::Io {
+                path: "/d/audit.head".into(),
+                source: io(),
+            },
+            StoreError::Vault(vault::VaultError::Read {
+                path: "/d/secret.key".into(),
+                source: io(),
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(13),
+                Some("database or disk is full".into()),
+            )),
+        ];
+        for e in errors {
+            let cause = std::error::Error::source(&e)
+                .unwrap_or_else(|| panic!("{e:?} has a cause"))
+                .to_string();
+            assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
+        }
+        // A real one: a data directory that is a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = Store::open(&file)
+            .err()
+            .expect("a file is no data directory");
+        assert_eq!(
+            e.to_string(),
+            format!("cannot use data directory {}", file.display())
+        );
+        let io = std::error::Error::source(&e)
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .expect("the io error is the cause");
+        assert_eq!(io.kind(), std::io::ErrorKind::AlreadyExists);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const NEXT_KEY_FILE: &str = "secret.key.next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("cannot read the secret key {path}: {source}")]
+    #[error("cannot read the secret key {path}")]
     Read {
         path: PathBuf,
         #[source]

@@ -238,7 +238,7 @@ pub(crate) fn csp_warnings(
                     vec![format!(
                         "note: the CSP reports of `{env}` could not be read ({}), so whether its \
                          enforced CSP was checked against its pages was not checked",
-                        first_line(&e.to_string())
+                        first_line(&format!("{e:#}"))
                     )],
                 ))
             }

@@ -194,7 +194,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<ExitCode> {
                             v.version.to_string(),
                             output::time(v.created_at),
                             v.author.clone(),
-                            v.hash[..12].to_string(),
+                            output::short(&v.hash, 12).to_string(),
                             v.note.clone(),
                         ]
                     })

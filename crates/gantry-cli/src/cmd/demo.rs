@@ -448,7 +448,7 @@ fn scenario(demo: &mut Demo, args: &Args, example: &Path) -> anyhow::Result<()> 
     copy_source(example, &src)?;
     std::fs::write(src.join("gantry.toml"), demo_config("v1"))?;
     demo.src = Some(src.clone());
-    let key = format!("demo-{}", gantry_runtime::now_ms());
+    let key = format!("demo-{}", gantry_common::now_ms());
     let run = |a: &[&str]| demo.step(&src, a, None);
     run(&["config", "check"])?;
     for env in ["staging", "production"] {

@@ -273,7 +273,7 @@ fn stopped_following(ctx: &Ctx, f: &Followed, env: &str) -> Option<ExitCode> {
                 let _ = output::json(d);
             } else {
                 let warm = d.warm_until.map_or(String::new(), |t| {
-                    let left = ((t - gantry_now_ms()).max(0) + 999) / 1000;
+                    let left = ((t - gantry_common::now_ms()).max(0) + 999) / 1000;
                     format!(" until {} ({left} s more)", output::time(t))
                 });
                 let old = d
@@ -289,12 +289,6 @@ fn stopped_following(ctx: &Ctx, f: &Followed, env: &str) -> Option<ExitCode> {
             Some(ExitCode::SUCCESS)
         }
     }
-}
-
-fn gantry_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn deploy(ctx: &Ctx, a: DeployArgs) -> anyhow::Result<ExitCode> {

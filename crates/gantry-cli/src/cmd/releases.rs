@@ -77,7 +77,7 @@ pub(crate) fn build(ctx: &Ctx, a: BuildArgs) -> anyhow::Result<ExitCode> {
         println!(
             "built {app} release {} ({}) in {:.1} s",
             r.number,
-            &r.digest[..19.min(r.digest.len())],
+            output::short(&r.digest, 19),
             started.elapsed().as_secs_f64()
         );
     }
@@ -104,7 +104,7 @@ pub(crate) fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<ExitCode> {
             .map(|r| {
                 vec![
                     r.number.to_string(),
-                    r.digest[..19.min(r.digest.len())].to_string(),
+                    output::short(&r.digest, 19).to_string(),
                     r.source_commit.clone().unwrap_or_else(|| "-".into()),
                     output::time(r.created_at),
                     r.author.clone(),

@@ -40,8 +40,12 @@ pub(crate) struct Args {
     log_format: LogFormat,
 }
 
-fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
-    let bad = || format!("`{s}` is not a port range; write it as FIRST-LAST, e.g. 20000-29999");
+fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, crate::output::BadValue> {
+    let bad = || {
+        crate::output::BadValue(format!(
+            "`{s}` is not a port range; write it as FIRST-LAST, e.g. 20000-29999"
+        ))
+    };
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let (a, b): (u16, u16) = (
         a.trim().parse().map_err(|_| bad())?,
@@ -132,6 +136,12 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             }
         })
         .await
+        .with_context(|| {
+            format!(
+                "the control plane on {} could not run",
+                ctx.data_dir.display()
+            )
+        })
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,14 +37,14 @@ pub(crate) enum Command {
     Revoke { id: String },
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+fn parse_role(s: &str) -> Result<Role, gantry_api::UnknownRole> {
     s.parse()
 }
 
 fn row(t: &TokenInfo) -> Vec<String> {
     let state = if t.revoked_at.is_some() {
         "revoked".to_string()
-    } else if t.expires_at.is_some_and(|e| e <= now_ms()) {
+    } else if t.expires_at.is_some_and(|e| e <= gantry_common::now_ms()) {
         "expired".to_string()
     } else {
         "active".to_string()
@@ -62,13 +62,6 @@ fn row(t: &TokenInfo) -> Vec<String> {
             .unwrap_or_else(|| "-".into()),
         t.description.clone(),
     ]
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub(crate) fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<ExitCode> {

@@ -93,7 +93,7 @@ fn phase_times(
             starts.push((e.phase.clone(), e.at));
         }
     }
-    let end = finished_at.unwrap_or_else(gantry_store::now_ms);
+    let end = finished_at.unwrap_or_else(gantry_common::now_ms);
     let mut out = Vec::new();
     // Before the first line: pending.
     if let Some((_, first)) = starts.first()

@@ -27,7 +27,7 @@ pub(crate) async fn start(
         (Some(n), None) => {
             let a = app.clone();
             let rel = state.db(move |s| s.release(&a, n)).await?;
-            crate::build::artifact_dir(state.store.dir(), &rel.digest)
+            crate::paths::artifact_dir(state.store.dir(), &rel.digest)
         }
         (None, Some(d)) => d.into(),
         _ => {
@@ -93,10 +93,9 @@ pub(crate) async fn logs(
     let n = q.lines.unwrap_or(100).clamp(1, 10_000);
     let fleet = state.fleet.clone();
     let (a, e) = (app.clone(), env.clone());
+    // Reads the instances' log files: on the blocking pool.
     let lines =
-        tokio::task::spawn_blocking(move || fleet.logs(&a, &e, n, q.after.as_deref(), q.release))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::db::blocking(move || fleet.logs(&a, &e, n, q.after.as_deref(), q.release)).await?;
     match (lines, q.release) {
         (Some(lines), _) => Ok(Json(LogLines { lines })),
         (None, release) => Err(ApiError::new(

@@ -74,7 +74,9 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/v1/apps/{app}/envs/{env}/releases",
             get(releases::list)
                 .post(releases::build)
-                .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024 * 1024)),
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::limits::MAX_BUNDLE,
+                )),
         )
         .route(
             "/api/v1/apps/{app}/envs/{env}/deploys",

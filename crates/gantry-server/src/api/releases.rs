@@ -38,7 +38,7 @@ pub(crate) async fn build(
     Query(q): Query<BuildQuery>,
     body: Bytes,
 ) -> ApiResult<ReleaseInfo> {
-    let r = crate::build::build_release(&state, &app, &env, body, q.commit, &p.actor).await?;
+    let r = crate::build::build_release(&state.store, &app, &env, body, q.commit, &p.actor).await?;
     Ok(Json(info(r)))
 }
 

@@ -13,7 +13,7 @@ fn info(r: TokenRecord) -> Result<TokenInfo, ApiError> {
     let role: Role = r
         .role
         .parse()
-        .map_err(|e: String| ApiError::internal(format!("token {}: {e}", r.id)))?;
+        .map_err(|e: gantry_api::UnknownRole| ApiError::internal(format!("token {}: {e}", r.id)))?;
     Ok(TokenInfo {
         id: r.id,
         role,
@@ -38,7 +38,7 @@ pub(crate) async fn create(
         ));
     }
     let expires_at = body.expires_in_secs.map(|s| {
-        gantry_store::now_ms().saturating_add((s.min(i64::MAX as u64 / 1000) as i64) * 1000)
+        gantry_common::now_ms().saturating_add((s.min(i64::MAX as u64 / 1000) as i64) * 1000)
     });
     let (rec, token) = state
         .db(move |s| {
