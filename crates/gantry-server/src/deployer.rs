@@ -508,8 +508,9 @@ impl Deployer {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "the edge proxy does not answer on {} ({e}); start it with `gantry proxy`",
-                    self.proxy.socket().display()
+                    "the edge proxy does not answer on {} ({}); start it with `gantry proxy`",
+                    self.proxy.socket().display(),
+                    crate::error::chain(&e)
                 ),
             )
         })?;
@@ -1227,13 +1228,14 @@ impl<P: Plant> Exec<P> {
                         self.draining = true;
                         Done::Then(None)
                     }
-                    Err(e) if transient(&e) => {
-                        Done::Retry(format!("cannot move the last traffic off the old set: {e}"))
-                    }
+                    Err(e) if transient(&e) => Done::Retry(format!(
+                        "cannot move the last traffic off the old set: {}",
+                        crate::error::chain(&e)
+                    )),
                     // A refusal that repeating will not change; the old set
                     // is still stopped only once the proxy sends it nothing.
                     Err(e) => {
-                        tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                        tracing::error!(deploy = job.id, error = %crate::error::chain(&e), "cannot set the route");
                         self.draining = true;
                         Done::Then(None)
                     }
@@ -1276,13 +1278,17 @@ impl<P: Plant> Exec<P> {
                 Done::Then(None)
             }
             Err(e) if transient(&e) => Done::Retry(format!(
-                "the proxy did not take the route change to {new} %: {e}"
+                "the proxy did not take the route change to {new} %: {}",
+                crate::error::chain(&e)
             )),
             // The machine rolls back from any phase with traffic.
             Err(e) => {
-                tracing::error!(deploy = job.id, error = %e, "cannot set the route");
+                tracing::error!(deploy = job.id, error = %crate::error::chain(&e), "cannot set the route");
                 Done::Then(Some(Input::StartFailed {
-                    detail: format!("the proxy refused the route change: {e}"),
+                    detail: format!(
+                        "the proxy refused the route change: {}",
+                        crate::error::chain(&e)
+                    ),
                 }))
             }
         }
@@ -1298,7 +1304,8 @@ impl<P: Plant> Exec<P> {
             Ok(t) => t,
             Err(e) => {
                 return Done::Retry(format!(
-                    "cannot confirm with the proxy that {set} takes no traffic ({e}); not stopping it"
+                    "cannot confirm with the proxy that {set} takes no traffic ({}); not stopping it",
+                    crate::error::chain(&e)
                 ));
             }
         };
@@ -1318,7 +1325,8 @@ impl<P: Plant> Exec<P> {
                     "the proxy still sent {w} % of {route} to {set}; the route was rewritten without it, not stopping it until the proxy confirms"
                 ),
                 Err(e) => format!(
-                    "the proxy still sends {w} % of {route} to {set} and did not take the route without it ({e}); not stopping it"
+                    "the proxy still sends {w} % of {route} to {set} and did not take the route without it ({}); not stopping it",
+                    crate::error::chain(&e)
                 ),
             });
         }

@@ -19,7 +19,7 @@ use crate::routing::table::Table;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
     #[error(
-        "cannot reach the proxy's admin socket {}: {source}\n  hint: is `gantry proxy` running?",
+        "cannot reach the proxy's admin socket {} (is `gantry proxy` running?)",
         path.display()
     )]
     Connect {

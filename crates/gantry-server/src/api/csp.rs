@@ -29,11 +29,14 @@ pub(crate) async fn reports(
         )),
         Err(e @ AdminClientError::Connect { .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
+            crate::error::chain(&e),
         )),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            format!("cannot read the CSP reports of `{route}` from the proxy: {e}"),
+            format!(
+                "cannot read the CSP reports of `{route}` from the proxy: {}",
+                crate::error::chain(&e)
+            ),
         )),
     }
 }
