@@ -777,7 +777,11 @@ struct Secrets {
 }
 
 impl gantry_runtime::SecretSource for Secrets {
-    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
+    fn secrets(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
         assert_eq!((app, env), ("hello", "secret"));
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self.values.lock().unwrap().clone())

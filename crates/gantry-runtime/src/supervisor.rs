@@ -206,9 +206,9 @@ pub struct StillAlive {
 pub enum SecretsError {
     #[error("this runtime has no source of secret values")]
     NoSource,
-    /// The [`SecretSource`]'s own words.
-    #[error("{0}")]
-    Source(String),
+    /// The [`SecretSource`] failed (its error is the cause).
+    #[error("cannot read the secret values")]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the secret source failed")]
     Panicked(#[source] tokio::task::JoinError),
     #[error(
@@ -231,8 +231,12 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// clear (see [`crate::secrets`]). Called on a blocking thread.
 pub trait SecretSource: Send + Sync {
     /// The current values of the secrets of app environment `app`/`env`,
-    /// by name; an error in words.
-    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String>;
+    /// by name.
+    fn secrets(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// At most one warning about dropped events per this much time.

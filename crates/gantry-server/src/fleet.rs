@@ -591,9 +591,12 @@ async fn pump_events(store: Arc<Store>, mut rx: mpsc::Receiver<Event>) {
 struct StoreSecrets(Arc<Store>);
 
 impl SecretSource for StoreSecrets {
-    fn secrets(&self, app: &str, env: &str) -> Result<BTreeMap<String, String>, String> {
-        // The runtime's trait takes the error as text: with its causes.
-        let values = self.0.secret_values(app, env).map_err(|e| chain(&e))?;
+    fn secrets(
+        &self,
+        app: &str,
+        env: &str,
+    ) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error + Send + Sync>> {
+        let values = self.0.secret_values(app, env)?;
         Ok(values
             .into_iter()
             .filter_map(|(name, v)| Some((name, String::from_utf8(v).ok()?)))
