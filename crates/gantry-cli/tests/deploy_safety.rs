@@ -264,6 +264,9 @@ struct Interposer {
     socket: std::path::PathBuf,
     /// Tables rewritten so far.
     rewritten: Arc<std::sync::atomic::AtomicU64>,
+    /// While set, every call is accepted and never answered: a stuck
+    /// proxy (the connections stay open).
+    stuck: Arc<AtomicBool>,
 }
 
 fn interpose(
@@ -277,11 +280,19 @@ fn interpose(
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let rewritten = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = rewritten.clone();
+    let stuck = Arc::new(AtomicBool::new(false));
+    let hang = stuck.clone();
     std::thread::spawn(move || {
         // The set's last instances the control plane routed to.
         let mut known: Option<serde_json::Value> = None;
+        // Calls taken while stuck, never answered.
+        let mut held = Vec::new();
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
+            if hang.load(Ordering::SeqCst) {
+                held.push(conn);
+                continue;
+            }
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut head = String::new();
             let mut len = 0usize;
@@ -347,7 +358,11 @@ fn interpose(
             let _ = conn.write_all(&answer);
         }
     });
-    Interposer { socket, rewritten }
+    Interposer {
+        socket,
+        rewritten,
+        stuck,
+    }
 }
 
 #[test]
@@ -440,6 +455,89 @@ fn a_set_the_proxy_still_sends_traffic_to_is_never_stopped() {
     let seen = load.finish();
     assert_eq!(seen.failed, 0, "failed requests: {:?}", seen.samples);
     assert!(seen.injected > 0, "the bad canary answered");
+}
+
+#[test]
+fn a_stuck_proxy_makes_the_deploy_hold_and_say_so_never_hang() {
+    let _serial = serial();
+    let proxy_state = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(proxy_state.path());
+    let admin = proxy_state.path().join("admin.sock");
+    // No set is ever put back: the interposer only passes calls through,
+    // or, while stuck, takes them and never answers.
+    let between = interpose(
+        admin,
+        proxy_state.path(),
+        "none".into(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let server = TestServer::start_with(&["--proxy-admin", between.socket.to_str().unwrap()]);
+    let r1 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v1\"", ""));
+    let mut first = deploy_args(r1);
+    first.push("--wait".into());
+    run(&server, &first).ok();
+    let r2 = release(&server, &config(BLUE_GREEN, "APP_VERSION = \"v2\"", ""));
+    let load = Load::start_n(proxy.port, 2);
+    let id = deploy_detached(&server, r2);
+    // The proxy stops answering while the new set starts: the switch's
+    // table calls are accepted and never answered.
+    between.stuck.store(true, Ordering::SeqCst);
+    let show = || {
+        server
+            .run(&[
+                "--json",
+                "deploys",
+                "--env",
+                "production",
+                "show",
+                &id.to_string(),
+            ])
+            .json()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let held = loop {
+        let d = show();
+        if d["holding"]
+            .as_str()
+            .is_some_and(|h| h.contains("did not answer") && h.contains("within 10 s"))
+        {
+            break d;
+        }
+        assert!(
+            d["outcome"].is_null(),
+            "the deploy ended while the proxy was stuck: {d:#}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never said it holds on a proxy that does not answer within 90 s: {d:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Held, not ended, and nothing stopped: the live set still serves.
+    assert!(held["outcome"].is_null(), "{held:#}");
+    assert!(
+        sets(&server).contains(&"r1".to_string()),
+        "the live set was stopped while the proxy could not confirm the switch"
+    );
+    let listed = server.run(&["deploys", "--env", "production"]);
+    listed.ok();
+    assert!(
+        listed.stdout.contains("did not answer"),
+        "`gantry deploys` does not show why the deploy holds: {}",
+        listed.stdout
+    );
+    // The proxy answers again: the deploy carries on to its end.
+    between.stuck.store(false, Ordering::SeqCst);
+    let d = wait_phase(&server, id, "done");
+    assert_eq!(d["outcome"], "succeeded", "{d:#}");
+    assert_eq!(sets(&server), ["r2"]);
+    assert!(
+        d["timeline"].to_string().contains("did not answer"),
+        "the timeline does not record the hold: {d:#}"
+    );
+    let seen = load.finish();
+    assert_eq!(seen.failed, 0, "failed requests: {:?}", seen.samples);
+    assert!(seen.ok > 0);
 }
 
 #[test]

@@ -51,9 +51,6 @@ use crate::error::ApiError;
 use crate::fleet::Fleet;
 
 const TICK: Duration = Duration::from_millis(250);
-/// The longest any one proxy admin call may take before the deploy treats
-/// the proxy as not answering.
-const PROXY_CALL: Duration = Duration::from_secs(10);
 /// Commands queued for one deploy at most (approve/abort are rare).
 const COMMANDS: usize = 16;
 /// Backoff of a retried action or store write.
@@ -120,19 +117,6 @@ struct Job {
 impl Job {
     fn route_id(&self) -> String {
         format!("{}/{}", self.app, self.env)
-    }
-}
-
-/// A proxy admin call with a deadline: a stuck admin socket becomes an
-/// error the deploy holds on and reports, never a hang.
-async fn within<T>(
-    call: impl std::future::Future<Output = Result<T, AdminClientError>>,
-) -> Result<T, AdminClientError> {
-    match tokio::time::timeout(PROXY_CALL, call).await {
-        Ok(r) => r,
-        Err(_) => Err(AdminClientError::Transport {
-            reason: format!("the proxy did not answer within {} s", PROXY_CALL.as_secs()),
-        }),
     }
 }
 
@@ -504,7 +488,7 @@ impl Deployer {
     /// Before a deploy starts: the proxy answers, and the environment's
     /// route fits in its table (no host another route already serves).
     async fn check_route(&self, app: &str, env: &str, spec: &AppSpec) -> Result<(), ApiError> {
-        let mut table = within(self.proxy.table()).await.map_err(|e| {
+        let mut table = self.proxy.table().await.map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -741,7 +725,7 @@ impl Plant for Deployer {
     }
 
     async fn table(&self) -> Result<Table, AdminClientError> {
-        within(self.proxy.table()).await
+        self.proxy.table().await
     }
 
     async fn update_table<F: FnOnce(&mut Table) + Send>(
@@ -749,20 +733,18 @@ impl Plant for Deployer {
         f: F,
     ) -> Result<(), AdminClientError> {
         let _one = self.table.lock().await;
-        let mut table = within(self.proxy.table()).await?;
+        let mut table = self.proxy.table().await?;
         f(&mut table);
         table.version += 1;
-        within(self.proxy.set_table(&table)).await
+        self.proxy.set_table(&table).await
     }
 
     async fn stats(&self) -> Result<gantry_proxy::StatsSnapshot, AdminClientError> {
-        within(self.proxy.stats()).await
+        self.proxy.stats().await
     }
 
     async fn drained(&self, route: &str, set: &str) -> Result<bool, AdminClientError> {
-        within(self.proxy.drained(route, set))
-            .await
-            .map(|s| s.drained)
+        self.proxy.drained(route, set).await.map(|s| s.drained)
     }
 
     fn set_status(

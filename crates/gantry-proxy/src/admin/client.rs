@@ -1,8 +1,12 @@
 //! [`AdminClient`]: what the control plane (and the tests) use to drive a
 //! proxy over its admin socket. One HTTP/1.1 connection per call: calls are
-//! rare, and a fresh connection survives proxy restarts for free.
+//! rare, and a fresh connection survives proxy restarts for free. Every
+//! call has a deadline ([`AdminClient::DEFAULT_DEADLINE`], or the one given
+//! with [`AdminClient::with_deadline`]): a proxy that accepts the
+//! connection and never answers is an error, never a hang.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +32,17 @@ pub enum AdminClientError {
     },
     #[error("the proxy broke off the admin call: {reason}")]
     Transport { reason: String },
+    /// The call took longer than the client's deadline (a stuck proxy).
+    #[error(
+        "the proxy did not answer `{call}` within {} s (its admin socket {} accepts but does not answer)",
+        after.as_secs_f64(),
+        socket.display()
+    )]
+    TimedOut {
+        call: String,
+        socket: PathBuf,
+        after: Duration,
+    },
     /// The proxy answered with an error (e.g. 400 for an invalid table).
     #[error("the proxy refused the call ({status}): {message}")]
     Api { status: u16, message: String },
@@ -39,13 +54,31 @@ pub enum AdminClientError {
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     socket: PathBuf,
+    deadline: Duration,
 }
 
 impl AdminClient {
+    /// How long a call may take unless [`AdminClient::with_deadline`] says
+    /// otherwise. The proxy answers its admin calls in milliseconds; a
+    /// table swap persists the table first (an fsync).
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         AdminClient {
             socket: socket.into(),
+            deadline: Self::DEFAULT_DEADLINE,
         }
+    }
+
+    /// The same client with another deadline per call.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How long each call may take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The socket this client talks to.
@@ -101,8 +134,14 @@ impl AdminClient {
 
     /// `POST /upgrade`: a new proxy process takes over the sockets; returns
     /// (old pid, new pid) once it serves.
+    /// The proxy waits up to its own readiness timeout for the new process,
+    /// so this call's deadline is that timeout and the client's deadline.
     pub async fn upgrade(&self) -> Result<(u32, u32), AdminClientError> {
-        let v: serde_json::Value = self.json(Method::POST, "/upgrade", None).await?;
+        let deadline = crate::runtime::handoff::READY_TIMEOUT + self.deadline;
+        let (status, bytes) = self
+            .raw_within(deadline, Method::POST, "/upgrade", None)
+            .await?;
+        let v: serde_json::Value = decode(status, &bytes)?;
         let pid = |k: &str| v[k].as_u64().and_then(|p| u32::try_from(p).ok());
         match (pid("old_pid"), pid("new_pid")) {
             (Some(o), Some(n)) => Ok((o, n)),
@@ -119,16 +158,39 @@ impl AdminClient {
         body: Option<Vec<u8>>,
     ) -> Result<T, AdminClientError> {
         let (status, bytes) = self.raw(method, path, body).await?;
-        if !(200..300).contains(&status) {
-            return Err(api_error(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| AdminClientError::Decode {
-            reason: e.to_string(),
-        })
+        decode(status, &bytes)
     }
 
-    /// One call; the status and body as they came.
+    /// One call, within the client's deadline; the status and body as they
+    /// came.
     pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), AdminClientError> {
+        self.raw_within(self.deadline, method, path, body).await
+    }
+
+    async fn raw_within(
+        &self,
+        deadline: Duration,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), AdminClientError> {
+        let call = format!("{method} {path}");
+        match tokio::time::timeout(deadline, self.call(method, path, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(AdminClientError::TimedOut {
+                call,
+                socket: self.socket.clone(),
+                after: deadline,
+            }),
+        }
+    }
+
+    async fn call(
         &self,
         method: Method,
         path: &str,
@@ -175,6 +237,16 @@ impl AdminClient {
     }
 }
 
+/// A 2xx answer's JSON body, or the error the answer is.
+fn decode<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, AdminClientError> {
+    if !(200..300).contains(&status) {
+        return Err(api_error(status, bytes));
+    }
+    serde_json::from_slice(bytes).map_err(|e| AdminClientError::Decode {
+        reason: e.to_string(),
+    })
+}
+
 fn api_error(status: u16, body: &[u8]) -> AdminClientError {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -193,4 +265,36 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_proxy_that_accepts_and_never_answers_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // Accepts every call and holds it open, answering nothing.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                conns.push(conn);
+            }
+        });
+        let client = AdminClient::new(&socket).with_deadline(Duration::from_millis(200));
+        let err = client.table().await.unwrap_err();
+        assert!(
+            matches!(&err, AdminClientError::TimedOut { call, after, .. }
+                if call == "GET /table" && *after == Duration::from_millis(200)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("did not answer `GET /table` within 0.2 s"),
+            "{err}"
+        );
+        held.abort();
+    }
 }

@@ -51,7 +51,7 @@ use crate::error::{HandoffError, ProxyError};
 
 const INHERIT_ENV: &str = "GANTRY_PROXY_INHERIT";
 const READY_ENV: &str = "GANTRY_PROXY_READY";
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sockets taken over from the previous process.
 pub(crate) struct Inherited {
