@@ -173,9 +173,11 @@ async fn put_table(admin: &Admin, body: Incoming) -> Response<Full<Bytes>> {
             );
         }
     };
-    let table = match Table::from_json(&bytes) {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    // Validation reads the routes' certificate files: off the async thread.
+    let table = match tokio::task::spawn_blocking(move || Table::from_json(&bytes)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let _write = admin.write.lock().await;
     if admin.upgrade.handed_over() {
@@ -205,7 +207,18 @@ async fn put_table(admin: &Admin, body: Incoming) -> Response<Full<Bytes>> {
         routes = table.routes.len(),
         "routing table swapped"
     );
-    admin.shared.tls.table_changed(&table);
+    // Loading the routes' certificate files reads the disk: off the async
+    // thread (the write lock is still held, so swaps stay in order).
+    let tls = admin.shared.tls.clone();
+    let table = match tokio::task::spawn_blocking(move || {
+        tls.table_changed(&table);
+        table
+    })
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     admin.shared.routing.swap(table);
     json(StatusCode::OK, &summary)
 }

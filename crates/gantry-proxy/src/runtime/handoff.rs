@@ -185,6 +185,8 @@ impl Upgrade {
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let old_pid = std::process::id();
         let notify_path = self.state_dir.join(format!("upgrade-{old_pid}.sock"));
+        // Unlinking a socket file is one metadata call, on the control
+        // runtime (the admin socket's), never on a traffic worker.
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixListener::bind(&notify_path).map_err(|source| HandoffError::Bind {
             path: notify_path.clone(),

@@ -97,6 +97,8 @@ impl Proxy {
             return Err(ProxyError::NoListener);
         }
         check_proxy_protocol(&config)?;
+        // `std::fs` here is deliberate: binding runs once, before any
+        // connection is served, so nothing waits behind these reads.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

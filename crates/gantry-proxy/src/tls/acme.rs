@@ -15,6 +15,12 @@
 //! `<host>.crt` (the PEM chain) and `<host>.key` (mode 0600). Files are
 //! replaced atomically (`gantry_common::write_atomic`: temp file, fsync,
 //! rename, fsync the directory).
+//!
+//! The manager reads and writes these few small files with `std::fs` on
+//! the async thread it runs on, deliberately: it runs on the control
+//! runtime (with the admin socket and the metrics listener), never on a
+//! worker that carries client traffic, and it touches the disk once per
+//! certificate order or start, not per request.
 
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
