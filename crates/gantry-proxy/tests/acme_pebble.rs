@@ -13,13 +13,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_proxy::{AcmeChallenge, AdminClient, Proxy, ProxyConfig, RouteTls};
+use gantry_proxy::{AcmeChallenge, AdminClient, Proxy, ProxyConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::Method;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use support::{Backend, route, set, table};
+use support::{Backend, route, table};
 use tls_support::{Ca, tls_get};
 use tokio::sync::oneshot;
 
@@ -223,13 +223,13 @@ async fn http_01_certificate_is_issued_served_and_renewed() {
     let proxy = start_proxy(config).await;
     let root = pebble.issuing_root().await.unwrap();
     let backend = Backend::start("app").await;
-    let mut r = route("site", &[HOST], "/", vec![set("s", 100, &[backend.addr])]);
-    r.tls = Some(RouteTls::Acme {
-        email: Some("ops@proxy.test".into()),
-    });
+    let r = route("site")
+        .host(HOST)
+        .to(backend.addr)
+        .acme(Some("ops@proxy.test"));
     proxy
         .admin
-        .set_table(&table(vec![r.clone()]))
+        .set_table(&table().route(r.clone()).build())
         .await
         .unwrap();
 
@@ -317,9 +317,12 @@ async fn tls_alpn_01_certificate_is_issued_and_served() {
     let proxy = start_proxy(config).await;
     let root = pebble.issuing_root().await.unwrap();
     let backend = Backend::start("app").await;
-    let mut r = route("site", &[HOST], "/", vec![set("s", 100, &[backend.addr])]);
-    r.tls = Some(RouteTls::Acme { email: None });
-    proxy.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("site").host(HOST).to(backend.addr).acme(None);
+    proxy
+        .admin
+        .set_table(&table().route(r).build())
+        .await
+        .unwrap();
     let serial = wait_for_acme_cert(&proxy.admin, None).await;
     let resp = tls_get(proxy.tls, &[root], HOST, &[b"h2"], "/x")
         .await

@@ -198,12 +198,15 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
     let backend = Backend::start("web").await;
     let (p, metrics, stop, handle) = start_proxy(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("app/web")
+                        .host("app.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut prom = Prometheus::start(dir.path(), metrics).await;

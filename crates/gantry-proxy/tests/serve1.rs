@@ -156,12 +156,11 @@ async fn proxy(dir: &std::path::Path, backend: &Backend) -> TestProxy {
 async fn proxy_with(cfg: gantry_proxy::ProxyConfig, backend: &Backend) -> TestProxy {
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     p

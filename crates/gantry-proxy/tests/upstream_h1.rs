@@ -144,12 +144,7 @@ async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
 async fn proxy_to(backend: &RawBackend, dir: &std::path::Path) -> TestProxy {
     let p = TestProxy::start(dir).await;
     p.admin
-        .set_table(&table(vec![route(
-            "raw/prod",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(&table().route(route("raw/prod").to(backend.addr)).build())
         .await
         .unwrap();
     p
