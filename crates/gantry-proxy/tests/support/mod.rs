@@ -606,3 +606,104 @@ pub async fn within<T>(
         Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
 }
+
+// === External processes on free ports ===
+//
+// A process we do not control (pebble, Prometheus) takes its port as an
+// argument. A port cannot be handed over bound, so each start is a guess
+// that is checked: pick a port the kernel just called free, start the
+// process, and wait until the process itself holds a socket on it (read
+// from /proc, so a different process that took the port meanwhile is not
+// mistaken for it). When it exits or does not bind in time, the caller
+// retries with a new port, a bounded number of times.
+
+/// How many times a caller starts an external process on new ports before
+/// it gives up.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// A port that was free a moment ago: only a guess, for a process that
+/// must be given its port. Check it with [`wait_bound`].
+pub fn candidate_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A socket protocol in /proc/net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// A listening TCP socket.
+    Tcp,
+    /// A bound UDP socket.
+    Udp,
+}
+
+/// The inodes of the sockets bound to `port` on 127.0.0.1 or 0.0.0.0
+/// (listening, for TCP).
+fn socket_inodes(proto: Proto, port: u16) -> Vec<String> {
+    let (file, listening) = match proto {
+        Proto::Tcp => ("/proc/net/tcp", Some("0A")),
+        Proto::Udp => ("/proc/net/udp", None),
+    };
+    let table = std::fs::read_to_string(file).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (ip, p) = cols.get(1)?.split_once(':')?;
+            let ours = matches!(ip, "0100007F" | "00000000")
+                && u16::from_str_radix(p, 16).ok()? == port
+                && listening.is_none_or(|st| cols.get(3) == Some(&st));
+            ours.then(|| cols.get(9).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// Whether process `pid` holds a socket bound to `port` on 127.0.0.1
+/// (or all addresses).
+pub fn holds_port(pid: u32, proto: Proto, port: u16) -> bool {
+    let inodes = socket_inodes(proto, port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// Waits until process `pid` holds every socket of `sockets`. Fails
+/// (naming `what`) when `exited` reports the process gone, or after
+/// `deadline`; the caller then retries on new ports.
+pub async fn wait_bound(
+    what: &str,
+    pid: u32,
+    mut exited: impl FnMut() -> Option<String>,
+    sockets: &[(Proto, u16)],
+    deadline: Duration,
+) -> Result<(), String> {
+    let start = tokio::time::Instant::now();
+    loop {
+        if sockets.iter().all(|(p, port)| holds_port(pid, *p, *port)) {
+            return Ok(());
+        }
+        if let Some(status) = exited() {
+            return Err(format!(
+                "{what} exited ({status}) before binding {sockets:?}"
+            ));
+        }
+        if start.elapsed() > deadline {
+            return Err(format!(
+                "{what} did not bind {sockets:?} within {deadline:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
