@@ -304,6 +304,7 @@ async fn wait_for_acme_cert(admin: &AdminClient, not: Option<&str>) -> String {
                 return serial;
             }
         }
+        // The poll interval (bounded by ISSUANCE above).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

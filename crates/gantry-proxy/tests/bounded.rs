@@ -72,18 +72,23 @@ impl ProxyProcess {
             .spawn()
             .unwrap();
         // The harness' own lines come first; the proxy's says where it is.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the proxy process ended before it listened")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("listening ") {
-                break a.parse().unwrap();
+        // Read on a thread that keeps reading its output, so it never
+        // blocks on a full pipe.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening ") {
+                    let _ = tx.send(a.to_string());
+                }
             }
-        };
-        // Keep reading its output, so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the proxy process did not say where it listens within 60 s (or ended)")
+            .parse()
+            .unwrap();
         ProxyProcess {
             child,
             addr,

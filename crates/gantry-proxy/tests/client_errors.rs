@@ -57,7 +57,12 @@ async fn exchange(
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match s.read(&mut buf).await {
+        let read = within(
+            "the proxy to close the connection",
+            EVENTUALLY,
+            s.read(&mut buf),
+        );
+        match read.await {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -344,6 +349,7 @@ async fn a_slow_but_steady_upload_is_not_cut_by_the_response_timeout() {
     // Ten bytes over about a second, longer than the response timeout:
     // it counts from the body's last byte.
     for _ in 0..10 {
+        // The slow upload is what is tested.
         tokio::time::sleep(Duration::from_millis(100)).await;
         s.write_all(b"x").await.unwrap();
     }

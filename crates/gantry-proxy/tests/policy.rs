@@ -92,11 +92,19 @@ fn localhost() -> IpAddr {
 }
 
 /// Reads from a raw connection until EOF or an error; what was read.
+/// Fails the test if the proxy keeps the connection open past
+/// [`EVENTUALLY`].
 async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match stream.read(&mut buf).await {
+        match within(
+            "the proxy to close the connection",
+            EVENTUALLY,
+            stream.read(&mut buf),
+        )
+        .await
+        {
             Ok(0) | Err(_) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -581,6 +589,7 @@ async fn slow_request_headers_close_the_connection() {
     // head. The proxy must close the connection long before the 600 lines.
     let mut closed = false;
     for i in 0..600 {
+        // The slowness is what is tested.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
             .await
@@ -628,6 +637,7 @@ async fn idle_client_connections_are_closed_but_waiting_requests_are_not() {
             async move { send_from(localhost(), addr, Method::GET, "/hold", &[], b"").await },
         );
     backend.wait_entered(1).await;
+    // Kept waiting three idle timeouts: the wait is what is tested.
     tokio::time::sleep(Duration::from_millis(900)).await;
     backend.release();
     assert_eq!(held.await.unwrap().status, StatusCode::OK);

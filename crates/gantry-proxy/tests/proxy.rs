@@ -747,6 +747,7 @@ async fn shutdown_finishes_open_requests_of_every_worker() {
             if c.request(req).await.is_err() {
                 return;
             }
+            // The poll interval of a poll bounded by the timeout below.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };

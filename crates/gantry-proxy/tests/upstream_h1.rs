@@ -307,7 +307,8 @@ async fn pooled_connections_the_backend_closed_are_noticed_or_retried() {
         "ok"
     );
     // Time for the proxy's event loop to see the close (no request waits
-    // on that connection, so nothing else would tell it).
+    // on that connection, and the proxy shows its idle pool nowhere, so
+    // no event or poll can tell it): the one sleep a poll cannot replace.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = request(&c, &p, Method::POST, "/ok").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
