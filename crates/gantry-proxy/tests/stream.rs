@@ -818,7 +818,7 @@ async fn a_pinned_instance_that_dies_loses_its_clients_to_the_others() {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let r = route("shop/production")
         .host("shop.test")
-        .set(set("blue").to_all(&addrs))
+        .set(set("blue").instances(&addrs))
         .sticky();
     p.admin.set_table(&table().route(r).build()).await.unwrap();
     let c = client();

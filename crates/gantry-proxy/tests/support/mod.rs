@@ -410,8 +410,8 @@ impl SetBuilder {
         self
     }
 
-    /// Adds instances.
-    pub fn to_all(mut self, addrs: &[SocketAddr]) -> Self {
+    /// Adds instances (all of `addrs`).
+    pub fn instances(mut self, addrs: &[SocketAddr]) -> Self {
         self.set
             .instances
             .extend(addrs.iter().map(|a| a.to_string()));
