@@ -13,25 +13,27 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_proxy::{AcmeChallenge, AdminClient, Proxy, ProxyConfig, RouteTls};
+use gantry_proxy::{AcmeChallenge, AdminClient, Proxy, ProxyConfig, ProxyError};
 use http_body_util::{BodyExt, Full};
 use hyper::Method;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use support::{Backend, route, set, table};
+use support::{
+    Backend, PORT_ATTEMPTS, Proto, candidate_port, dead_addr, eventually, eventually_within, route,
+    table, wait_bound,
+};
 use tls_support::{Ca, tls_get};
 use tokio::sync::oneshot;
 
 const HOST: &str = "proxy.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Time for pebble to issue a certificate; only there so a broken setup
+/// fails instead of hanging.
+const ISSUANCE: Duration = Duration::from_secs(60);
+
+/// Time for a started pebble or pebble-challtestsrv to bind its ports.
+const BIND: Duration = Duration::from_secs(10);
 
 /// A child process killed when dropped.
 struct Killed(Child);
@@ -43,10 +45,63 @@ impl Drop for Killed {
     }
 }
 
+impl Killed {
+    /// Waits until the process holds `sockets` (see `support::wait_bound`).
+    async fn wait_bound(&mut self, what: &str, sockets: &[(Proto, u16)]) -> Result<(), String> {
+        let pid = self.0.id();
+        let child = &mut self.0;
+        wait_bound(
+            what,
+            pid,
+            || child.try_wait().ok().flatten().map(|s| s.to_string()),
+            sockets,
+            BIND,
+        )
+        .await
+    }
+}
+
 fn spawn(cmd: &mut Command, what: &str) -> Killed {
     Killed(cmd.spawn().unwrap_or_else(|e| {
         panic!("cannot start {what}: {e}; install it with `apt-get install pebble`")
     }))
+}
+
+/// pebble-challtestsrv as a DNS server only: every name is 127.0.0.1.
+struct Dns {
+    port: u16,
+    _child: Killed,
+}
+
+/// Starts pebble-challtestsrv on a free DNS port (UDP and TCP), retried
+/// on new ports when it cannot bind.
+async fn start_dns() -> Dns {
+    let mut failures = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = candidate_port();
+        let mut child = spawn(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .args(["-dns01", &format!("127.0.0.1:{port}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                // Unused: any port.
+                .args(["-management", "127.0.0.1:0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "pebble-challtestsrv",
+        );
+        let sockets = [(Proto::Udp, port), (Proto::Tcp, port)];
+        match child.wait_bound("pebble-challtestsrv", &sockets).await {
+            Ok(()) => {
+                return Dns {
+                    port,
+                    _child: child,
+                };
+            }
+            Err(why) => failures.push(why),
+        }
+    }
+    panic!("pebble-challtestsrv did not start in {PORT_ATTEMPTS} attempts: {failures:#?}")
 }
 
 struct Pebble {
@@ -55,68 +110,80 @@ struct Pebble {
     ca: Ca,
     ca_path: std::path::PathBuf,
     _pebble: Killed,
-    _dns: Killed,
+    _dns: Dns,
 }
 
-/// Starts pebble-challtestsrv (DNS only) and pebble, whose validation
-/// authority connects to `http_port`/`tls_port` on 127.0.0.1.
-async fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
-    let dns_port = free_port();
-    let dns = spawn(
-        Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        "pebble-challtestsrv",
-    );
+/// Binds the proxy of `config` (its listeners on port 0) and starts pebble
+/// (with pebble-challtestsrv as its DNS server), whose validation
+/// authority connects to the proxy's plain listener for HTTP-01 (or to
+/// `http_port`, when given) and its TLS listener for TLS-ALPN-01. The
+/// proxy must know pebble's directory before pebble knows the proxy's
+/// ports, so when pebble cannot bind the port it was given, both start
+/// again on new ports, a bounded number of times.
+async fn start_pebble_and_proxy(
+    dir: &Path,
+    mut config: ProxyConfig,
+    http_port: Option<u16>,
+) -> (Pebble, Running) {
+    let dns = start_dns().await;
     // Pebble's own HTTPS certificate, from a CA the proxy is told to trust.
     let ca = Ca::new("pebble test ca");
     let (crt, key, _) = ca.leaf(dir, "pebble", &["localhost", "127.0.0.1"]);
     let ca_path = dir.join("pebble-ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    let (listen, mgmt) = (free_port(), free_port());
-    let config = serde_json::json!({
-        "pebble": {
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-            "certificate": crt,
-            "privateKey": key,
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false
+    config.acme_ca_root = Some(ca_path.clone());
+    let mut failures = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let (listen, mgmt) = (candidate_port(), candidate_port());
+        config.acme_directory = format!("https://127.0.0.1:{listen}/dir");
+        let proxy = start_proxy(config.clone()).await;
+        let pebble_config = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                "certificate": crt,
+                "privateKey": key,
+                "httpPort": http_port.unwrap_or(proxy.plain.port()),
+                "tlsPort": proxy.tls.port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false
+            }
+        });
+        let config_path = dir.join("pebble-config.json");
+        std::fs::write(&config_path, pebble_config.to_string()).unwrap();
+        let mut child = spawn(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(&config_path)
+                .args(["-dnsserver", &format!("127.0.0.1:{}", dns.port)])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "pebble",
+        );
+        let sockets = [(Proto::Tcp, listen), (Proto::Tcp, mgmt)];
+        if let Err(why) = child.wait_bound("pebble", &sockets).await {
+            failures.push(why);
+            proxy.stop().await;
+            continue;
         }
-    });
-    let config_path = dir.join("pebble-config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let pebble = spawn(
-        Command::new("pebble")
-            .arg("-config")
-            .arg(&config_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        "pebble",
-    );
-    let management: SocketAddr = format!("127.0.0.1:{mgmt}").parse().unwrap();
-    let p = Pebble {
-        directory: format!("https://127.0.0.1:{listen}/dir"),
-        management,
-        ca,
-        ca_path,
-        _pebble: pebble,
-        _dns: dns,
-    };
-    // Ready when the management interface answers.
-    while p.issuing_root().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pebble = Pebble {
+            directory: config.acme_directory.clone(),
+            management: format!("127.0.0.1:{mgmt}").parse().unwrap(),
+            ca,
+            ca_path,
+            _pebble: child,
+            _dns: dns,
+        };
+        // Bound; ready when the management interface answers.
+        eventually("pebble's management interface to answer", || async {
+            pebble.issuing_root().await.is_ok()
+        })
+        .await;
+        return (pebble, proxy);
     }
-    p
+    panic!("pebble did not start in {PORT_ATTEMPTS} attempts: {failures:#?}")
 }
 
 impl Pebble {
@@ -150,6 +217,7 @@ impl Pebble {
 }
 
 struct Running {
+    plain: SocketAddr,
     tls: SocketAddr,
     admin: AdminClient,
     stop: oneshot::Sender<()>,
@@ -157,7 +225,32 @@ struct Running {
 }
 
 async fn start_proxy(config: ProxyConfig) -> Running {
-    let proxy = Proxy::bind(config).await.unwrap();
+    serve(Proxy::bind(config).await.unwrap())
+}
+
+/// Binds the proxy of `config` on the ports a stopped proxy had, which
+/// pebble is configured with: retried while the port is still in use,
+/// for at most 5 s.
+async fn restart_proxy(config: ProxyConfig) -> Running {
+    let start = tokio::time::Instant::now();
+    loop {
+        match Proxy::bind(config.clone()).await {
+            Ok(proxy) => return serve(proxy),
+            Err(ProxyError::Listen { addr, source })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && start.elapsed() < Duration::from_secs(5) =>
+            {
+                eprintln!("{addr} still in use; binding again");
+                // A retry interval: nothing tells when the port is free.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind the proxy again on {:?}: {e}", config.listen),
+        }
+    }
+}
+
+fn serve(proxy: Proxy) -> Running {
+    let plain = proxy.local_addrs()[0];
     let tls = proxy.tls_addrs()[0];
     let admin = proxy.admin_client();
     let (stop, rx) = oneshot::channel::<()>();
@@ -165,10 +258,18 @@ async fn start_proxy(config: ProxyConfig) -> Running {
         let _ = rx.await;
     }));
     Running {
+        plain,
         tls,
         admin,
         stop,
         handle,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.handle.await.unwrap().unwrap();
     }
 }
 
@@ -183,7 +284,12 @@ fn acme_config(dir: &Path, challenge: AcmeChallenge) -> ProxyConfig {
 /// Waits until `/certs` lists an ACME certificate for HOST whose serial is
 /// not `not`; returns that serial.
 async fn wait_for_acme_cert(admin: &AdminClient, not: Option<&str>) -> String {
+    let start = tokio::time::Instant::now();
     loop {
+        assert!(
+            start.elapsed() < ISSUANCE,
+            "no ACME certificate for {HOST} (other than {not:?}) after {ISSUANCE:?}"
+        );
         let (status, body) = admin.raw(Method::GET, "/certs", None).await.unwrap();
         assert_eq!(status, 200);
         let certs: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -198,6 +304,7 @@ async fn wait_for_acme_cert(admin: &AdminClient, not: Option<&str>) -> String {
                 return serial;
             }
         }
+        // The poll interval (bounded by ISSUANCE above).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -212,24 +319,19 @@ fn serial_of(der: &CertificateDer<'_>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_certificate_is_issued_served_and_renewed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = acme_config(dir.path(), AcmeChallenge::Http01);
+    let config = acme_config(dir.path(), AcmeChallenge::Http01);
+    let (pebble, proxy) = start_pebble_and_proxy(dir.path(), config, None).await;
     // Pebble's validation authority connects to these ports.
-    config.listen = vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()];
-    config.tls_listen = vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()];
-    let (http_port, tls_port) = (config.listen[0].port(), config.tls_listen[0].port());
-    let pebble = start_pebble(dir.path(), http_port, tls_port).await;
-    config.acme_directory = pebble.directory.clone();
-    config.acme_ca_root = Some(pebble.ca_path.clone());
-    let proxy = start_proxy(config).await;
+    let (http_port, tls_port) = (proxy.plain.port(), proxy.tls.port());
     let root = pebble.issuing_root().await.unwrap();
     let backend = Backend::start("app").await;
-    let mut r = route("site", &[HOST], "/", vec![set("s", 100, &[backend.addr])]);
-    r.tls = Some(RouteTls::Acme {
-        email: Some("ops@proxy.test".into()),
-    });
+    let r = route("site")
+        .host(HOST)
+        .to(backend.addr)
+        .acme(Some("ops@proxy.test"));
     proxy
         .admin
-        .set_table(&table(vec![r.clone()]))
+        .set_table(&table().route(r.clone()).build())
         .await
         .unwrap();
 
@@ -267,8 +369,7 @@ async fn http_01_certificate_is_issued_served_and_renewed() {
             .contains("gantry_proxy_tls_cert_expiry_seconds{host=\"proxy.test\",source=\"acme\"}"),
         "{metrics}"
     );
-    proxy.stop.send(()).unwrap();
-    proxy.handle.await.unwrap().unwrap();
+    proxy.stop().await;
 
     // Renewal: the same state dir, a threshold longer than the lifetime,
     // so the next check renews; the persisted certificate is served at
@@ -279,12 +380,12 @@ async fn http_01_certificate_is_issued_served_and_renewed() {
     config.acme_directory = pebble.directory.clone();
     config.acme_ca_root = Some(pebble.ca_path.clone());
     config.acme_renew_before = Some(Duration::from_secs(100 * 365 * 86_400));
-    let proxy = start_proxy(config).await;
+    let proxy = restart_proxy(config).await;
     let renewed = wait_for_acme_cert(&proxy.admin, Some(&first)).await;
     assert_ne!(renewed, first);
     // The served certificate follows (a renewal may land between the two
     // calls: then a later serial is served).
-    loop {
+    eventually_within("the renewed certificate to be served", ISSUANCE, || async {
         let resp = tls_get(
             proxy.tls,
             std::slice::from_ref(&root),
@@ -295,37 +396,32 @@ async fn http_01_certificate_is_issued_served_and_renewed() {
         .await
         .unwrap();
         assert_eq!(resp.status, 200);
-        if !serial_of(&resp.cert).contains(&first) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    proxy.stop.send(()).unwrap();
-    proxy.handle.await.unwrap().unwrap();
+        !serial_of(&resp.cert).contains(&first)
+    })
+    .await;
+    proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_certificate_is_issued_and_served() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = acme_config(dir.path(), AcmeChallenge::TlsAlpn01);
-    config.listen = vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()];
-    config.tls_listen = vec![format!("127.0.0.1:{}", free_port()).parse().unwrap()];
+    let config = acme_config(dir.path(), AcmeChallenge::TlsAlpn01);
     // HTTP-01 would fail: pebble's httpPort points at a closed port.
-    let pebble = start_pebble(dir.path(), free_port(), config.tls_listen[0].port()).await;
-    config.acme_directory = pebble.directory.clone();
-    config.acme_ca_root = Some(pebble.ca_path.clone());
-    let proxy = start_proxy(config).await;
+    let closed = dead_addr().port();
+    let (pebble, proxy) = start_pebble_and_proxy(dir.path(), config, Some(closed)).await;
     let root = pebble.issuing_root().await.unwrap();
     let backend = Backend::start("app").await;
-    let mut r = route("site", &[HOST], "/", vec![set("s", 100, &[backend.addr])]);
-    r.tls = Some(RouteTls::Acme { email: None });
-    proxy.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("site").host(HOST).to(backend.addr).acme(None);
+    proxy
+        .admin
+        .set_table(&table().route(r).build())
+        .await
+        .unwrap();
     let serial = wait_for_acme_cert(&proxy.admin, None).await;
     let resp = tls_get(proxy.tls, &[root], HOST, &[b"h2"], "/x")
         .await
         .unwrap();
     assert_eq!(resp.status, 200);
     assert!(serial_of(&resp.cert).contains(&serial));
-    proxy.stop.send(()).unwrap();
-    proxy.handle.await.unwrap().unwrap();
+    proxy.stop().await;
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod support;
-use support::{route, set, table};
+use support::{SetBuilder, route, set, table};
 
 const CHILD_ENV: &str = "GANTRY_PROXY_TEST_CHILD_DIR";
 
@@ -72,18 +72,23 @@ impl ProxyProcess {
             .spawn()
             .unwrap();
         // The harness' own lines come first; the proxy's says where it is.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the proxy process ended before it listened")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("listening ") {
-                break a.parse().unwrap();
+        // Read on a thread that keeps reading its output, so it never
+        // blocks on a full pipe.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening ") {
+                    let _ = tx.send(a.to_string());
+                }
             }
-        };
-        // Keep reading its output, so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the proxy process did not say where it listens within 60 s (or ended)")
+            .parse()
+            .unwrap();
         ProxyProcess {
             child,
             addr,
@@ -161,10 +166,11 @@ fn series(metrics: &str) -> usize {
         .count()
 }
 
-fn deploy_table(version: u64, sets: Vec<gantry_proxy::BackendSet>) -> Table {
-    let mut t = table(vec![route("hello/production", &["*"], "/", sets)]);
-    t.version = version;
-    t
+fn deploy_table(version: u64, sets: Vec<SetBuilder>) -> Table {
+    let route = sets
+        .into_iter()
+        .fold(route("hello/production"), |r, s| r.set(s));
+    table().version(version).route(route).build()
 }
 
 /// 1,000 blue-green deploys of one route, each a new set `r<N>` on a new
@@ -195,7 +201,7 @@ async fn bounded_over_a_thousand_deploys() {
     let mut current = Instance::start().await;
     proxy
         .admin
-        .set_table(&deploy_table(0, vec![set("r0", 100, &[current.addr])]))
+        .set_table(&deploy_table(0, vec![set("r0").to(current.addr)]))
         .await
         .unwrap();
     let mut at_warm_up = None;
@@ -206,7 +212,10 @@ async fn bounded_over_a_thousand_deploys() {
             .admin
             .set_table(&deploy_table(
                 2 * n - 1,
-                vec![set(&old, 0, &[current.addr]), set(&new, 100, &[next.addr])],
+                vec![
+                    set(&old).to(current.addr).weight(0),
+                    set(&new).to(next.addr),
+                ],
             ))
             .await
             .unwrap();
@@ -219,7 +228,7 @@ async fn bounded_over_a_thousand_deploys() {
             assert_eq!(body.unwrap().to_bytes(), "ok");
         }
         // As the control plane does before it retires a set.
-        support::eventually(|| async {
+        support::eventually(&format!("set {old} to drain"), || async {
             proxy
                 .admin
                 .drained("hello/production", &old)
@@ -229,7 +238,7 @@ async fn bounded_over_a_thousand_deploys() {
         .await;
         proxy
             .admin
-            .set_table(&deploy_table(2 * n, vec![set(&new, 100, &[next.addr])]))
+            .set_table(&deploy_table(2 * n, vec![set(&new).to(next.addr)]))
             .await
             .unwrap();
         current = next;

@@ -29,14 +29,12 @@ async fn canary_proxy(dir: &std::path::Path, canary: SocketAddr) -> TestProxy {
     let mut cfg = config(dir);
     cfg.body_read_timeout = Duration::from_millis(300);
     let p = TestProxy::start_with(cfg).await;
-    let mut r = route(
-        ROUTE,
-        &["app.test"],
-        "/",
-        vec![set("stable", 0, &[canary]), set("canary", 100, &[canary])],
-    );
-    r.max_body = Some(4096);
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route(ROUTE)
+        .host("app.test")
+        .set(set("stable").to(canary).weight(0))
+        .set(set("canary").to(canary))
+        .max_body(4096);
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     p
 }
 
@@ -59,7 +57,12 @@ async fn exchange(
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match s.read(&mut buf).await {
+        let read = within(
+            "the proxy to close the connection",
+            EVENTUALLY,
+            s.read(&mut buf),
+        );
+        match read.await {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -225,7 +228,10 @@ async fn garbage_bodies_all_through_good_traffic_leave_the_canary_without_errors
     for t in tasks {
         t.await.unwrap();
     }
-    eventually(|| async { canary(&p.admin.stats().await.unwrap()).in_flight == 0 }).await;
+    eventually("the canary set to have no request in flight", || async {
+        canary(&p.admin.stats().await.unwrap()).in_flight == 0
+    })
+    .await;
     let stats = p.admin.stats().await.unwrap();
     let s = canary(&stats);
     assert_eq!(s.requests.c2xx, 40, "{s:?}");
@@ -277,12 +283,11 @@ async fn a_backend_that_gives_up_on_a_stalled_client_body_is_not_at_fault() {
     cfg.body_read_timeout = Duration::from_secs(20);
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            ROUTE,
-            &["app.test"],
-            "/",
-            vec![set("canary", 100, &[backend])],
-        )]))
+        .set_table(
+            &table()
+                .route(route(ROUTE).host("app.test").set(set("canary").to(backend)))
+                .build(),
+        )
         .await
         .unwrap();
     // The app answers 500 to the stalled body: passed on, counted as the
@@ -330,12 +335,11 @@ async fn a_slow_but_steady_upload_is_not_cut_by_the_response_timeout() {
     cfg.body_read_timeout = Duration::from_secs(5);
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            ROUTE,
-            &["app.test"],
-            "/",
-            vec![set("canary", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route(ROUTE).host("app.test").set(set("canary").to(b.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let mut s = TcpStream::connect(p.addr).await.unwrap();
@@ -345,6 +349,7 @@ async fn a_slow_but_steady_upload_is_not_cut_by_the_response_timeout() {
     // Ten bytes over about a second, longer than the response timeout:
     // it counts from the body's last byte.
     for _ in 0..10 {
+        // The slow upload is what is tested.
         tokio::time::sleep(Duration::from_millis(100)).await;
         s.write_all(b"x").await.unwrap();
     }
@@ -381,11 +386,14 @@ async fn an_h2_client_that_breaks_its_body_is_a_client_error() {
     *req.uri_mut() = "http://app.test/upload".parse().unwrap();
     let _ = sender.send_request(req).await;
     // The stream ends on the proxy's side on its own time.
-    eventually(|| async {
-        let stats = p.admin.stats().await.unwrap();
-        let s = canary(&stats);
-        s.in_flight == 0 && s.client_errors.total() == 1
-    })
+    eventually(
+        "the cut-off upload to end: nothing in flight, one client error",
+        || async {
+            let stats = p.admin.stats().await.unwrap();
+            let s = canary(&stats);
+            s.in_flight == 0 && s.client_errors.total() == 1
+        },
+    )
     .await;
     let stats = p.admin.stats().await.unwrap();
     let s = canary(&stats);
@@ -403,12 +411,7 @@ async fn http11_requests_without_exactly_one_host_get_400() {
     let p = TestProxy::start(dir.path()).await;
     // `*`: without the check, a request with no Host would be routed.
     p.admin
-        .set_table(&table(vec![route(
-            "any/production",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("any/production").to(b.addr)).build())
         .await
         .unwrap();
     let cases: [(&str, &[u8]); 5] = [
@@ -453,7 +456,10 @@ async fn http11_requests_without_exactly_one_host_get_400() {
     )
     .await;
     assert_eq!(status, Some(400), "{text}");
-    eventually(|| async { p.admin.stats().await.unwrap().bad_requests == 6 }).await;
+    eventually("6 bad requests counted", || async {
+        p.admin.stats().await.unwrap().bad_requests == 6
+    })
+    .await;
     let stats = p.admin.stats().await.unwrap();
     let s = stats.set("any/production", "s").unwrap();
     assert_eq!(s.requests.total(), 2, "{s:?}");
@@ -471,12 +477,11 @@ async fn an_h2_request_with_two_hosts_gets_400() {
     let b = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/production",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/production").host("app.test").to(b.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let c = h2_client();
@@ -515,12 +520,11 @@ async fn forwarded_and_x_real_ip_of_an_untrusted_client_do_not_reach_the_app() {
     let b = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/production",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/production").host("app.test").to(b.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let spoofed = "Forwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\n\
@@ -567,12 +571,11 @@ async fn behind_a_trusted_proxy_forwarded_and_x_real_ip_are_kept() {
     cfg.trust_forwarded = true;
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/production",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/production").host("app.test").to(b.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let r = get_with(

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gantry_proxy::{CspMode, DEFAULT_CSP, RateLimit, SecurityHeaders};
+use gantry_proxy::{CspMode, DEFAULT_CSP, SecurityHeaders};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -92,11 +92,19 @@ fn localhost() -> IpAddr {
 }
 
 /// Reads from a raw connection until EOF or an error; what was read.
+/// Fails the test if the proxy keeps the connection open past
+/// [`EVENTUALLY`].
 async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match stream.read(&mut buf).await {
+        match within(
+            "the proxy to close the connection",
+            EVENTUALLY,
+            stream.read(&mut buf),
+        )
+        .await
+        {
             Ok(0) | Err(_) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -110,17 +118,14 @@ async fn security_headers_are_added_unless_the_app_sends_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let backend = own_headers_backend().await;
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend])],
-    );
-    r.headers = Some(SecurityHeaders {
-        referrer_policy: String::new(),
-        ..SecurityHeaders::default()
-    });
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("app/web")
+        .host("app.test")
+        .to(backend)
+        .headers(SecurityHeaders {
+            referrer_policy: String::new(),
+            ..SecurityHeaders::default()
+        });
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     let c = client();
 
     let resp = get(&c, &p, "app.test", "/").await;
@@ -159,14 +164,11 @@ async fn security_headers_are_added_unless_the_app_sends_its_own() {
     assert_eq!(own.headers["x-content-type-options"], "nosniff");
 
     // The proxy's own pages of the route get them too.
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[dead_addr()])],
-    );
-    r.headers = Some(SecurityHeaders::default());
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("app/web")
+        .host("app.test")
+        .to(dead_addr())
+        .headers(SecurityHeaders::default());
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     let bad = get(&c, &p, "app.test", "/").await;
     assert_eq!(bad.status, StatusCode::BAD_GATEWAY);
     assert_eq!(bad.headers["x-frame-options"], "DENY");
@@ -177,17 +179,18 @@ async fn security_headers_are_added_unless_the_app_sends_its_own() {
 async fn invalid_header_values_are_refused_naming_the_route() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[dead_addr()])],
-    );
-    r.headers = Some(SecurityHeaders {
-        csp: "default-src 'self'\nX-Injected: yes".into(),
-        ..SecurityHeaders::default()
-    });
-    let err = p.admin.set_table(&table(vec![r])).await.unwrap_err();
+    let r = route("app/web")
+        .host("app.test")
+        .to(dead_addr())
+        .headers(SecurityHeaders {
+            csp: "default-src 'self'\nX-Injected: yes".into(),
+            ..SecurityHeaders::default()
+        });
+    let err = p
+        .admin
+        .set_table(&table().route(r).build())
+        .await
+        .unwrap_err();
     let err = err.to_string();
     assert!(err.contains("route `app/web`: headers.csp"), "{err}");
     assert!(err.contains("not a valid"), "{err}");
@@ -202,12 +205,11 @@ async fn csp_reports_are_received_counted_and_listed() {
     let backend = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let c = client();
@@ -297,17 +299,14 @@ async fn report_only_csp_is_sent_and_its_reports_are_summed_by_kind() {
     let dir = tempfile::tempdir().unwrap();
     let backend = own_headers_backend().await;
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/staging",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend])],
-    );
-    r.headers = Some(SecurityHeaders {
-        csp_mode: CspMode::ReportOnly,
-        ..SecurityHeaders::default()
-    });
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("app/staging")
+        .host("app.test")
+        .to(backend)
+        .headers(SecurityHeaders {
+            csp_mode: CspMode::ReportOnly,
+            ..SecurityHeaders::default()
+        });
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     let c = client();
     let page = get(&c, &p, "app.test", "/").await;
     assert_eq!(
@@ -370,19 +369,13 @@ async fn rate_limit_per_client_ip_with_retry_after_and_refill() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
     // One token every 2 s: even on a slow machine a burst of 10
     // requests outruns the refill.
-    r.rate_limit = Some(RateLimit {
-        requests_per_second: 0.5,
-        burst: 3,
-    });
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("app/web")
+        .host("app.test")
+        .to(backend.addr)
+        .rate_limit(0.5, 3);
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
 
     let one = localhost();
     let two: IpAddr = "127.0.0.2".parse().unwrap();
@@ -426,13 +419,18 @@ async fn rate_limit_per_client_ip_with_retry_after_and_refill() {
     assert_eq!(other.status, StatusCode::OK);
 
     // Tokens refill: the first client gets through again.
-    eventually(|| async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        send_from(one, p.addr, Method::GET, "/", &[], b"")
-            .await
-            .status
-            == StatusCode::OK
-    })
+    // Polled every 100 ms: the bucket refills one token in 2 s.
+    eventually_every(
+        "the first client's bucket to refill",
+        Duration::from_millis(100),
+        EVENTUALLY,
+        || async {
+            send_from(one, p.addr, Method::GET, "/", &[], b"")
+                .await
+                .status
+                == StatusCode::OK
+        },
+    )
     .await;
 
     let metrics = p.admin.metrics().await.unwrap();
@@ -455,12 +453,11 @@ async fn oversized_request_head_gets_431() {
     cfg.max_header_size = 16 << 10;
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     // Under the limit: served.
@@ -494,22 +491,16 @@ async fn bodies_over_max_body_get_413() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
-    let mut limited = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    limited.max_body = Some(64 << 10);
-    let mut unreachable = route(
-        "app/dead",
-        &["dead.test"],
-        "/",
-        vec![set("s", 100, &[dead_addr()])],
-    );
-    unreachable.max_body = Some(1024);
+    let limited = route("app/web")
+        .host("app.test")
+        .to(backend.addr)
+        .max_body(64 << 10);
+    let unreachable = route("app/dead")
+        .host("dead.test")
+        .to(dead_addr())
+        .max_body(1024);
     p.admin
-        .set_table(&table(vec![limited, unreachable]))
+        .set_table(&table().route(limited).route(unreachable).build())
         .await
         .unwrap();
     let c = client();
@@ -583,12 +574,11 @@ async fn slow_request_headers_close_the_connection() {
     cfg.header_read_timeout = Duration::from_millis(500);
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let mut s = TcpStream::connect(p.addr).await.unwrap();
@@ -599,6 +589,7 @@ async fn slow_request_headers_close_the_connection() {
     // head. The proxy must close the connection long before the 600 lines.
     let mut closed = false;
     for i in 0..600 {
+        // The slowness is what is tested.
         tokio::time::sleep(Duration::from_millis(100)).await;
         if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
             .await
@@ -630,12 +621,11 @@ async fn idle_client_connections_are_closed_but_waiting_requests_are_not() {
     cfg.header_read_timeout = Duration::from_secs(60);
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
 
@@ -647,6 +637,7 @@ async fn idle_client_connections_are_closed_but_waiting_requests_are_not() {
             async move { send_from(localhost(), addr, Method::GET, "/hold", &[], b"").await },
         );
     backend.wait_entered(1).await;
+    // Kept waiting three idle timeouts: the wait is what is tested.
     tokio::time::sleep(Duration::from_millis(900)).await;
     backend.release();
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
@@ -667,14 +658,11 @@ async fn hsts_is_sent_on_https_requests_only() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    r.headers = Some(SecurityHeaders::default());
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("app/web")
+        .host("app.test")
+        .to(backend.addr)
+        .headers(SecurityHeaders::default());
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     // An HTTP/2 request whose `:scheme` is https (what a TLS listener
     // hands over): HSTS is added.
     let stream = TcpStream::connect(p.addr).await.unwrap();
@@ -707,12 +695,11 @@ async fn oversized_h2_header_list_gets_431() {
     cfg.max_header_size = 16 << 10;
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let c = h2_client();
@@ -741,21 +728,18 @@ async fn a_route_connect_timeout_uses_its_own_client() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start("web").await;
     let p = TestProxy::start(dir.path()).await;
-    let mut r = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    r.connect_timeout_ms = Some(1234);
-    let mut dead = route(
-        "app/dead",
-        &["dead.test"],
-        "/",
-        vec![set("s", 100, &[dead_addr()])],
-    );
-    dead.connect_timeout_ms = Some(1234);
-    p.admin.set_table(&table(vec![r, dead])).await.unwrap();
+    let r = route("app/web")
+        .host("app.test")
+        .to(backend.addr)
+        .connect_timeout_ms(1234);
+    let dead = route("app/dead")
+        .host("dead.test")
+        .to(dead_addr())
+        .connect_timeout_ms(1234);
+    p.admin
+        .set_table(&table().route(r).route(dead).build())
+        .await
+        .unwrap();
     let c = client();
     for _ in 0..3 {
         assert_eq!(get(&c, &p, "app.test", "/").await.backend(), "web");
@@ -764,14 +748,15 @@ async fn a_route_connect_timeout_uses_its_own_client() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("Cannot connect"), "{}", r.text());
 
-    let mut zero = route(
-        "app/web",
-        &["app.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    zero.connect_timeout_ms = Some(0);
-    let err = p.admin.set_table(&table(vec![zero])).await.unwrap_err();
+    let zero = route("app/web")
+        .host("app.test")
+        .to(backend.addr)
+        .connect_timeout_ms(0);
+    let err = p
+        .admin
+        .set_table(&table().route(zero).build())
+        .await
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("connect_timeout_ms must be more than 0"),

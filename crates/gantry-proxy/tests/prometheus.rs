@@ -104,35 +104,60 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
         let log = dir.join("prometheus.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `prometheus` ({e}); install it with `apt-get install prometheus` \
-                     (scripts/test does)"
-                )
-            });
-        Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
+        let mut failures = Vec::new();
+        // Prometheus takes its port as an argument: started on candidate
+        // ports until it holds one itself.
+        for _ in 0..PORT_ATTEMPTS {
+            let port = candidate_port();
+            let log_file = std::fs::File::create(&log).unwrap();
+            let mut child = tokio::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `prometheus` ({e}); install it with `apt-get install prometheus` \
+                         (scripts/test does)"
+                    )
+                });
+            let pid = child.id().expect("prometheus is running");
+            let bound = wait_bound(
+                "prometheus",
+                pid,
+                || child.try_wait().ok().flatten().map(|s| s.to_string()),
+                &[(Proto::Tcp, port)],
+                // It binds its web port early in its start.
+                Duration::from_secs(30),
+            )
+            .await;
+            match bound {
+                Ok(()) => {
+                    return Prometheus {
+                        child,
+                        url: format!("http://127.0.0.1:{port}"),
+                        log,
+                    };
+                }
+                Err(why) => {
+                    let _ = child.kill().await;
+                    let out = std::fs::read_to_string(&log).unwrap_or_default();
+                    failures.push(format!("{why}\n{out}"));
+                }
+            }
         }
+        panic!(
+            "prometheus did not start in {PORT_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        )
     }
 
     fn log(&self) -> String {
@@ -153,6 +178,7 @@ impl Prometheus {
                 if let Ok(Some(status)) = self.child.try_wait() {
                     return Err(format!("prometheus exited with {status}"));
                 }
+                // Polled: Prometheus scrapes every second.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -198,12 +224,15 @@ async fn prometheus_scrapes_requests_latency_and_bytes() {
     let backend = Backend::start("web").await;
     let (p, metrics, stop, handle) = start_proxy(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("app/web")
+                        .host("app.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut prom = Prometheus::start(dir.path(), metrics).await;

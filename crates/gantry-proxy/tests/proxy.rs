@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gantry_proxy::{AdminClientError, Maintenance};
+use gantry_proxy::AdminClientError;
 use hyper::{Method, StatusCode};
 use support::*;
 
@@ -27,26 +27,18 @@ async fn routes_by_host_and_prefix_and_answers_404_otherwise() {
     );
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![
-            route(
-                "app/web",
-                &["app.test"],
-                "/",
-                vec![set("s", 100, &[web.addr])],
-            ),
-            route(
-                "app/api",
-                &["app.test"],
-                "/api",
-                vec![set("s", 100, &[api.addr])],
-            ),
-            route(
-                "any/wild",
-                &["*.test"],
-                "/",
-                vec![set("s", 100, &[wild.addr])],
-            ),
-        ]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(web.addr))
+                .route(
+                    route("app/api")
+                        .host("app.test")
+                        .prefix("/api")
+                        .to(api.addr),
+                )
+                .route(route("any/wild").host("*.test").to(wild.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let c = client();
@@ -80,15 +72,15 @@ async fn weighted_split_is_within_tolerance() {
     );
     let p = Arc::new(TestProxy::start(dir.path()).await);
     p.admin
-        .set_table(&table(vec![route(
-            "hello/production",
-            &["*"],
-            "/",
-            vec![
-                set("stable", 90, &[stable.addr]),
-                set("canary", 10, &[canary.addr]),
-            ],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("hello/production")
+                        .set(set("stable").to(stable.addr).weight(90))
+                        .set(set("canary").to(canary.addr).weight(10)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -132,27 +124,19 @@ async fn table_swaps_under_load_lose_no_request() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
     let p = Arc::new(TestProxy::start(dir.path()).await);
     let tables = [
-        table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("blue", 100, &[blue.addr])],
-        )]),
-        table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("green", 100, &[green.addr])],
-        )]),
-        table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![
-                set("blue", 50, &[blue.addr]),
-                set("green", 50, &[green.addr]),
-            ],
-        )]),
+        table()
+            .route(route("r").set(set("blue").to(blue.addr)))
+            .build(),
+        table()
+            .route(route("r").set(set("green").to(green.addr)))
+            .build(),
+        table()
+            .route(
+                route("r")
+                    .set(set("blue").to(blue.addr).weight(50))
+                    .set(set("green").to(green.addr).weight(50)),
+            )
+            .build(),
     ];
     p.admin.set_table(&tables[0]).await.unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -176,7 +160,7 @@ async fn table_swaps_under_load_lose_no_request() {
         p.admin.set_table(&tables[i % 3]).await.unwrap();
         // Let some requests through each table.
         let before = ok.load(Ordering::Relaxed);
-        eventually(|| {
+        eventually("a few requests through the swapped-in table", || {
             let ok = ok.clone();
             async move { ok.load(Ordering::Relaxed) > before + 2 }
         })
@@ -203,12 +187,11 @@ async fn removed_set_drains_its_in_flight_requests() {
     let (old, new) = (Backend::start("old").await, Backend::start("new").await);
     let p = Arc::new(TestProxy::start(dir.path()).await);
     p.admin
-        .set_table(&table(vec![route(
-            "app/prod",
-            &["*"],
-            "/",
-            vec![set("blue", 100, &[old.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/prod").set(set("blue").to(old.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let slow = {
@@ -221,12 +204,11 @@ async fn removed_set_drains_its_in_flight_requests() {
     assert_eq!(d.in_flight, 1);
 
     p.admin
-        .set_table(&table(vec![route(
-            "app/prod",
-            &["*"],
-            "/",
-            vec![set("green", 100, &[new.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/prod").set(set("green").to(new.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let d = p.admin.drained("app/prod", "blue").await.unwrap();
@@ -242,7 +224,7 @@ async fn removed_set_drains_its_in_flight_requests() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["x-backend"], "old");
     let admin = p.admin.clone();
-    eventually(|| {
+    eventually("set blue of app/prod to drain", || {
         let admin = admin.clone();
         async move { admin.drained("app/prod", "blue").await.unwrap().drained }
     })
@@ -258,12 +240,11 @@ async fn removed_set_past_the_drain_timeout_gets_504() {
     cfg.drain_timeout = std::time::Duration::from_millis(50);
     let p = Arc::new(TestProxy::start_with(cfg).await);
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("blue", 100, &[old.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("r").set(set("blue").to(old.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let slow = {
@@ -272,12 +253,11 @@ async fn removed_set_past_the_drain_timeout_gets_504() {
     };
     old.wait_entered(1).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("green", 100, &[new.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("r").set(set("green").to(new.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let r = slow.await.unwrap();
@@ -294,12 +274,7 @@ async fn dead_instance_is_retried_on_another_and_ejected() {
     let dead = dead_addr();
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[dead, live.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(dead).to(live.addr)).build())
         .await
         .unwrap();
     let c = client();
@@ -338,12 +313,11 @@ async fn all_instances_dead_gives_502_with_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[dead_addr(), dead_addr()])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("r").to(dead_addr()).to(dead_addr()))
+                .build(),
+        )
         .await
         .unwrap();
     let c = client();
@@ -386,12 +360,7 @@ async fn request_headers_are_added_kept_and_stripped() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let c = client();
@@ -449,12 +418,7 @@ async fn trusted_forwarded_headers_are_kept() {
     cfg.trust_forwarded = true;
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let r = send(
@@ -483,12 +447,11 @@ async fn h2c_clients_are_served() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("r").host("app.test").to(b.addr))
+                .build(),
+        )
         .await
         .unwrap();
     let c = h2_client();
@@ -527,12 +490,7 @@ async fn large_upload_is_streamed_through_intact() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let data: Vec<u8> = (0..(3 << 20) as u32)
@@ -565,12 +523,7 @@ async fn response_body_is_streamed_not_buffered() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let c = client();
@@ -591,14 +544,15 @@ async fn maintenance_and_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
-    let mut maint = route("m", &["m.test"], "/", vec![set("s", 100, &[b.addr])]);
-    maint.maintenance = Some(Maintenance {
-        message: "Back at 14:00 UTC".into(),
-        retry_after_secs: Some(120),
-    });
-    let mut slow = route("slow", &["slow.test"], "/", vec![set("s", 100, &[b.addr])]);
-    slow.timeout_ms = Some(50);
-    p.admin.set_table(&table(vec![maint, slow])).await.unwrap();
+    let maint = route("m")
+        .host("m.test")
+        .to(b.addr)
+        .maintenance("Back at 14:00 UTC", Some(120));
+    let slow = route("slow").host("slow.test").to(b.addr).timeout_ms(50);
+    p.admin
+        .set_table(&table().route(maint).route(slow).build())
+        .await
+        .unwrap();
     let c = client();
     let r = get(&c, &p, "m.test", "/").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -622,12 +576,7 @@ async fn maintenance_and_timeouts() {
 async fn table_is_persisted_and_reloaded_by_a_new_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::start("b").await;
-    let t = table(vec![route(
-        "r",
-        &["*"],
-        "/",
-        vec![set("s", 100, &[b.addr])],
-    )]);
+    let t = table().route(route("r").to(b.addr)).build();
     let p = TestProxy::start(dir.path()).await;
     p.admin.set_table(&t).await.unwrap();
     p.stop().await.unwrap();
@@ -649,15 +598,13 @@ async fn admin_api_refuses_bad_tables_and_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let bad = table(vec![route(
-        "r",
-        &["*"],
-        "/",
-        vec![
-            set("a", 60, &["127.0.0.1:1".parse().unwrap()]),
-            set("a", 60, &[]),
-        ],
-    )]);
+    let bad = table()
+        .route(
+            route("r")
+                .set(set("a").to("127.0.0.1:1".parse().unwrap()).weight(60))
+                .set(set("a").weight(60)),
+        )
+        .build();
     match p.admin.set_table(&bad).await {
         Err(AdminClientError::Api { status, message }) => {
             assert_eq!(status, 400);
@@ -690,12 +637,11 @@ async fn metrics_have_per_set_series() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "hello/production",
-            &["*"],
-            "/",
-            vec![set("stable", 100, &[b.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("hello/production").set(set("stable").to(b.addr)))
+                .build(),
+        )
         .await
         .unwrap();
     let c = client();
@@ -726,12 +672,7 @@ async fn access_log_writes_json_lines() {
     cfg.access_log_path = Some(log.clone());
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let r = send(
@@ -746,7 +687,10 @@ async fn access_log_writes_json_lines() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually(|| async { read().contains("log-1") }).await;
+    eventually("the access log line of request log-1", || async {
+        read().contains("log-1")
+    })
+    .await;
     let line: serde_json::Value = serde_json::from_str(read().lines().next().unwrap()).unwrap();
     assert_eq!(line["request_id"], "log-1");
     assert_eq!(line["route"], "r");
@@ -772,12 +716,7 @@ async fn shutdown_finishes_open_requests_of_every_worker() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     // One client (so one connection) per request.
@@ -808,6 +747,7 @@ async fn shutdown_finishes_open_requests_of_every_worker() {
             if c.request(req).await.is_err() {
                 return;
             }
+            // The poll interval of a poll bounded by the timeout below.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -830,12 +770,7 @@ async fn shutdown_finishes_open_requests() {
     let b = Backend::start("b").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "r",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[b.addr])],
-        )]))
+        .set_table(&table().route(route("r").to(b.addr)).build())
         .await
         .unwrap();
     let slow = {

@@ -43,10 +43,12 @@ impl Wire {
         self.s.write_all(bytes).await.unwrap();
     }
 
-    /// More bytes; false at EOF.
+    /// More bytes; false at EOF. Fails the test if the proxy sends
+    /// nothing and keeps the connection open past [`EVENTUALLY`].
     async fn more(&mut self) -> bool {
         let mut chunk = [0u8; 8192];
-        match self.s.read(&mut chunk).await {
+        let read = within("bytes from the proxy", EVENTUALLY, self.s.read(&mut chunk));
+        match read.await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
@@ -156,12 +158,11 @@ async fn proxy(dir: &std::path::Path, backend: &Backend) -> TestProxy {
 async fn proxy_with(cfg: gantry_proxy::ProxyConfig, backend: &Backend) -> TestProxy {
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/web",
-            &["app.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(route("app/web").host("app.test").to(backend.addr))
+                .build(),
+        )
         .await
         .unwrap();
     p
@@ -318,6 +319,7 @@ async fn until_open(p: &TestProxy, total: u64) -> Vec<u64> {
         if open.iter().sum::<u64>() == total {
             return open;
         }
+        // The poll interval (no event tells a connection was counted).
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!(

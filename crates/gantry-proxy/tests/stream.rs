@@ -102,12 +102,15 @@ async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
     cfg.access_log_path = Some(log.clone());
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "chat/production",
-            &["chat.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("chat/production")
+                        .host("chat.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
 
@@ -147,18 +150,21 @@ async fn websocket_echo_through_the_proxy_counts_in_flight_and_bytes() {
     .unwrap();
     assert!(closed, "no close frame came back");
     drop(ws);
-    eventually(|| async {
-        p.admin
-            .drained("chat/production", "blue")
-            .await
-            .unwrap()
-            .in_flight
-            == 0
-    })
+    eventually(
+        "the closed WebSocket to leave chat/production blue",
+        || async {
+            p.admin
+                .drained("chat/production", "blue")
+                .await
+                .unwrap()
+                .in_flight
+                == 0
+        },
+    )
     .await;
     // One access log line for the whole WebSocket, with its bytes.
     let mut line = serde_json::Value::Null;
-    eventually(|| {
+    eventually("the WebSocket's access log line (status 101)", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(l) = text.lines().find(|l| l.contains("\"status\":101")) {
             line = serde_json::from_str(l).unwrap();
@@ -180,12 +186,15 @@ async fn shutdown_closes_open_websockets_after_the_grace() {
     cfg.websocket_drain_grace = Duration::from_millis(500);
     let p = TestProxy::start_with(cfg).await;
     p.admin
-        .set_table(&table(vec![route(
-            "chat/production",
-            &["chat.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("chat/production")
+                        .host("chat.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut ws = ws_connect(&p, "chat.test", "/").await;
@@ -216,20 +225,20 @@ async fn websocket_over_h2_extended_connect() {
     let plain_backend = Backend::start("plain").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![
-            route(
-                "chat/production",
-                &["chat.test"],
-                "/",
-                vec![set("blue", 100, &[backend.addr])],
-            ),
-            route(
-                "plain/production",
-                &["plain.test"],
-                "/",
-                vec![set("s", 100, &[plain_backend.addr])],
-            ),
-        ]))
+        .set_table(
+            &table()
+                .route(
+                    route("chat/production")
+                        .host("chat.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .route(
+                    route("plain/production")
+                        .host("plain.test")
+                        .to(plain_backend.addr),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let tcp = TcpStream::connect(p.addr).await.unwrap();
@@ -293,14 +302,17 @@ async fn websocket_over_h2_extended_connect() {
     let stats = p.admin.stats().await.unwrap();
     assert_eq!(stats.set("chat/production", "blue").unwrap().in_flight, 1);
     drop(ws);
-    eventually(|| async {
-        p.admin
-            .drained("chat/production", "blue")
-            .await
-            .unwrap()
-            .in_flight
-            == 0
-    })
+    eventually(
+        "the dropped WebSocket to leave chat/production blue",
+        || async {
+            p.admin
+                .drained("chat/production", "blue")
+                .await
+                .unwrap()
+                .in_flight
+                == 0
+        },
+    )
     .await;
     p.stop().await.unwrap();
 }
@@ -318,12 +330,13 @@ async fn a_removed_sets_websocket_is_closed_after_the_grace_and_only_then_draine
     config.websocket_drain_grace = Duration::from_secs(4);
     let p = TestProxy::start_with(config).await;
     let with = |name: &str, addr| {
-        table(vec![route(
-            "chat/production",
-            &["chat.test"],
-            "/",
-            vec![set(name, 100, &[addr])],
-        )])
+        table()
+            .route(
+                route("chat/production")
+                    .host("chat.test")
+                    .set(set(name).to(addr)),
+            )
+            .build()
     };
     p.admin.set_table(&with("blue", blue.addr)).await.unwrap();
     let mut ws = ws_connect(&p, "chat.test", "/").await;
@@ -355,7 +368,7 @@ async fn a_removed_sets_websocket_is_closed_after_the_grace_and_only_then_draine
     })
     .await;
     assert!(end.is_ok(), "the drained WebSocket was not closed");
-    eventually(|| async {
+    eventually("set blue of chat/production to drain", || async {
         p.admin
             .drained("chat/production", "blue")
             .await
@@ -410,12 +423,15 @@ async fn an_upgrade_the_backend_declines_is_an_ordinary_response() {
     let backend = Backend::start("plain").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/production",
-            &["app.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("app/production")
+                        .host("app.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut s = TcpStream::connect(p.addr).await.unwrap();
@@ -439,7 +455,7 @@ async fn an_upgrade_the_backend_declines_is_an_ordinary_response() {
     let (status, body) = read_response(&mut s).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"/next\""), "{body}");
-    eventually(|| async {
+    eventually("nothing in flight on app/production blue", || async {
         p.admin
             .drained("app/production", "blue")
             .await
@@ -566,21 +582,13 @@ async fn compression_streams_gzip_and_br_and_leaves_the_rest_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, _task) = start_content_backend().await;
     let p = TestProxy::start(dir.path()).await;
-    let mut zipped = route(
-        "site/production",
-        &["site.test"],
-        "/",
-        vec![set("s", 100, &[addr])],
-    );
-    zipped.compress = true;
-    let plain = route(
-        "plain/production",
-        &["plain.test"],
-        "/",
-        vec![set("s", 100, &[addr])],
-    );
+    let zipped = route("site/production")
+        .host("site.test")
+        .to(addr)
+        .compress();
+    let plain = route("plain/production").host("plain.test").to(addr);
     p.admin
-        .set_table(&table(vec![zipped, plain]))
+        .set_table(&table().route(zipped).route(plain).build())
         .await
         .unwrap();
     let c = client();
@@ -671,14 +679,11 @@ async fn sticky_cookie_pins_one_instance_until_its_set_leaves() {
     );
     let p = TestProxy::start(dir.path()).await;
     let sticky_route = |set_name: &str| {
-        let mut r = route(
-            "shop/production",
-            &["shop.test"],
-            "/",
-            vec![set(set_name, 100, &[a.addr, b.addr, c3.addr])],
-        );
-        r.sticky = true;
-        table(vec![r])
+        let r = route("shop/production")
+            .host("shop.test")
+            .set(set(set_name).to(a.addr).to(b.addr).to(c3.addr))
+            .sticky();
+        table().route(r).build()
     };
     p.admin.set_table(&sticky_route("blue")).await.unwrap();
     let c = client();
@@ -811,14 +816,11 @@ async fn a_pinned_instance_that_dies_loses_its_clients_to_the_others() {
     cfg.eject_cooloff = Duration::from_secs(600);
     let p = TestProxy::start_with(cfg).await;
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let mut r = route(
-        "shop/production",
-        &["shop.test"],
-        "/",
-        vec![set("blue", 100, &addrs)],
-    );
-    r.sticky = true;
-    p.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("shop/production")
+        .host("shop.test")
+        .set(set("blue").instances(&addrs))
+        .sticky();
+    p.admin.set_table(&table().route(r).build()).await.unwrap();
     let c = client();
     let first = get(&c, &p, "shop.test", "/").await;
     let cookie = sticky_cookie(&first).unwrap();
@@ -866,12 +868,15 @@ async fn response_bytes_count_while_the_body_streams() {
     let backend = Backend::start("app").await;
     let p = TestProxy::start(dir.path()).await;
     p.admin
-        .set_table(&table(vec![route(
-            "app/production",
-            &["app.test"],
-            "/",
-            vec![set("blue", 100, &[backend.addr])],
-        )]))
+        .set_table(
+            &table()
+                .route(
+                    route("app/production")
+                        .host("app.test")
+                        .set(set("blue").to(backend.addr)),
+                )
+                .build(),
+        )
         .await
         .unwrap();
     let mut req = Request::new(Full::new(Bytes::new()));
@@ -889,11 +894,14 @@ async fn response_bytes_count_while_the_body_streams() {
     backend.release();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(&rest[..], b"second");
-    eventually(|| async {
-        let stats = p.admin.stats().await.unwrap();
-        let s = stats.set("app/production", "blue").unwrap();
-        s.in_flight == 0 && s.bytes_out == 11
-    })
+    eventually(
+        "the streamed response counted: nothing in flight, 11 bytes out",
+        || async {
+            let stats = p.admin.stats().await.unwrap();
+            let s = stats.set("app/production", "blue").unwrap();
+            s.in_flight == 0 && s.bytes_out == 11
+        },
+    )
     .await;
     p.stop().await.unwrap();
 }

@@ -8,9 +8,9 @@ mod tls_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gantry_proxy::{AdminClient, Proxy, ProxyConfig, ProxyError, RouteTls};
+use gantry_proxy::{AdminClient, Proxy, ProxyConfig, ProxyError};
 use hyper::Method;
-use support::{Backend, client, get, route, set, table};
+use support::{Backend, client, get, route, table};
 use tls_support::{Ca, tls_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,22 +82,19 @@ async fn certificates_from_files_are_chosen_by_sni_and_alpn_picks_h2_or_http1() 
     config.tls_default_key = Some(d_key);
     let proxy = Running::start(config).await;
     let backend = Backend::start("app").await;
-    let mut ra = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    ra.tls = Some(RouteTls::Files {
-        cert: a_crt,
-        key: a_key,
-    });
-    let mut rb = route(
-        "b",
-        &["*.b.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    rb.tls = Some(RouteTls::Files {
-        cert: b_crt,
-        key: b_key,
-    });
-    proxy.admin.set_table(&table(vec![ra, rb])).await.unwrap();
+    let ra = route("a")
+        .host("a.test")
+        .to(backend.addr)
+        .tls_files(&a_crt, &a_key);
+    let rb = route("b")
+        .host("*.b.test")
+        .to(backend.addr)
+        .tls_files(&b_crt, &b_key);
+    proxy
+        .admin
+        .set_table(&table().route(ra).route(rb).build())
+        .await
+        .unwrap();
     let roots = [ca.der()];
 
     let r = tls_get(proxy.tls, &roots, "a.test", &[b"h2", b"http/1.1"], "/x")
@@ -184,16 +181,13 @@ async fn bad_certificate_files_are_refused_naming_the_route_and_file() {
             "path `relative.crt` must be absolute".to_string(),
         ),
     ] {
-        let mut r = route(
-            "shop/prod",
-            &["a.test"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        );
-        r.tls = Some(RouteTls::Files { cert, key });
+        let r = route("shop/prod")
+            .host("a.test")
+            .to(backend.addr)
+            .tls_files(&cert, &key);
         let err = proxy
             .admin
-            .set_table(&table(vec![r]))
+            .set_table(&table().route(r).build())
             .await
             .unwrap_err()
             .to_string();
@@ -201,16 +195,10 @@ async fn bad_certificate_files_are_refused_naming_the_route_and_file() {
         assert!(err.contains(&needle), "missing {needle:?} in {err}");
     }
     // Wildcards cannot use ACME (HTTP-01/TLS-ALPN-01).
-    let mut r = route(
-        "w",
-        &["*.a.test"],
-        "/",
-        vec![set("s", 100, &[backend.addr])],
-    );
-    r.tls = Some(RouteTls::Acme { email: None });
+    let r = route("w").host("*.a.test").to(backend.addr).acme(None);
     let err = proxy
         .admin
-        .set_table(&table(vec![r]))
+        .set_table(&table().route(r).build())
         .await
         .unwrap_err()
         .to_string();
@@ -225,11 +213,17 @@ async fn redirect_http_answers_308_except_acme_challenge_paths() {
     let (crt, key, _) = ca.leaf(dir.path(), "a", &["a.test"]);
     let proxy = Running::start(support::config(dir.path())).await;
     let backend = Backend::start("app").await;
-    let mut ra = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    ra.redirect_http = true;
-    ra.tls = Some(RouteTls::Files { cert: crt, key });
-    let rb = route("b", &["b.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    proxy.admin.set_table(&table(vec![ra, rb])).await.unwrap();
+    let ra = route("a")
+        .host("a.test")
+        .to(backend.addr)
+        .redirect_http()
+        .tls_files(&crt, &key);
+    let rb = route("b").host("b.test").to(backend.addr);
+    proxy
+        .admin
+        .set_table(&table().route(ra).route(rb).build())
+        .await
+        .unwrap();
 
     let (status, headers, _) = plain_get(proxy.plain, "a.test:8080", "/x/y?q=1&r=2").await;
     assert_eq!(status, 308);
@@ -256,9 +250,12 @@ async fn redirect_names_the_https_port_when_it_is_not_443() {
     config.https_port = 8443;
     let proxy = Running::start(config).await;
     let backend = Backend::start("app").await;
-    let mut ra = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    ra.redirect_http = true;
-    proxy.admin.set_table(&table(vec![ra])).await.unwrap();
+    let ra = route("a").host("a.test").to(backend.addr).redirect_http();
+    proxy
+        .admin
+        .set_table(&table().route(ra).build())
+        .await
+        .unwrap();
     let (status, headers, body) = plain_get(proxy.plain, "a.test:8080", "/p?q=1").await;
     assert_eq!(status, 308);
     assert_eq!(headers["location"], "https://a.test:8443/p?q=1");
@@ -321,8 +318,12 @@ async fn proxy_protocol_v1_and_v2_headers_give_the_client_address() {
     config.access_log_path = Some(log.clone());
     let proxy = Running::start(config).await;
     let backend = Backend::start("app").await;
-    let r = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    proxy.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("a").host("a.test").to(backend.addr);
+    proxy
+        .admin
+        .set_table(&table().route(r).build())
+        .await
+        .unwrap();
     let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
 
     proxy_headers_give_the_client_address(proxy.plain).await;
@@ -384,8 +385,8 @@ async fn proxy_protocol_only_on_the_listeners_configured_for_it() {
         let _ = rx.await;
     }));
     let backend = Backend::start("app").await;
-    let r = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("a").host("a.test").to(backend.addr);
+    admin.set_table(&table().route(r).build()).await.unwrap();
     let request = b"GET /pp HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
 
     // Behind the load balancer: v1 and v2 headers give the client address.
@@ -457,8 +458,12 @@ async fn connections_above_max_connections_wait_for_a_free_slot() {
     config.max_connections = Some(1);
     let proxy = Running::start(config).await;
     let backend = Backend::start("app").await;
-    let r = route("a", &["a.test"], "/", vec![set("s", 100, &[backend.addr])]);
-    proxy.admin.set_table(&table(vec![r])).await.unwrap();
+    let r = route("a").host("a.test").to(backend.addr);
+    proxy
+        .admin
+        .set_table(&table().route(r).build())
+        .await
+        .unwrap();
 
     // A holds the only slot: its request waits in the backend.
     let mut a = TcpStream::connect(proxy.plain).await.unwrap();

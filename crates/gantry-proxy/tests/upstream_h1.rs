@@ -144,12 +144,7 @@ async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
 async fn proxy_to(backend: &RawBackend, dir: &std::path::Path) -> TestProxy {
     let p = TestProxy::start(dir).await;
     p.admin
-        .set_table(&table(vec![route(
-            "raw/prod",
-            &["*"],
-            "/",
-            vec![set("s", 100, &[backend.addr])],
-        )]))
+        .set_table(&table().route(route("raw/prod").to(backend.addr)).build())
         .await
         .unwrap();
     p
@@ -312,7 +307,8 @@ async fn pooled_connections_the_backend_closed_are_noticed_or_retried() {
         "ok"
     );
     // Time for the proxy's event loop to see the close (no request waits
-    // on that connection, so nothing else would tell it).
+    // on that connection, and the proxy shows its idle pool nowhere, so
+    // no event or poll can tell it): the one sleep a poll cannot replace.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = request(&c, &p, Method::POST, "/ok").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
