@@ -33,8 +33,10 @@
 
 pub mod bits;
 pub mod chunk;
+pub mod labels;
 
 pub use chunk::{Chunk, ChunkError, ChunkIter};
+pub use labels::{Label, LabelError, Labels};
 
 /// Prometheus's staleness marker: a NaN with this exact bit pattern marks a
 /// series that disappeared from its target. It must survive storage
