@@ -33,9 +33,11 @@
 
 pub mod bits;
 pub mod chunk;
+pub mod index;
 pub mod labels;
 
 pub use chunk::{Chunk, ChunkError, ChunkIter};
+pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
 pub use labels::{Label, LabelError, Labels};
 
 /// Prometheus's staleness marker: a NaN with this exact bit pattern marks a
