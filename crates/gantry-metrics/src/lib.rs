@@ -33,10 +33,12 @@
 
 pub mod bits;
 pub mod chunk;
+pub mod head;
 pub mod index;
 pub mod labels;
 
 pub use chunk::{Chunk, ChunkError, ChunkIter};
+pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
 pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
 pub use labels::{Label, LabelError, Labels};
 
