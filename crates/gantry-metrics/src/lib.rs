@@ -36,6 +36,7 @@ pub mod chunk;
 pub mod head;
 pub mod index;
 pub mod labels;
+pub mod wal;
 
 pub use chunk::{Chunk, ChunkError, ChunkIter};
 pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
