@@ -14,17 +14,19 @@
 //! 3. **Index** ([`index`]): a series id per label set and a sorted postings
 //!    list per (name, value); selectors with `=`, `!=`, `=~` and `!~` are
 //!    intersections, unions and differences of postings lists.
-//! 4. **WAL** (later): every append is logged before it is acknowledged and
-//!    synced at least once a second, so a crash loses at most that second;
-//!    the head is rebuilt by replaying it, stopping cleanly at a torn tail.
+//! 4. **WAL** ([`wal`]): every append is logged before it is acknowledged
+//!    and synced at least once a second, so a crash loses at most that
+//!    second; the head is rebuilt by replaying it, stopping cleanly at a
+//!    torn tail. The record format and the replay are here; the segment
+//!    files and their syncing come later.
 //! 5. **Blocks** (later): the head is cut every two hours into an immutable
 //!    on-disk block (chunks, index, metadata) and the WAL truncated.
 //! 6. **Retention and downsampling** (later): raw samples are kept 24 h by
 //!    default, then 1 min and 1 h aggregates (min, max, sum, count); blocks
 //!    past the retention age or the size limit are deleted oldest first.
 //!
-//! This crate holds 1–3 so far: a pure core, no I/O, no threads, no clock
-//! (callers pass timestamps). It is not wired into the server yet; scraping,
+//! This crate holds 1–3 and the byte side of 4 so far: a pure core, no I/O,
+//! no threads, no clock (callers pass timestamps). It is not wired into the server yet; scraping,
 //! PromQL and the HTTP API come with the rest of issue 14.
 //!
 //! Bad input — corrupt chunk bytes, invalid label names, out-of-order
