@@ -11,7 +11,7 @@
 
 use crate::head::{AppendError, Head};
 use crate::labels::Labels;
-use crate::wal::{OpenReport, Wal, WalError, WalOptions};
+use crate::wal::{OpenReport, TruncateReport, Wal, WalError, WalOptions};
 use gantry_common::lock;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -88,6 +88,11 @@ impl Tsdb {
     /// Syncs the WAL if due at `now` (for a caller without a [`Syncer`]).
     pub fn tick(&mut self, now: Instant) -> Result<bool, WalError> {
         self.wal.tick(now)
+    }
+
+    /// See [`Wal::truncate_before`].
+    pub fn truncate_wal_before(&mut self, t: i64) -> Result<TruncateReport, WalError> {
+        self.wal.truncate_before(t, &self.head)
     }
 }
 

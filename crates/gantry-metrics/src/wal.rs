@@ -31,7 +31,9 @@
 //! # Replay
 //!
 //! [`Wal::open`] reads every segment in order, twice: first the series
-//! records (a series record defines its WAL id for the whole log), then the samples, into the head.
+//! records (a series record defines its WAL id for the whole log, since
+//! truncation re-logs the series of dropped segments after samples that
+//! use them), then the samples, into the head.
 //!
 //! - A bad frame in the **last** segment is the tail a crash cut off: the
 //!   segment is truncated to its last whole record (and synced), so new
@@ -43,6 +45,13 @@
 //!   fails with [`WalError::Corrupt`], naming the file and the offset,
 //!   rather than silently dropping the newer segments after it; the
 //!   operator can move the file away and start with the rest.
+//!
+//! # Truncation
+//!
+//! [`Wal::truncate_before`] deletes the oldest segments whose newest
+//! sample is older than a given time (once blocks hold those samples; the
+//! current segment is never deleted). The series records of the deleted
+//! segments are first re-logged into the current segment and synced.
 //!
 //! # Record format
 //!
@@ -77,8 +86,8 @@ mod files;
 mod sync;
 
 pub use files::{
-    OpenReport, PendingSync, SEGMENT_DIGITS, SyncDone, TailRepair, Wal, WalError, WalOptions,
-    segment_path,
+    OpenReport, PendingSync, SEGMENT_DIGITS, SyncDone, TailRepair, TruncateReport, Wal, WalError,
+    WalOptions, segment_path,
 };
 pub use sync::SyncPolicy;
 

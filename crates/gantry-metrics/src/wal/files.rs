@@ -4,6 +4,7 @@ use super::sync::SyncPolicy;
 use super::{Record, WalReader, WalStop, encode};
 use crate::head::Head;
 use crate::index::SeriesId;
+use crate::labels::Labels;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -110,6 +111,15 @@ pub struct OpenReport {
     pub unknown_series_samples: usize,
     /// The crash-cut tail of the last segment, if there was one.
     pub tail_repair: Option<TailRepair>,
+}
+
+/// What [`Wal::truncate_before`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TruncateReport {
+    /// The deleted segment files, oldest first.
+    pub removed: Vec<PathBuf>,
+    /// Series whose records were in them, logged again.
+    pub relogged_series: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -514,6 +524,57 @@ impl Wal {
     pub fn sync_deadline(&self) -> Option<Instant> {
         self.policy.deadline()
     }
+
+    /// Deletes the oldest segments whose samples are all older than `t`
+    /// (ms), never the current one, after logging again the series records
+    /// they hold for the series of `head` and syncing.
+    pub fn truncate_before(&mut self, t: i64, head: &Head) -> Result<TruncateReport, WalError> {
+        let old = self
+            .segments
+            .iter()
+            .take(self.segments.len() - 1)
+            .take_while(|s| s.max_time.is_none_or(|m| m < t))
+            .count();
+        let mut report = TruncateReport::default();
+        if old == 0 {
+            return Ok(report);
+        }
+        let last_old = self.segments[old - 1].seq;
+        let relog: Vec<(usize, u64, Labels)> = self
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let r = (*r)?;
+                let labels = head.index().labels(SeriesId(i as u64))?;
+                (r.seq <= last_old).then(|| (i, r.wal_id, labels.clone()))
+            })
+            .collect();
+        if !relog.is_empty() {
+            let record = relog.iter().map(|(_, w, l)| (*w, l.clone())).collect();
+            let seq = self.log(&Record::Series(record), 0)?;
+            for (i, wal_id, _) in &relog {
+                self.series[*i] = Some(SeriesRef {
+                    wal_id: *wal_id,
+                    seq,
+                });
+            }
+            report.relogged_series = relog.len();
+        }
+        // The re-logged series must be durable before their old records go.
+        self.flush()?;
+        let path = self.current().path.clone();
+        self.file
+            .sync_data()
+            .map_err(io_err("sync WAL segment", &path))?;
+        self.synced = self.written_counts;
+        for seg in self.segments.drain(..old) {
+            std::fs::remove_file(&seg.path).map_err(io_err("remove WAL segment", &seg.path))?;
+            report.removed.push(seg.path);
+        }
+        sync_dir(&self.dir)?;
+        Ok(report)
+    }
 }
 
 impl Drop for Wal {
@@ -609,7 +670,6 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 mod tests {
     use super::*;
     use crate::index::Matcher;
-    use crate::labels::Labels;
 
     fn opts(segment_size: u64) -> WalOptions {
         WalOptions {
@@ -818,5 +878,62 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&seg.display().to_string()), "{msg}");
         assert!(msg.contains(&format!("byte {offset}")), "{msg}");
+    }
+
+    #[test]
+    fn truncation_drops_whole_old_segments_and_keeps_their_series() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut wal, mut head, _) = reopen(tmp.path(), opts(300));
+        // Series 0..3 are logged in segment 1; their later samples are in
+        // later segments and need those series records.
+        append(&mut wal, &mut head, 0..300, 9);
+        let before: Vec<PathBuf> = wal.segment_paths().map(Path::to_owned).collect();
+        assert!(before.len() > 5);
+
+        // Nothing is older than the first sample.
+        let report = wal.truncate_before(0, &head).expect("truncate");
+        assert_eq!(report, TruncateReport::default());
+
+        // Samples are at 10 i: drop the segments entirely before 1000.
+        let report = wal.truncate_before(1000, &head).expect("truncate");
+        assert!(!report.removed.is_empty());
+        assert_eq!(report.removed, before[..report.removed.len()]);
+        assert_eq!(report.relogged_series, 3);
+        for p in &report.removed {
+            assert!(!p.exists(), "{}", p.display());
+        }
+        let kept: Vec<PathBuf> = wal.segment_paths().map(Path::to_owned).collect();
+        assert_eq!(kept, before[report.removed.len()..]);
+        drop(wal);
+
+        let (mut wal, mut head, report) = reopen(tmp.path(), opts(300));
+        assert_eq!(report.unknown_series_samples, 0);
+        assert_eq!(report.series, 3);
+        let got = contents(&head);
+        // Only whole segments went: what is left ends with everything
+        // from 1000 on, and starts at a segment boundary before it.
+        let first = got.first().expect("samples").0;
+        assert!(first < 1000, "first kept sample at {first}");
+        assert_eq!(got, expected(first as u64 / 10..300));
+
+        // Everything but the current segment can go; the series survive.
+        append(&mut wal, &mut head, 300..320, 9);
+        let current = wal.segment_paths().last().map(Path::to_owned);
+        let report = wal.truncate_before(i64::MAX, &head).expect("truncate");
+        // The current segment stays, and a new one if the re-logged series
+        // did not fit in it.
+        let kept: Vec<_> = wal.segment_paths().map(Path::to_owned).collect();
+        assert!(
+            kept.len() <= 2 && kept.first() == current.as_ref(),
+            "{kept:?}"
+        );
+        assert!(report.relogged_series <= 3);
+        drop(wal);
+        let (_, head, report) = reopen(tmp.path(), opts(300));
+        assert_eq!(report.unknown_series_samples, 0);
+        assert_eq!(head.stats().series, 3);
+        let got = contents(&head);
+        assert!(expected(0..320).ends_with(&got));
+        assert!(!got.is_empty());
     }
 }
