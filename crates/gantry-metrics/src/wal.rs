@@ -53,6 +53,16 @@
 //! current segment is never deleted). The series records of the deleted
 //! segments are first re-logged into the current segment and synced.
 //!
+//! # Errors
+//!
+//! A disk that refuses — a file where the directory should be, no
+//! permission, a full disk — is a [`WalError::Io`] naming the path and
+//! what was being done, with the OS's error as its source
+//! ([`WalError::is_disk_full`] tells ENOSPC). A failed write is cut back
+//! out of the segment, so a retry does not leave a torn record in its
+//! middle; the samples of a batch whose logging failed may be in the head
+//! but not in the log, and the caller is told.
+//!
 //! # Record format
 //!
 //! A record on disk is framed as

@@ -453,9 +453,12 @@ impl Wal {
     pub fn flush(&mut self) -> Result<(), WalError> {
         if !self.buf.is_empty() {
             let path = &self.segments[self.segments.len() - 1].path;
-            self.file
-                .write_all(&self.buf)
-                .map_err(io_err("write WAL segment", path))?;
+            if let Err(e) = self.file.write_all(&self.buf) {
+                // A part may be in the file: cut it, so a retry does not
+                // leave a torn record in the middle of the segment.
+                let _ = self.file.set_len(self.written);
+                return Err(io_err("write WAL segment", path)(e));
+            }
             self.written += self.buf.len() as u64;
             self.buf.clear();
         }
