@@ -32,6 +32,11 @@
 //! I/O and the only thread. It is not wired into the server yet; scraping,
 //! PromQL and the HTTP API come with the rest of issue 14.
 //!
+//! **Files on disk.** The store owns one directory, given by the caller:
+//! the WAL's, `<data>/metrics/wal/` once the server uses it, holding the
+//! segment files `00000001`, `00000002`, … and nothing else it reads. The
+//! blocks (5) will live beside it, under `<data>/metrics/`.
+//!
 //! Bad input — corrupt chunk bytes, invalid label names, out-of-order
 //! samples, malformed regexes — is a typed error, never a panic.
 #![forbid(unsafe_code)]

@@ -8,7 +8,8 @@
 //!
 //! # Files
 //!
-//! The caller gives the directory (the server uses `<data>/metrics/wal`);
+//! The caller gives the directory (the server will use
+//! `<data>/metrics/wal`);
 //! it holds numbered segment files, `00000001`, `00000002`, … (eight digits
 //! or more; other names are ignored). Records are appended to the last
 //! segment; once the next record would take it past
