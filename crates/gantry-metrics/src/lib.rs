@@ -32,6 +32,10 @@
 //! I/O and the only thread. It is not wired into the server yet; scraping,
 //! PromQL and the HTTP API come with the rest of issue 14.
 //!
+//! Scraping starts with [`exposition`]: the Prometheus text format parsed
+//! into samples and metadata, with a `sample_limit`, every malformed line a
+//! typed error with its line and column.
+//!
 //! **Files on disk.** The store owns one directory, given by the caller:
 //! the WAL's, `<data>/metrics/wal/` once the server uses it, holding the
 //! segment files `00000001`, `00000002`, … and nothing else it reads. The
@@ -43,6 +47,7 @@
 
 pub mod bits;
 pub mod chunk;
+pub mod exposition;
 pub mod head;
 pub mod index;
 pub mod labels;
