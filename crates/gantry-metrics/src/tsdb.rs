@@ -156,8 +156,8 @@ fn sync_once(db: &Mutex<Tsdb>, force: bool) -> Result<Instant, WalError> {
         }
     };
     if let Some(pending) = pending {
-        let done = pending.run()?;
-        lock(db).wal.end_sync(done);
+        let outcome = pending.run();
+        lock(db).wal.end_sync(outcome)?;
     }
     let db = lock(db);
     let interval = db.wal.options().sync_interval;

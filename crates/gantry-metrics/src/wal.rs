@@ -64,6 +64,11 @@
 //! middle; the samples of a batch whose logging failed may be in the head
 //! but not in the log, and the caller is told.
 //!
+//! A failed fdatasync stops the WAL: the kernel may have dropped the pages
+//! it could not write and a later sync would succeed without them, so
+//! from then on every append and sync is [`WalError::SyncFailed`] until
+//! the WAL is opened again (and replays what did reach the disk).
+//!
 //! # Record format
 //!
 //! A record on disk is framed as

@@ -63,6 +63,15 @@ pub enum WalError {
     },
     #[error("series {0} is not in the head, so the WAL cannot log its labels")]
     UnknownSeries(u64),
+    /// A sync failed before: the kernel may have dropped the unsynced
+    /// pages, so a later sync that succeeds would not mean they are on
+    /// disk. The WAL refuses everything until it is opened again.
+    #[error(
+        "an earlier sync of WAL segment `{}` failed, so what was logged since may be lost; \
+         the WAL takes nothing more until it is opened again",
+        path.display()
+    )]
+    SyncFailed { path: PathBuf },
 }
 
 impl WalError {
@@ -74,7 +83,9 @@ impl WalError {
     /// The file or directory at fault, if any.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            WalError::Io { path, .. } | WalError::Corrupt { path, .. } => Some(path),
+            WalError::Io { path, .. }
+            | WalError::Corrupt { path, .. }
+            | WalError::SyncFailed { path } => Some(path),
             WalError::UnknownSeries(_) => None,
         }
     }
@@ -194,6 +205,8 @@ pub struct Wal {
     /// Records in the last sync begun.
     sync_started: u64,
     policy: SyncPolicy,
+    /// The segment whose sync failed, after which nothing is taken.
+    sync_failed: Option<PathBuf>,
 }
 
 impl Wal {
@@ -207,6 +220,10 @@ impl Wal {
     ) -> Result<(Wal, OpenReport), WalError> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(io_err("create WAL directory", &dir))?;
+        // The directory's own entry, should it be new.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let mut segments = list_segments(&dir)?;
         let mut report = OpenReport {
             segments: segments.len(),
@@ -312,6 +329,7 @@ impl Wal {
             written_counts: (0, 0),
             synced: (0, 0),
             sync_started: 0,
+            sync_failed: None,
         };
         Ok((wal, report))
     }
@@ -409,6 +427,7 @@ impl Wal {
     /// Buffers one record, starting a new segment first if it would not
     /// fit; returns the segment it goes to.
     fn log(&mut self, record: &Record, samples: u64) -> Result<u64, WalError> {
+        self.check_sync_failed()?;
         let start = self.buf.len();
         encode(record, &mut self.buf);
         let size = self.written + self.buf.len() as u64;
@@ -430,14 +449,29 @@ impl Wal {
         &self.segments[self.segments.len() - 1]
     }
 
-    /// Syncs the full segment and starts the next one.
-    fn rotate(&mut self) -> Result<(), WalError> {
+    fn check_sync_failed(&self) -> Result<(), WalError> {
+        match &self.sync_failed {
+            Some(path) => Err(WalError::SyncFailed { path: path.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and syncs the current segment in place.
+    fn sync_current(&mut self) -> Result<(), WalError> {
+        self.check_sync_failed()?;
         self.flush()?;
         let path = self.current().path.clone();
-        self.file
-            .sync_data()
-            .map_err(io_err("sync WAL segment", &path))?;
+        if let Err(e) = self.file.sync_data() {
+            self.sync_failed = Some(path.clone());
+            return Err(io_err("sync WAL segment", &path)(e));
+        }
         self.synced = self.written_counts;
+        Ok(())
+    }
+
+    /// Syncs the full segment and starts the next one.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        self.sync_current()?;
         let next = create_segment(&self.dir, self.current().seq + 1)?;
         self.file = OpenOptions::new()
             .append(true)
@@ -469,6 +503,7 @@ impl Wal {
     /// Writes the buffer out and returns the sync to run, or `None` when
     /// everything logged is already in a sync.
     pub fn begin_sync(&mut self, now: Instant) -> Result<Option<PendingSync>, WalError> {
+        self.check_sync_failed()?;
         if !self.is_dirty() {
             return Ok(None);
         }
@@ -489,10 +524,22 @@ impl Wal {
         }))
     }
 
-    /// Records a finished sync.
-    pub fn end_sync(&mut self, done: SyncDone) {
-        self.synced.0 = self.synced.0.max(done.records);
-        self.synced.1 = self.synced.1.max(done.samples);
+    /// Records how a sync from [`Wal::begin_sync`] ended. A failed one
+    /// stops the WAL ([`WalError::SyncFailed`] from then on), since the
+    /// kernel may have dropped the pages it could not write.
+    pub fn end_sync(&mut self, outcome: Result<SyncDone, WalError>) -> Result<(), WalError> {
+        match outcome {
+            Ok(done) => {
+                self.synced.0 = self.synced.0.max(done.records);
+                self.synced.1 = self.synced.1.max(done.samples);
+                Ok(())
+            }
+            Err(e) => {
+                let path = e.path().unwrap_or(&self.dir).to_owned();
+                self.sync_failed.get_or_insert(path);
+                Err(e)
+            }
+        }
     }
 
     /// Syncs now, whatever the policy says; returns whether there was
@@ -500,8 +547,7 @@ impl Wal {
     pub fn sync(&mut self, now: Instant) -> Result<bool, WalError> {
         match self.begin_sync(now)? {
             Some(pending) => {
-                let done = pending.run()?;
-                self.end_sync(done);
+                self.end_sync(pending.run())?;
                 Ok(true)
             }
             None => Ok(false),
@@ -532,6 +578,7 @@ impl Wal {
     /// (ms), never the current one, after logging again the series records
     /// they hold for the series of `head` and syncing.
     pub fn truncate_before(&mut self, t: i64, head: &Head) -> Result<TruncateReport, WalError> {
+        self.check_sync_failed()?;
         let old = self
             .segments
             .iter()
@@ -565,12 +612,7 @@ impl Wal {
             report.relogged_series = relog.len();
         }
         // The re-logged series must be durable before their old records go.
-        self.flush()?;
-        let path = self.current().path.clone();
-        self.file
-            .sync_data()
-            .map_err(io_err("sync WAL segment", &path))?;
-        self.synced = self.written_counts;
+        self.sync_current()?;
         for seg in self.segments.drain(..old) {
             std::fs::remove_file(&seg.path).map_err(io_err("remove WAL segment", &seg.path))?;
             report.removed.push(seg.path);
@@ -584,7 +626,7 @@ impl Drop for Wal {
     /// A clean close: what is buffered is written and synced (best effort;
     /// a caller that needs to know calls [`Wal::sync`] first).
     fn drop(&mut self) {
-        if self.flush().is_ok() {
+        if self.sync_failed.is_none() && self.flush().is_ok() {
             let _ = self.file.sync_data();
         }
     }
@@ -787,6 +829,40 @@ mod tests {
         assert!(wal.tick(t0 + s(1000)).expect("tick"));
         assert_eq!(wal.synced_samples(), 20);
         assert!(!wal.tick(t0 + s(9000)).expect("tick"), "clean");
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_wal_takes_nothing_until_reopened() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut wal, mut head, _) = reopen(tmp.path(), opts(1 << 20));
+        append(&mut wal, &mut head, 0..10, 5);
+        let pending = wal
+            .begin_sync(Instant::now())
+            .expect("begin")
+            .expect("dirty");
+        drop(pending);
+        let seg = segment_path(tmp.path(), 1);
+        let failed = WalError::Io {
+            op: "sync WAL segment",
+            path: seg.clone(),
+            source: io::Error::from_raw_os_error(5),
+        };
+        assert!(wal.end_sync(Err(failed)).is_err());
+        let refused = |e: WalError| matches!(e, WalError::SyncFailed { path } if path == seg);
+        let (l, t, v) = sample(10);
+        let id = head.append(&l, t, v).expect("append");
+        assert!(refused(
+            wal.log_samples(&head, &[(id, t, v)]).expect_err("log")
+        ));
+        assert!(refused(wal.sync(Instant::now()).expect_err("sync")));
+        assert!(refused(
+            wal.truncate_before(i64::MAX, &head).expect_err("truncate")
+        ));
+        assert_eq!(wal.synced_samples(), 0);
+        drop(wal);
+        // What had reached the file is there after a reopen.
+        let (_, head, _) = reopen(tmp.path(), opts(1 << 20));
+        assert_eq!(contents(&head), expected(0..10));
     }
 
     #[test]
