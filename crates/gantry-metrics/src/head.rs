@@ -164,6 +164,11 @@ impl Head {
         })
     }
 
+    /// Samples stored (cheap, unlike [`Head::stats`]).
+    pub fn sample_count(&self) -> u64 {
+        self.samples
+    }
+
     pub fn stats(&self) -> HeadStats {
         let chunks = self.series.iter().flat_map(|s| &s.chunks);
         HeadStats {

@@ -1,9 +1,75 @@
-//! Write-ahead log records: encoding, checksums and replay, without I/O.
+//! The write-ahead log: record format, segment files, syncing and replay.
 //!
-//! The file writer (later) appends encoded records to segment files and
-//! syncs them at least once a second; after a crash the head is rebuilt by
-//! [`replay`]ing the segments. This module holds the byte format and the
-//! replay, so both are tested without a disk.
+//! Every sample the store accepts is logged here before the append returns,
+//! and the log is synced (fdatasync) at most once per
+//! [`WalOptions::sync_interval`] (1 s by default), so a crash — a kill -9
+//! or a power cut — loses at most the samples of the last interval. After a
+//! crash the head is rebuilt by replaying the log on [`Wal::open`].
+//!
+//! # Files
+//!
+//! The caller gives the directory (the server will use
+//! `<data>/metrics/wal`);
+//! it holds numbered segment files, `00000001`, `00000002`, … (eight digits
+//! or more; other names are ignored). Records are appended to the last
+//! segment; once the next record would take it past
+//! [`WalOptions::segment_size`] (32 MiB by default) the segment is synced
+//! and a new one started, and the directory is synced so the new file
+//! survives a power cut. A record is never split across segments.
+//!
+//! # Syncing
+//!
+//! [`Wal`] is single-threaded and has no clock: appends go to a memory
+//! buffer, and the caller passes `now` to [`Wal::tick`], which writes the
+//! buffer out and syncs when there is unsynced data and `sync_interval`
+//! has passed since the last sync began ([`SyncPolicy`], pure, so it is
+//! tested with made-up instants). A sync is split in three
+//! ([`Wal::begin_sync`] writes the buffer to the file, [`PendingSync::run`]
+//! does the fdatasync without the `Wal`, [`Wal::end_sync`] records it), so
+//! the owner can sync without holding its lock; [`crate::tsdb::Syncer`] is
+//! that owner, a background thread that a server runs.
+//!
+//! # Replay
+//!
+//! [`Wal::open`] reads every segment in order, twice: first the series
+//! records (a series record defines its WAL id for the whole log, since
+//! truncation re-logs the series of dropped segments after samples that
+//! use them), then the samples, into the head.
+//!
+//! - A bad frame in the **last** segment is the tail a crash cut off: the
+//!   segment is truncated to its last whole record (and synced), so new
+//!   records follow valid data; the report says where and why. A torn
+//!   write is the usual cause; a checksum failure there (a power cut can
+//!   leave garbage in the last pages) is treated the same way.
+//! - A bad frame in an **earlier** segment is damage, not a crash: those
+//!   segments were synced in full before the next one was started. Open
+//!   fails with [`WalError::Corrupt`], naming the file and the offset,
+//!   rather than silently dropping the newer segments after it; the
+//!   operator can move the file away and start with the rest.
+//!
+//! # Truncation
+//!
+//! [`Wal::truncate_before`] deletes the oldest segments whose newest
+//! sample is older than a given time (once blocks hold those samples; the
+//! current segment is never deleted). The series records of the deleted
+//! segments are first re-logged into the current segment and synced.
+//!
+//! # Errors
+//!
+//! A disk that refuses — a file where the directory should be, no
+//! permission, a full disk — is a [`WalError::Io`] naming the path and
+//! what was being done, with the OS's error as its source
+//! ([`WalError::is_disk_full`] tells ENOSPC). A failed write is cut back
+//! out of the segment, so a retry does not leave a torn record in its
+//! middle; the samples of a batch whose logging failed may be in the head
+//! but not in the log, and the caller is told.
+//!
+//! A failed fdatasync stops the WAL: the kernel may have dropped the pages
+//! it could not write and a later sync would succeed without them, so
+//! from then on every append and sync is [`WalError::SyncFailed`] until
+//! the WAL is opened again (and replays what did reach the disk).
+//!
+//! # Record format
 //!
 //! A record on disk is framed as
 //!
@@ -22,8 +88,8 @@
 //!   series id, `zv` timestamp minus base (wrapping), 8 bytes of the f64
 //!   bits little-endian.
 //!
-//! A series id here is the WAL's own number: a samples record refers to a
-//! series record written before it. [`WalReader`] stops at the first frame
+//! A series id here is the WAL's own number, not the head's: a samples
+//! record refers to a series record elsewhere in the log. [`WalReader`] stops at the first frame
 //! that is incomplete, fails its checksum or does not decode, and says
 //! where the good part ends, so the writer truncates there and appends on.
 
@@ -31,6 +97,15 @@ use crate::head::{AppendError, Head};
 use crate::index::SeriesId;
 use crate::labels::Labels;
 use std::collections::HashMap;
+
+mod files;
+mod sync;
+
+pub use files::{
+    OpenReport, PendingSync, SEGMENT_DIGITS, SyncDone, TailRepair, TruncateReport, Wal, WalError,
+    WalOptions, segment_path,
+};
+pub use sync::SyncPolicy;
 
 /// Frame header: length, CRC, kind.
 pub const FRAME_HEADER: usize = 9;
