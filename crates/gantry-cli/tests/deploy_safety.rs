@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::deploy::{Load, deploy_detached, get_via, release, serial, sets, wait_phase};
+use support::deploy::{Load, deploy_detached, get_via, release, serial, sets, show, wait_phase};
 use support::{TestServer, start_proxy};
 
 /// Production's config with `deploy` as `[deploy]`, `env` in `[env]` and
@@ -401,32 +401,14 @@ fn a_set_the_proxy_still_sends_traffic_to_is_never_stopped() {
             Instant::now() < deadline,
             "the rollback never tried to take r2 out 3 times within 60 s ({} so far): {:#}",
             between.rewritten.load(Ordering::SeqCst),
-            server
-                .run(&[
-                    "--json",
-                    "deploys",
-                    "--env",
-                    "production",
-                    "show",
-                    &id.to_string()
-                ])
-                .json()
+            show(&server, id)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Deliberately two more seconds of retries: a set that were stopped
     // despite the proxy's table would be stopped by now.
     std::thread::sleep(Duration::from_secs(2));
-    let d = server
-        .run(&[
-            "--json",
-            "deploys",
-            "--env",
-            "production",
-            "show",
-            &id.to_string(),
-        ])
-        .json();
+    let d = show(&server, id);
     assert_eq!(d["phase"], "rolling-back", "{d:#}");
     assert!(d["outcome"].is_null(), "{d:#}");
     assert!(
@@ -482,21 +464,9 @@ fn a_stuck_proxy_makes_the_deploy_hold_and_say_so_never_hang() {
     // The proxy stops answering while the new set starts: the switch's
     // table calls are accepted and never answered.
     between.stuck.store(true, Ordering::SeqCst);
-    let show = || {
-        server
-            .run(&[
-                "--json",
-                "deploys",
-                "--env",
-                "production",
-                "show",
-                &id.to_string(),
-            ])
-            .json()
-    };
     let deadline = Instant::now() + Duration::from_secs(90);
     let held = loop {
-        let d = show();
+        let d = show(&server, id);
         if d["holding"]
             .as_str()
             .is_some_and(|h| h.contains("did not answer") && h.contains("within 10 s"))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::deploy::{Load, deploy_detached, get_via, release, serial, sets, wait_phase};
+use support::deploy::{Load, deploy_detached, get_via, release, serial, sets, show, wait_phase};
 use support::{TestServer, start_proxy};
 
 fn config(deploy: &str, env: &str) -> String {
@@ -96,19 +96,6 @@ fn fill(path: &Path) {
     small.truncate(1);
     while f.write_all(&small).is_ok() {}
     let _ = f.sync_all();
-}
-
-fn show(server: &TestServer, id: i64) -> serde_json::Value {
-    server
-        .run(&[
-            "--json",
-            "deploys",
-            "--env",
-            "production",
-            "show",
-            &id.to_string(),
-        ])
-        .json()
 }
 
 /// The weight the proxy's served table gives `set` in production's route.

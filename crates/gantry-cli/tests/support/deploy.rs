@@ -256,18 +256,27 @@ impl Drop for Load {
     }
 }
 
+/// `deploys show ID --env production --json`.
+pub fn show(server: &TestServer, id: i64) -> serde_json::Value {
+    show_run(server, id).json()
+}
+
+fn show_run(server: &TestServer, id: i64) -> super::Run {
+    server.run(&[
+        "--json",
+        "deploys",
+        "--env",
+        "production",
+        "show",
+        &id.to_string(),
+    ])
+}
+
 /// `deploys show ID --json` once the deploy is in phase `want` or finished.
 pub fn wait_phase(server: &TestServer, id: i64, want: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = server.run(&[
-            "--json",
-            "deploys",
-            "--env",
-            "production",
-            "show",
-            &id.to_string(),
-        ]);
+        let r = show_run(server, id);
         // The deploy may not exist yet.
         let d = if r.code == 0 {
             r.json()
