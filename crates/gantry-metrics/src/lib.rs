@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bits;
+pub mod block;
 pub mod chunk;
 pub mod exposition;
 pub mod head;
@@ -54,6 +55,7 @@ pub mod labels;
 pub mod tsdb;
 pub mod wal;
 
+pub use block::{Block, BlockError, BlockMeta, Kind, Resolution};
 pub use chunk::{Chunk, ChunkError, ChunkIter};
 pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
 pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
