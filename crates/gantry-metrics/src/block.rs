@@ -160,10 +160,11 @@ impl BlockMeta {
 /// Why a block could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("cannot {op} `{}`: {source}", path.display())]
+    #[error("cannot {op} `{}`", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("block file `{}` is corrupt: {reason}", path.display())]

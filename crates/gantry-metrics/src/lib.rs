@@ -48,6 +48,7 @@
 pub mod bits;
 pub mod block;
 pub mod chunk;
+pub mod db;
 pub mod exposition;
 pub mod head;
 pub mod index;
@@ -57,6 +58,7 @@ pub mod wal;
 
 pub use block::{Block, BlockError, BlockMeta, Kind, Resolution};
 pub use chunk::{Chunk, ChunkError, ChunkIter};
+pub use db::{Db, DbError, DbOptions, Series};
 pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
 pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
 pub use labels::{Label, LabelError, Labels};

@@ -49,6 +49,10 @@ impl Tsdb {
         &self.head
     }
 
+    pub(crate) fn head_mut(&mut self) -> &mut Head {
+        &mut self.head
+    }
+
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
