@@ -749,9 +749,9 @@ mod tests {
                 {
                     continue;
                 }
-                let v = match rng.u8(0..50) {
-                    0 => f64::from_bits(crate::STALE_NAN_BITS),
-                    1 => f64::NAN,
+                let v = match rng.u16(0..2000) {
+                    0..40 => f64::from_bits(crate::STALE_NAN_BITS),
+                    40 => f64::NAN,
                     _ => (rng.f64() * 1000.0).round() / 8.0,
                 };
                 let st = t + rng.i64(0..1000);
@@ -936,6 +936,177 @@ mod tests {
             .expect("ls")
             .collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    /// The plain reference: every non-stale sample of each series grouped
+    /// by step.
+    fn expect_aggregate(
+        reference: &Reference,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        step: i64,
+        kind: Kind,
+    ) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let mut out = Vec::new();
+        for (labels, samples) in reference {
+            if !matchers.iter().all(|m| m.matches_labels(labels)) {
+                continue;
+            }
+            let mut steps: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+            for &(t, v) in samples {
+                if v.to_bits() != crate::STALE_NAN_BITS {
+                    steps.entry(t - t.rem_euclid(step)).or_default().push(v);
+                }
+            }
+            let points: Vec<(i64, f64)> = steps
+                .range(mint..=maxt)
+                .map(|(&t, vs)| {
+                    let v = match kind {
+                        Kind::Min => vs.iter().copied().fold(f64::NAN, f64::min),
+                        Kind::Max => vs.iter().copied().fold(f64::NAN, f64::max),
+                        Kind::Sum | Kind::Raw => vs.iter().sum(),
+                        Kind::Count => vs.len() as f64,
+                    };
+                    (t, v)
+                })
+                .collect();
+            if !points.is_empty() {
+                out.push((labels.clone(), points));
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[Series], want: &[(Labels, Vec<(i64, f64)>)], what: &str) {
+        let got: Vec<_> = got.iter().map(|s| (&s.labels, s.samples.len())).collect();
+        let lens: Vec<_> = want.iter().map(|(l, s)| (l, s.len())).collect();
+        assert_eq!(got, lens, "{what}");
+    }
+
+    fn check_aggregates(
+        db: &Db,
+        reference: &Reference,
+        rng: &mut fastrand::Rng,
+        from: i64,
+        to: i64,
+        resolution: Resolution,
+    ) {
+        let step = resolution.step_ms();
+        let matchers = [vec![], vec![Matcher::equal("job", "db")]];
+        for m in &matchers {
+            for kind in Kind::AGGREGATES {
+                let mut ranges = vec![(from, to)];
+                for _ in 0..5 {
+                    let mint = rng.i64(from..to);
+                    ranges.push((mint, mint + rng.i64(0..5 * HOUR)));
+                }
+                for (mint, maxt) in ranges {
+                    let what = format!("{resolution:?} {kind:?} {m:?} [{mint}, {maxt}]");
+                    let got = db
+                        .select_aggregate(m, mint, maxt, resolution, kind)
+                        .expect("select");
+                    let want = expect_aggregate(reference, m, mint, maxt, step, kind);
+                    assert_close(&got, &want, &what);
+                    for (g, (_, w)) in got.iter().zip(&want) {
+                        for (&(gt, gv), &(wt, wv)) in g.samples.iter().zip(w) {
+                            let close = gv == wv
+                                || (gv.is_nan() && wv.is_nan())
+                                || (gv - wv).abs() <= 1e-9 * gv.abs().max(wv.abs());
+                            assert!(
+                                gt == wt && close,
+                                "{what} {}: got ({gt}, {gv}), want ({wt}, {wv})",
+                                g.labels
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn old_blocks_are_downsampled_and_aggregates_match_a_reference() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let options = DbOptions {
+            raw_retention: 4 * HOUR,
+            minute_retention: 8 * HOUR,
+            ..options()
+        };
+        let (mut db, _) = Db::open(tmp.path(), options.clone()).expect("open");
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut reference = Reference::new();
+        fill(&mut db, &mut rng, &mut reference, 0, 16 * HOUR);
+        let now = 16 * HOUR - 15_000;
+        db.maintain(now).expect("maintain");
+        // Ends at or before now - 8 h: 1 h; before now - 4 h: 1 m; then raw.
+        assert_eq!(
+            block_ids(&db),
+            [
+                "0-7200000-1h",
+                "7200000-14400000-1h",
+                "14400000-21600000-1h",
+                "21600000-28800000-1m",
+                "28800000-36000000-1m",
+                "36000000-43200000-raw",
+                "43200000-50400000-raw",
+            ]
+        );
+        // Every step of every series, whatever holds it.
+        check_aggregates(&db, &reference, &mut rng, 0, 16 * HOUR, Resolution::Hour);
+        // Minutes where minutes or raw samples are kept.
+        check_aggregates(
+            &db,
+            &reference,
+            &mut rng,
+            6 * HOUR,
+            16 * HOUR,
+            Resolution::Minute,
+        );
+        // Older minutes are gone, and so are raw samples before 10 h.
+        assert!(
+            db.select_aggregate(&[], 0, 6 * HOUR - 1, Resolution::Minute, Kind::Max)
+                .expect("select")
+                .is_empty()
+        );
+        let raw = bits(&db.select(&[], i64::MIN, i64::MAX).expect("select"));
+        assert_eq!(raw, expect_raw(&reference, &[], 10 * HOUR, i64::MAX));
+        // A 1 h block holds two points per series and takes a fraction of
+        // the raw block's bytes.
+        let hour = &db.blocks()[0];
+        assert_eq!(hour.meta().resolution, Resolution::Hour);
+        assert!(
+            hour.size_bytes() * 10 < db.blocks()[6].size_bytes(),
+            "{} vs {}",
+            hour.size_bytes(),
+            db.blocks()[6].size_bytes()
+        );
+
+        // A crash after a downsampled block was written but before its
+        // source was deleted leaves both: open keeps the coarser.
+        let stale_raw = write_block(
+            &tmp.path().join("blocks"),
+            6 * HOUR,
+            8 * HOUR,
+            Resolution::Raw,
+            vec![SeriesData {
+                labels: job(0),
+                data: vec![(Kind::Raw, vec![(6 * HOUR, 1.0)])],
+            }],
+        )
+        .expect("write");
+        drop(db);
+        let (db, report) = Db::open(tmp.path(), options).expect("reopen");
+        assert_eq!(report.removed_superseded, [stale_raw.dir().to_owned()]);
+        check_aggregates(&db, &reference, &mut rng, 0, 16 * HOUR, Resolution::Hour);
+        check_aggregates(
+            &db,
+            &reference,
+            &mut rng,
+            6 * HOUR,
+            16 * HOUR,
+            Resolution::Minute,
+        );
     }
 
     #[test]
