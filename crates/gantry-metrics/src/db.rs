@@ -11,7 +11,11 @@
 //!   ([`crate::block`]);
 //! - `blocks/.tmp-<id>/`: a block being written, and `blocks/.del-<id>/`:
 //!   one being deleted; either is left only by a crash and is removed by
-//!   the next open.
+//!   the next open. Other names in `blocks/` are ignored; a block that
+//!   does not open stops the open with an error naming its file;
+//! - `head_start`: the end of the last cut in ms (decimal text, written
+//!   atomically at each cut), so samples the WAL still holds but a block
+//!   took — even one retention has since deleted — never come back.
 //!
 //! # Upkeep
 //!
@@ -74,6 +78,10 @@ const HOUR: i64 = 60 * MINUTE;
 
 /// The prefix of a block directory being deleted.
 const DEL_PREFIX: &str = ".del-";
+
+/// The file holding the head's start (the end of the last cut), in
+/// decimal ms: it outlives the blocks, which retention may delete.
+const HEAD_START_FILE: &str = "head_start";
 
 /// How the store keeps its data. Durations are in ms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +198,8 @@ pub struct Db {
     blocks: Vec<Block>,
     /// Samples before this are in blocks and refused by the head.
     min_valid: i64,
+    /// `<dir>/head_start`.
+    head_start_path: PathBuf,
 }
 
 impl Db {
@@ -216,7 +226,9 @@ impl Db {
                 report.removed_partial.push(path);
                 continue;
             }
-            blocks.push(Block::open(&path)?);
+            if is_block_id(&name) {
+                blocks.push(Block::open(&path)?);
+            }
         }
         if !report.removed_partial.is_empty() {
             sync_dir(&blocks_dir)?;
@@ -242,11 +254,24 @@ impl Db {
 
         let (mut tsdb, wal_report) = Tsdb::open(dir.join("wal"), options.wal.clone())?;
         report.wal = wal_report;
+        let head_start_path = dir.join(HEAD_START_FILE);
+        let head_start = match std::fs::read_to_string(&head_start_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| BlockError::Corrupt {
+                    path: head_start_path.clone(),
+                    reason: format!("`{}` is not a time in ms", text.trim()),
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => i64::MIN,
+            Err(e) => return Err(io_err("read", &head_start_path)(e).into()),
+        };
         let min_valid = blocks
             .iter()
             .map(|b| b.meta().maxt)
             .max()
-            .unwrap_or(i64::MIN);
+            .unwrap_or(i64::MIN)
+            .max(head_start);
         if min_valid > i64::MIN {
             report.dropped_replayed = drop_head_before(tsdb.head_mut(), min_valid)?;
         }
@@ -257,6 +282,7 @@ impl Db {
                 tsdb,
                 blocks,
                 min_valid,
+                head_start_path,
             },
             report,
         ))
@@ -365,6 +391,12 @@ impl Db {
             report.cut.push(block.meta().id.clone());
             self.insert_block(block);
             self.min_valid = self.min_valid.max(maxt);
+            // Before the WAL forgets: a reopen must not take the cut
+            // samples back into the head, even once retention deleted
+            // the block.
+            let text = self.min_valid.to_string();
+            gantry_common::write_atomic(&self.head_start_path, text.as_bytes(), 0o644)
+                .map_err(io_err("write", &self.head_start_path))?;
             drop_head_before(self.tsdb.head_mut(), maxt)?;
             report.wal_segments_removed += self.tsdb.truncate_wal_before(maxt)?.removed.len();
         }
@@ -544,6 +576,27 @@ impl Db {
             m.resolution == resolution && m.mint <= maxt && m.maxt > mint
         })
     }
+}
+
+/// Whether `name` is a block directory's, `<mint>-<maxt>-<resolution>`;
+/// other names in `blocks/` are left alone.
+fn is_block_id(name: &str) -> bool {
+    let mut parts = name.rsplitn(2, '-');
+    let (Some(res), Some(range)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if !["raw", "1m", "1h"].contains(&res) {
+        return false;
+    }
+    // The range's `-` is the first one after the first character (mint
+    // may be negative, maxt too).
+    range
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '-')
+        .is_some_and(|(i, _)| {
+            range[..i].parse::<i64>().is_ok() && range[i + 1..].parse::<i64>().is_ok()
+        })
 }
 
 fn drop_head_before(head: &mut Head, t: i64) -> Result<u64, DbError> {
@@ -1107,6 +1160,87 @@ mod tests {
             16 * HOUR,
             Resolution::Minute,
         );
+    }
+
+    #[test]
+    fn cut_samples_stay_out_of_the_head_after_their_blocks_are_deleted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // One big WAL segment: it still holds every sample when reopened.
+        let options = DbOptions {
+            wal: WalOptions {
+                segment_size: 64 << 20,
+                ..options().wal
+            },
+            max_bytes: Some(0),
+            ..options()
+        };
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut reference = Reference::new();
+        {
+            let (mut db, _) = Db::open(tmp.path(), options.clone()).expect("open");
+            fill(&mut db, &mut rng, &mut reference, 0, 5 * HOUR);
+            assert!(db.blocks().is_empty(), "deleted by size");
+        }
+        let (db, report) = Db::open(tmp.path(), options).expect("reopen");
+        assert_eq!(db.min_valid_time(), 2 * HOUR);
+        assert!(report.dropped_replayed > 0);
+        let want = expect_raw(&reference, &[], 2 * HOUR, i64::MAX);
+        assert_eq!(
+            bits(&db.select(&[], i64::MIN, i64::MAX).expect("select")),
+            want
+        );
+    }
+
+    #[test]
+    fn a_damaged_block_stops_the_open_naming_its_file_and_strangers_are_ignored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut rng = fastrand::Rng::with_seed(6);
+        {
+            let (mut db, _) = Db::open(tmp.path(), options()).expect("open");
+            fill(&mut db, &mut rng, &mut Reference::new(), 0, 4 * HOUR);
+            assert_eq!(db.blocks().len(), 1);
+        }
+        std::fs::create_dir(tmp.path().join("blocks/lost+found")).expect("mkdir");
+        std::fs::create_dir(tmp.path().join("blocks/notes-1-raw")).expect("mkdir");
+        Db::open(tmp.path(), options()).expect("strangers ignored");
+        let index = tmp.path().join("blocks/0-7200000-raw/index");
+        let mut bytes = std::fs::read(&index).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(&index, bytes).expect("write");
+        let err = Db::open(tmp.path(), options()).expect_err("damaged");
+        assert!(
+            matches!(&err, DbError::Block(e) if e.path() == Some(index.as_path())),
+            "{err}"
+        );
+        assert!(err.to_string().contains("0-7200000-raw/index"), "{err}");
+        std::fs::write(tmp.path().join("head_start"), "soon").expect("write");
+        std::fs::remove_dir_all(tmp.path().join("blocks/0-7200000-raw")).expect("rm");
+        let err = Db::open(tmp.path(), options()).expect_err("bad head_start");
+        assert!(err.to_string().contains("head_start"), "{err}");
+    }
+
+    #[test]
+    fn block_ids_are_told_from_other_names() {
+        for good in [
+            "0-7200000-raw",
+            "-7200000-0-1m",
+            "-2-1-1h",
+            "5-9223372036854775807-raw",
+        ] {
+            assert!(is_block_id(good), "{good}");
+        }
+        for bad in [
+            "lost+found",
+            "notes-1-raw",
+            "0-7200000",
+            "0-1-2h",
+            "0--raw",
+            "-raw",
+            "",
+        ] {
+            assert!(!is_block_id(bad), "{bad}");
+        }
     }
 
     #[test]
