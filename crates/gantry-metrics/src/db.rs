@@ -27,7 +27,7 @@
 //!    [`DbOptions::block_range`] long, 2 h by default, aligned to
 //!    multiples of it), that range's samples become a raw block; then the
 //!    head drops them ([`Head::drop_before`]) and the WAL segments that
-//!    only hold older samples are deleted ([`Wal::truncate_before`]).
+//!    only hold older samples are deleted ([`crate::Wal::truncate_before`]).
 //!    From then on a sample older than the range's end is refused
 //!    ([`AppendError::OutOfBounds`]). A crash between the block and the
 //!    truncation is harmless: open drops what the WAL replays that a block
