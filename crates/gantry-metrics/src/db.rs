@@ -64,11 +64,12 @@ use crate::block::{
     write_block,
 };
 use crate::chunk::ChunkError;
+use crate::head::HeadStats;
 use crate::head::{AppendError, Head};
 use crate::index::Matcher;
 use crate::labels::Labels;
-use crate::tsdb::{BatchReport, Tsdb};
-use crate::wal::{OpenReport, WalError, WalOptions};
+use crate::tsdb::{BatchReport, Tsdb, WalOwner};
+use crate::wal::{OpenReport, Wal, WalError, WalOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -188,7 +189,21 @@ pub struct MaintainReport {
     pub wal_segments_removed: usize,
 }
 
-/// The store: head, WAL and blocks.
+/// Sizes, for `gantry metrics status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbStats {
+    pub head: HeadStats,
+    /// Blocks, their bytes on disk and samples (aggregate points count
+    /// one each), per resolution: raw, 1m, 1h.
+    pub blocks: [usize; 3],
+    pub block_bytes: [u64; 3],
+    pub block_samples: [u64; 3],
+    /// The oldest time any block holds.
+    pub min_time: Option<i64>,
+}
+
+/// The store: head, WAL and blocks. A server shares it in an
+/// `Arc<Mutex<Db>>` with a [`crate::Syncer`], which syncs its WAL.
 #[derive(Debug)]
 pub struct Db {
     blocks_dir: PathBuf,
@@ -304,6 +319,25 @@ impl Db {
     /// The blocks, oldest first.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    pub fn stats(&self) -> DbStats {
+        let mut stats = DbStats {
+            head: self.tsdb.head().stats(),
+            min_time: self.blocks.first().map(|b| b.meta().mint),
+            ..DbStats::default()
+        };
+        for b in &self.blocks {
+            let i = match b.meta().resolution {
+                Resolution::Raw => 0,
+                Resolution::Minute => 1,
+                Resolution::Hour => 2,
+            };
+            stats.blocks[i] += 1;
+            stats.block_bytes[i] += b.size_bytes();
+            stats.block_samples[i] += b.meta().samples;
+        }
+        stats
     }
 
     /// The bytes all blocks take on disk.
@@ -575,6 +609,12 @@ impl Db {
             let m = b.meta();
             m.resolution == resolution && m.mint <= maxt && m.maxt > mint
         })
+    }
+}
+
+impl WalOwner for Db {
+    fn wal_mut(&mut self) -> &mut Wal {
+        self.tsdb.wal_mut()
     }
 }
 
@@ -1241,6 +1281,28 @@ mod tests {
         ] {
             assert!(!is_block_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_syncer_syncs_a_shared_db_and_stats_count_blocks() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut db, _) = Db::open(tmp.path(), options()).expect("open");
+        let mut rng = fastrand::Rng::with_seed(8);
+        fill(&mut db, &mut rng, &mut Reference::new(), 0, 6 * HOUR);
+        let stats = db.stats();
+        assert_eq!(stats.blocks, [2, 0, 0]);
+        assert_eq!(stats.block_bytes[0], db.blocks_bytes());
+        assert_eq!(stats.min_time, Some(0));
+        assert!(stats.head.min_time >= Some(4 * HOUR));
+        let db = std::sync::Arc::new(std::sync::Mutex::new(db));
+        let syncer = crate::Syncer::start(db.clone()).expect("start");
+        let l = job(0);
+        gantry_common::lock(&db)
+            .append_batch([(&l, 6 * HOUR, 1.0)])
+            .expect("append");
+        drop(syncer);
+        let mut db = gantry_common::lock(&db);
+        assert!(!db.tsdb_mut().wal().is_dirty());
     }
 
     #[test]

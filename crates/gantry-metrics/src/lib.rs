@@ -70,11 +70,11 @@ pub mod wal;
 
 pub use block::{Block, BlockError, BlockMeta, Kind, Resolution};
 pub use chunk::{Chunk, ChunkError, ChunkIter};
-pub use db::{Db, DbError, DbOptions, Series};
+pub use db::{Db, DbError, DbOptions, DbStats, Series};
 pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
 pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
 pub use labels::{Label, LabelError, Labels};
-pub use tsdb::{BatchReport, Syncer, Tsdb};
+pub use tsdb::{BatchReport, Syncer, Tsdb, WalOwner};
 pub use wal::{Wal, WalError, WalOptions};
 
 /// Prometheus's staleness marker: a NaN with this exact bit pattern marks a
