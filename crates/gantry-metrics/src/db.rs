@@ -35,9 +35,10 @@
 //! 2. **Downsample.** A raw block whose end is more than
 //!    [`DbOptions::raw_retention`] (24 h) old is rewritten as a `1m` block
 //!    of the same range (min, max, sum and count per series per minute,
-//!    see [`crate::block`]), and a `1m` block more than
-//!    [`DbOptions::minute_retention`] (7 d) old as a `1h` block. The finer
-//!    block is deleted once the coarser one is on disk; should a crash
+//!    see [`crate::block`]); once a whole [`DbOptions::hour_block_range`]
+//!    (1 d, aligned) is more than [`DbOptions::minute_retention`] (7 d)
+//!    old, its `1m` blocks become one `1h` block of that range. The finer
+//!    blocks are deleted once the coarser one is on disk; should a crash
 //!    leave both, open deletes the finer.
 //! 3. **Retention.** Blocks whose end is more than [`DbOptions::retention`]
 //!    old are deleted; then, while the blocks take more than
@@ -96,6 +97,11 @@ pub struct DbOptions {
     /// How long 1 m aggregates are kept before they are downsampled to
     /// 1 h (7 d).
     pub minute_retention: i64,
+    /// The time range of a 1 h block (1 d), a multiple of `block_range`:
+    /// the 1 m blocks of a whole range become one 1 h block once all of it
+    /// is older than `minute_retention`, so an hour's few points per
+    /// series are not spread over many small blocks.
+    pub hour_block_range: i64,
     /// Blocks older than this are deleted (90 d); `None` keeps them.
     pub retention: Option<i64>,
     /// The oldest blocks are deleted while all of them take more bytes
@@ -110,6 +116,7 @@ impl Default for DbOptions {
             block_range: 2 * HOUR,
             raw_retention: 24 * HOUR,
             minute_retention: 7 * 24 * HOUR,
+            hour_block_range: 24 * HOUR,
             retention: Some(90 * 24 * HOUR),
             max_bytes: None,
         }
@@ -123,6 +130,12 @@ impl DbOptions {
             return bad(format!(
                 "block_range must be a whole number of hours, not {} ms",
                 self.block_range
+            ));
+        }
+        if self.hour_block_range <= 0 || self.hour_block_range % self.block_range != 0 {
+            return bad(format!(
+                "hour_block_range ({} ms) must be a multiple of block_range ({} ms)",
+                self.hour_block_range, self.block_range
             ));
         }
         if self.raw_retention < 0 || self.minute_retention < self.raw_retention {
@@ -443,28 +456,48 @@ impl Db {
                 Resolution::Raw,
                 Resolution::Minute,
                 self.options.raw_retention,
+                self.options.block_range,
             ),
             (
                 Resolution::Minute,
                 Resolution::Hour,
                 self.options.minute_retention,
+                self.options.hour_block_range,
             ),
         ];
-        for (from, to, age) in steps {
-            let due: Vec<usize> = (0..self.blocks.len())
-                .filter(|&i| {
-                    let m = self.blocks[i].meta();
-                    m.resolution == from && m.maxt <= now.saturating_sub(age)
-                })
-                .collect();
-            for i in due.into_iter().rev() {
-                let source = &self.blocks[i];
-                let meta = source.meta().clone();
-                let series = aggregate_block(source, to)?;
-                let block = write_block(&self.blocks_dir, meta.mint, meta.maxt, to, series)?;
+        for (from, to, age, group) in steps {
+            let cutoff = now.saturating_sub(age);
+            // Sources by the range of the block they become: every block of
+            // `from` inside a range that has wholly aged past the cutoff.
+            let mut groups: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
+            for b in &self.blocks {
+                let m = b.meta();
+                let start = m.mint.div_euclid(group).saturating_mul(group);
+                let end = start.saturating_add(group);
+                if m.resolution == from && m.maxt <= end && end <= cutoff {
+                    groups.entry(start).or_default().push(b.dir().to_owned());
+                }
+            }
+            for (start, dirs) in groups {
+                let end = start.saturating_add(group);
+                // Already there (options changed since): left to retention.
+                if self.blocks_in(to, start, end - 1).next().is_some() {
+                    continue;
+                }
+                let sources: Vec<&Block> = self
+                    .blocks
+                    .iter()
+                    .filter(|b| dirs.iter().any(|d| d == b.dir()))
+                    .collect();
+                let series = aggregate_blocks(&sources, to)?;
+                let block = write_block(&self.blocks_dir, start, end, to, series)?;
                 report.downsampled.push(block.meta().id.clone());
-                let old = self.blocks.remove(i);
-                remove_block(&self.blocks_dir, &old)?;
+                for dir in &dirs {
+                    if let Some(i) = self.blocks.iter().position(|b| b.dir() == dir) {
+                        let old = self.blocks.remove(i);
+                        remove_block(&self.blocks_dir, &old)?;
+                    }
+                }
                 self.insert_block(block);
             }
         }
@@ -776,26 +809,32 @@ fn block_aggregates(
     Ok(out)
 }
 
-/// A block's series rolled up to `to`'s step, as block data.
-fn aggregate_block(block: &Block, to: Resolution) -> Result<Vec<SeriesData>, DbError> {
+/// Blocks' series rolled up to `to`'s step, as the data of one block.
+fn aggregate_blocks(blocks: &[&Block], to: Resolution) -> Result<Vec<SeriesData>, DbError> {
     let step = to.step_ms();
-    let meta: &BlockMeta = block.meta();
-    let mut out = Vec::new();
-    for (labels, points) in block_aggregates(block, &[], meta.mint, meta.maxt - 1)? {
-        let mut steps: BTreeMap<i64, Agg> = BTreeMap::new();
-        for (t, agg) in points {
-            steps
-                .entry(t.div_euclid(step) * step)
-                .or_insert_with(Agg::empty)
-                .merge(&agg);
+    let mut all: BTreeMap<Labels, BTreeMap<i64, Agg>> = BTreeMap::new();
+    for block in blocks {
+        let meta: &BlockMeta = block.meta();
+        for (labels, points) in block_aggregates(block, &[], meta.mint, meta.maxt - 1)? {
+            let steps = all.entry(labels).or_default();
+            for (t, agg) in points {
+                steps
+                    .entry(t.div_euclid(step) * step)
+                    .or_insert_with(Agg::empty)
+                    .merge(&agg);
+            }
         }
-        let data = Kind::AGGREGATES
-            .iter()
-            .map(|&kind| (kind, steps.iter().map(|(&t, a)| (t, a.get(kind))).collect()))
-            .collect();
-        out.push(SeriesData { labels, data });
     }
-    Ok(out)
+    Ok(all
+        .into_iter()
+        .map(|(labels, steps)| {
+            let data = Kind::AGGREGATES
+                .iter()
+                .map(|&kind| (kind, steps.iter().map(|(&t, a)| (t, a.get(kind))).collect()))
+                .collect();
+            SeriesData { labels, data }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -1124,6 +1163,7 @@ mod tests {
         let options = DbOptions {
             raw_retention: 4 * HOUR,
             minute_retention: 8 * HOUR,
+            hour_block_range: 4 * HOUR,
             ..options()
         };
         let (mut db, _) = Db::open(tmp.path(), options.clone()).expect("open");
@@ -1132,13 +1172,13 @@ mod tests {
         fill(&mut db, &mut rng, &mut reference, 0, 16 * HOUR);
         let now = 16 * HOUR - 15_000;
         db.maintain(now).expect("maintain");
-        // Ends at or before now - 8 h: 1 h; before now - 4 h: 1 m; then raw.
+        // 4 h ranges that end before now - 8 h: one 1 h block each; raw
+        // blocks that end before now - 4 h: 1 m; then raw.
         assert_eq!(
             block_ids(&db),
             [
-                "0-7200000-1h",
-                "7200000-14400000-1h",
-                "14400000-21600000-1h",
+                "0-14400000-1h",
+                "14400000-21600000-1m",
                 "21600000-28800000-1m",
                 "28800000-36000000-1m",
                 "36000000-43200000-raw",
@@ -1152,27 +1192,29 @@ mod tests {
             &db,
             &reference,
             &mut rng,
-            6 * HOUR,
+            4 * HOUR,
             16 * HOUR,
             Resolution::Minute,
         );
         // Older minutes are gone, and so are raw samples before 10 h.
         assert!(
-            db.select_aggregate(&[], 0, 6 * HOUR - 1, Resolution::Minute, Kind::Max)
+            db.select_aggregate(&[], 0, 4 * HOUR - 1, Resolution::Minute, Kind::Max)
                 .expect("select")
                 .is_empty()
         );
         let raw = bits(&db.select(&[], i64::MIN, i64::MAX).expect("select"));
         assert_eq!(raw, expect_raw(&reference, &[], 10 * HOUR, i64::MAX));
-        // A 1 h block holds two points per series and takes a fraction of
-        // the raw block's bytes.
+        // A 1 h block holds four points per series and takes a fraction of
+        // a raw block's bytes.
         let hour = &db.blocks()[0];
         assert_eq!(hour.meta().resolution, Resolution::Hour);
+        let raw = &db.blocks()[5];
+        assert_eq!(raw.meta().resolution, Resolution::Raw);
         assert!(
-            hour.size_bytes() * 10 < db.blocks()[6].size_bytes(),
+            hour.size_bytes() * 10 < raw.size_bytes(),
             "{} vs {}",
             hour.size_bytes(),
-            db.blocks()[6].size_bytes()
+            raw.size_bytes()
         );
 
         // A crash after a downsampled block was written but before its
@@ -1196,7 +1238,7 @@ mod tests {
             &db,
             &reference,
             &mut rng,
-            6 * HOUR,
+            4 * HOUR,
             16 * HOUR,
             Resolution::Minute,
         );
@@ -1314,5 +1356,11 @@ mod tests {
         };
         let err = Db::open(tmp.path(), bad).expect_err("90 min");
         assert!(err.to_string().contains("whole number of hours"), "{err}");
+        let bad = DbOptions {
+            hour_block_range: 5 * HOUR,
+            ..options()
+        };
+        let err = Db::open(tmp.path(), bad).expect_err("5 h of 2 h blocks");
+        assert!(err.to_string().contains("multiple of block_range"), "{err}");
     }
 }

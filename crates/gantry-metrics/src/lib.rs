@@ -30,7 +30,8 @@
 //! 6. **Retention and downsampling** ([`db`]): raw samples are kept 24 h
 //!    by default, then rewritten as 1 min aggregates (min, max, sum, count
 //!    per series, the original labels kept, one chunk list per aggregate)
-//!    and after 7 d as 1 h ones, answered by `select_aggregate`; blocks
+//!    and after 7 d as 1 h ones (one block per day), answered by
+//!    `select_aggregate`; blocks
 //!    past the retention age or the size limit are deleted oldest first.
 //!
 //! 1–3, the WAL's record format and sync policy, and the block encoding
