@@ -598,7 +598,7 @@ impl Db {
                 let steps = out.entry(labels).or_default();
                 for (t, agg) in points {
                     steps
-                        .entry(t.div_euclid(step) * step)
+                        .entry(step_start(t, step))
                         .or_insert_with(Agg::empty)
                         .merge(&agg);
                 }
@@ -612,7 +612,7 @@ impl Db {
                     source,
                 })?;
                 steps
-                    .entry(t.div_euclid(step) * step)
+                    .entry(step_start(t, step))
                     .or_insert_with(Agg::empty)
                     .add(v);
             }
@@ -628,6 +628,41 @@ impl Db {
                 (!samples.is_empty()).then_some(Series { labels, samples })
             })
             .collect())
+    }
+
+    /// The label names of the head and the blocks that overlap `[mint,
+    /// maxt]`, sorted, for `/api/v1/labels`. Like Prometheus, a block or
+    /// the head counts whole: a name may belong to a series with no
+    /// sample in the range.
+    pub fn label_names(&self, mint: i64, maxt: i64) -> Vec<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for index in self.indexes(mint, maxt) {
+            names.extend(index.label_names().map(str::to_owned));
+        }
+        names.into_iter().collect()
+    }
+
+    /// The values of label `name` likewise, for `/api/v1/label/<name>/values`.
+    pub fn label_values(&self, name: &str, mint: i64, maxt: i64) -> Vec<String> {
+        let mut values = std::collections::BTreeSet::new();
+        for index in self.indexes(mint, maxt) {
+            values.extend(index.label_values(name).map(str::to_owned));
+        }
+        values.into_iter().collect()
+    }
+
+    fn indexes(&self, mint: i64, maxt: i64) -> impl Iterator<Item = &crate::index::MemIndex> {
+        let head = self.tsdb.head();
+        let stats = head.stats();
+        let head_overlaps = match (stats.min_time, stats.max_time) {
+            (Some(lo), Some(hi)) => lo <= maxt && hi >= mint,
+            _ => false,
+        };
+        self.blocks
+            .iter()
+            .filter(move |b| b.meta().mint <= maxt && b.meta().maxt > mint)
+            .map(Block::index)
+            .chain(head_overlaps.then(|| head.index()))
     }
 
     /// The blocks of one resolution that may hold samples in `[mint,
@@ -704,6 +739,11 @@ fn remove_block(blocks_dir: &Path, block: &Block) -> Result<(), DbError> {
 }
 
 // === aggregates ===
+
+/// The start of the step of `t` (clamped at `i64::MIN`).
+fn step_start(t: i64, step: i64) -> i64 {
+    t.div_euclid(step).saturating_mul(step)
+}
 
 /// Min, max, sum and count of the samples of one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -819,7 +859,7 @@ fn aggregate_blocks(blocks: &[&Block], to: Resolution) -> Result<Vec<SeriesData>
             let steps = all.entry(labels).or_default();
             for (t, agg) in points {
                 steps
-                    .entry(t.div_euclid(step) * step)
+                    .entry(step_start(t, step))
                     .or_insert_with(Agg::empty)
                     .merge(&agg);
             }
@@ -1345,6 +1385,57 @@ mod tests {
         drop(syncer);
         let mut db = gantry_common::lock(&db);
         assert!(!db.tsdb_mut().wal().is_dirty());
+    }
+
+    #[test]
+    fn label_names_and_values_come_from_blocks_and_head_in_range() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (mut db, _) = Db::open(tmp.path(), options()).expect("open");
+        let mut rng = fastrand::Rng::with_seed(9);
+        // i4 stops at 3 h before the end, i5 starts at 3 h.
+        fill(&mut db, &mut rng, &mut Reference::new(), 0, 8 * HOUR);
+        assert_eq!(
+            db.label_names(i64::MIN, i64::MAX),
+            ["__name__", "instance", "job"]
+        );
+        let all = db.label_values("instance", i64::MIN, i64::MAX);
+        assert_eq!(all, ["i0", "i1", "i2", "i3", "i4", "i5"]);
+        // [0, 2 h) is one block, without i5.
+        let early = db.label_values("instance", 0, HOUR);
+        assert_eq!(early, ["i0", "i1", "i2", "i3", "i4"]);
+        assert!(db.label_values("nope", i64::MIN, i64::MAX).is_empty());
+        assert!(db.label_names(-10, -1).is_empty());
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_no_panic() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let options = DbOptions {
+            raw_retention: 0,
+            minute_retention: 0,
+            ..options()
+        };
+        let (mut db, _) = Db::open(tmp.path(), options.clone()).expect("open");
+        let l = job(0);
+        for t in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+            db.append_batch([(&l, t, 1.0)]).expect("append");
+            // Errors are fine (a range that cannot end), panics are not.
+            let _ = db.maintain(t);
+            let _ = db.maintain(i64::MAX);
+            let _ = db.maintain(i64::MIN);
+        }
+        for resolution in [Resolution::Raw, Resolution::Minute, Resolution::Hour] {
+            for (mint, maxt) in [
+                (i64::MIN, i64::MAX),
+                (i64::MAX, i64::MIN),
+                (i64::MAX, i64::MAX),
+            ] {
+                db.select_aggregate(&[], mint, maxt, resolution, Kind::Sum)
+                    .expect("select");
+            }
+        }
+        drop(db);
+        Db::open(tmp.path(), options).expect("reopen");
     }
 
     #[test]
