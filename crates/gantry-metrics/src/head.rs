@@ -30,6 +30,14 @@ pub enum AppendError {
     UnknownSeries(u64),
     #[error("chunk of {series}: {source}")]
     Chunk { series: String, source: ChunkError },
+    #[error(
+        "sample for {series} at {t} ms is older than {min_valid} ms, the start of the head: that time is already in a block"
+    )]
+    OutOfBounds {
+        series: String,
+        t: i64,
+        min_valid: i64,
+    },
 }
 
 /// Sizes, for `gantry metrics status`.
@@ -164,6 +172,51 @@ impl Head {
         })
     }
 
+    /// Drops every sample older than `t` (ms), once a block holds them:
+    /// whole chunks that end before `t`, and the older part of a chunk
+    /// that straddles it (re-encoded). Series stay indexed, with no
+    /// samples, so their ids (which the WAL refers to) stay valid and the
+    /// order check still knows their last sample. Returns the samples
+    /// dropped.
+    pub fn drop_before(&mut self, t: i64) -> Result<u64, ChunkError> {
+        let mut dropped = 0u64;
+        for series in &mut self.series {
+            let whole = series
+                .chunks
+                .partition_point(|c| c.max_time().is_none_or(|m| m < t));
+            dropped += series
+                .chunks
+                .drain(..whole)
+                .map(|c| c.len() as u64)
+                .sum::<u64>();
+            let Some(first) = series.chunks.first_mut() else {
+                continue;
+            };
+            if first.min_time().is_some_and(|m| m < t) {
+                let mut kept = Chunk::new();
+                for sample in first.iter() {
+                    let (st, v) = sample?;
+                    if st >= t {
+                        kept.append(st, v)?;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                *first = kept;
+            }
+        }
+        self.samples -= dropped.min(self.samples);
+        self.min_time = self
+            .series
+            .iter()
+            .filter_map(|s| s.chunks.first().and_then(Chunk::min_time))
+            .min();
+        if self.min_time.is_none() {
+            self.max_time = None;
+        }
+        Ok(dropped)
+    }
+
     /// Samples stored (cheap, unlike [`Head::stats`]).
     pub fn sample_count(&self) -> u64 {
         self.samples
@@ -193,6 +246,26 @@ pub struct SelectedSeries<'a> {
 }
 
 impl<'a> SelectedSeries<'a> {
+    /// A series over `chunks` (in time order) limited to `[mint, maxt]`;
+    /// `None` when it has no sample there. For on-disk blocks, so they
+    /// select with exactly the head's semantics.
+    pub(crate) fn over(
+        id: SeriesId,
+        labels: &'a Labels,
+        chunks: &'a [Chunk],
+        mint: i64,
+        maxt: i64,
+    ) -> Option<Self> {
+        let selected = SelectedSeries {
+            id,
+            labels,
+            chunks,
+            mint,
+            maxt,
+        };
+        selected.has_samples().then_some(selected)
+    }
+
     /// The samples in the range, in time order.
     pub fn samples(&self) -> Samples<'a> {
         // Chunks are in time order: skip those that end before the range.
@@ -389,6 +462,28 @@ mod tests {
         );
         // Another series has its own order.
         head.append(&up("db"), 0, 1.0).expect("other series");
+    }
+
+    #[test]
+    fn drop_before_keeps_only_newer_samples_and_the_order_check() {
+        let mut head = Head::new();
+        for i in 0..500 {
+            head.append(&up("a"), i * 10, i as f64).expect("append");
+        }
+        head.append(&up("b"), 100, 1.0).expect("append");
+        // 1234 falls inside a chunk: its older part is re-encoded away.
+        assert_eq!(head.drop_before(1234).expect("drop"), 124 + 1);
+        let s: Vec<_> = head.select(&[], i64::MIN, i64::MAX).collect();
+        assert_eq!(s.len(), 1);
+        let got = collect(&s[0]);
+        assert_eq!(got.first(), Some(&(1240, 124.0)));
+        assert_eq!(got.len(), 376);
+        let stats = head.stats();
+        assert_eq!((stats.samples, stats.min_time), (376, Some(1240)));
+        // b has no samples left but still refuses older ones.
+        assert!(head.append(&up("b"), 50, 1.0).is_err());
+        assert_eq!(head.drop_before(i64::MAX).expect("drop"), 376);
+        assert_eq!(head.stats().min_time, None);
     }
 
     #[test]

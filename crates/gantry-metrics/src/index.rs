@@ -177,6 +177,35 @@ impl MemIndex {
         Self::default()
     }
 
+    /// An index of `series` (ids their positions) with postings read
+    /// from disk, name → value → sorted ids, each id below `series.len()`.
+    pub(crate) fn from_parts(
+        series: Vec<Labels>,
+        postings: BTreeMap<String, BTreeMap<String, Vec<SeriesId>>>,
+    ) -> Self {
+        let mut by_hash: HashMap<u64, Vec<SeriesId>> = HashMap::new();
+        for (i, labels) in series.iter().enumerate() {
+            by_hash
+                .entry(labels.stable_hash())
+                .or_default()
+                .push(SeriesId(i as u64));
+        }
+        Self {
+            series,
+            by_hash,
+            postings,
+        }
+    }
+
+    /// Every (name, value) and its sorted ids, for writing a block.
+    pub(crate) fn postings_lists(&self) -> impl Iterator<Item = (&str, &str, &[SeriesId])> {
+        self.postings.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |(value, ids)| (name.as_str(), value.as_str(), ids.as_slice()))
+        })
+    }
+
     /// Number of series.
     pub fn len(&self) -> usize {
         self.series.len()

@@ -20,33 +20,48 @@
 //!    directory the caller gives, the head rebuilt by replaying them on
 //!    open, stopping cleanly at a torn tail. [`Tsdb`] is head + WAL, and
 //!    [`Syncer`] the background thread a server runs to sync on time.
-//! 5. **Blocks** (later): the head is cut every two hours into an immutable
-//!    on-disk block (chunks, index, metadata) and the WAL truncated.
-//! 6. **Retention and downsampling** (later): raw samples are kept 24 h by
-//!    default, then 1 min and 1 h aggregates (min, max, sum, count); blocks
+//! 5. **Blocks** ([`block`]): the head is cut into an immutable on-disk
+//!    block per two-hour range `[mint, maxt)` (a chunks file in the same
+//!    encoding, an index of label sets, postings and chunk refs, and
+//!    `meta.json`; CRCs everywhere, written to a temp dir and renamed),
+//!    and the WAL truncated. [`Db`] ([`db`]) is head + WAL + blocks:
+//!    `maintain(now)` cuts, downsamples and applies retention on the
+//!    caller's time; `select` merges raw blocks and head per series.
+//! 6. **Retention and downsampling** ([`db`]): raw samples are kept 24 h
+//!    by default, then rewritten as 1 min aggregates (min, max, sum, count
+//!    per series, the original labels kept, one chunk list per aggregate)
+//!    and after 7 d as 1 h ones (one block per day), answered by
+//!    `select_aggregate`; blocks
 //!    past the retention age or the size limit are deleted oldest first.
 //!
-//! This crate holds 1–4 so far. 1–3 and the WAL's record format and sync
-//! policy are a pure core, no I/O, no threads, no clock (callers pass
-//! timestamps and instants); the WAL's files and [`Syncer`] are the only
-//! I/O and the only thread. It is not wired into the server yet; scraping,
-//! PromQL and the HTTP API come with the rest of issue 14.
+//! 1–3, the WAL's record format and sync policy, and the block encoding
+//! are a pure core, no I/O, no threads, no clock (callers pass timestamps
+//! and instants); the WAL's and the blocks' files and [`Syncer`] are the
+//! only I/O and the only thread. It is not wired into the server yet;
+//! scraping, PromQL and the HTTP API come with the rest of issue 14.
 //!
 //! Scraping starts with [`exposition`]: the Prometheus text format parsed
 //! into samples and metadata, with a `sample_limit`, every malformed line a
 //! typed error with its line and column.
 //!
-//! **Files on disk.** The store owns one directory, given by the caller:
-//! the WAL's, `<data>/metrics/wal/` once the server uses it, holding the
-//! segment files `00000001`, `00000002`, … and nothing else it reads. The
-//! blocks (5) will live beside it, under `<data>/metrics/`.
+//! **Files on disk.** [`Db`] owns one directory, `<data>/metrics/` on a
+//! server, and everything in it:
 //!
-//! Bad input — corrupt chunk bytes, invalid label names, out-of-order
+//! - `wal/`: the WAL's segments `00000001`, `00000002`, … (other names
+//!   are not read);
+//! - `blocks/<mint>-<maxt>-<raw|1m|1h>/{chunks,index,meta.json}`: the
+//!   blocks; `blocks/.tmp-*` and `blocks/.del-*` are a crash's leftovers,
+//!   removed on open; other names are ignored;
+//! - `head_start`: where the head starts (the end of the last cut, ms).
+//!
+//! Bad input — corrupt chunk bytes, damaged block files, invalid label names, out-of-order
 //! samples, malformed regexes — is a typed error, never a panic.
 #![forbid(unsafe_code)]
 
 pub mod bits;
+pub mod block;
 pub mod chunk;
+pub mod db;
 pub mod exposition;
 pub mod head;
 pub mod index;
@@ -54,11 +69,13 @@ pub mod labels;
 pub mod tsdb;
 pub mod wal;
 
+pub use block::{Block, BlockError, BlockMeta, Kind, Resolution};
 pub use chunk::{Chunk, ChunkError, ChunkIter};
+pub use db::{Db, DbError, DbOptions, DbStats, Series};
 pub use head::{AppendError, Head, HeadStats, Samples, SelectedSeries};
 pub use index::{MatchOp, Matcher, MatcherError, MemIndex, SeriesId};
 pub use labels::{Label, LabelError, Labels};
-pub use tsdb::{BatchReport, Syncer, Tsdb};
+pub use tsdb::{BatchReport, Syncer, Tsdb, WalOwner};
 pub use wal::{Wal, WalError, WalOptions};
 
 /// Prometheus's staleness marker: a NaN with this exact bit pattern marks a

@@ -49,6 +49,10 @@ impl Tsdb {
         &self.head
     }
 
+    pub(crate) fn head_mut(&mut self) -> &mut Head {
+        &mut self.head
+    }
+
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
@@ -96,7 +100,19 @@ impl Tsdb {
     }
 }
 
-/// The background thread that syncs a shared [`Tsdb`]'s WAL at its
+/// A store whose WAL a [`Syncer`] syncs: [`Tsdb`], or [`crate::Db`],
+/// which holds one.
+pub trait WalOwner: Send + 'static {
+    fn wal_mut(&mut self) -> &mut Wal;
+}
+
+impl WalOwner for Tsdb {
+    fn wal_mut(&mut self) -> &mut Wal {
+        &mut self.wal
+    }
+}
+
+/// The background thread that syncs a shared store's WAL at its
 /// deadlines. Stops, after a last sync, when dropped.
 #[derive(Debug)]
 pub struct Syncer {
@@ -113,7 +129,7 @@ struct SyncerShared {
 }
 
 impl Syncer {
-    pub fn start(db: Arc<Mutex<Tsdb>>) -> std::io::Result<Syncer> {
+    pub fn start<T: WalOwner>(db: Arc<Mutex<T>>) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncerShared::default());
         let thread = std::thread::Builder::new()
             .name("metrics-wal-sync".into())
@@ -145,32 +161,34 @@ impl Drop for Syncer {
 }
 
 /// Syncs if due (or `force`d); returns when to look again.
-fn sync_once(db: &Mutex<Tsdb>, force: bool) -> Result<Instant, WalError> {
+fn sync_once<T: WalOwner>(db: &Mutex<T>, force: bool) -> Result<Instant, WalError> {
     let now = Instant::now();
     let pending = {
         let mut db = lock(db);
-        if force || db.wal.sync_due(now) {
-            db.wal.begin_sync(now)?
+        let wal = db.wal_mut();
+        if force || wal.sync_due(now) {
+            wal.begin_sync(now)?
         } else {
             None
         }
     };
     if let Some(pending) = pending {
         let outcome = pending.run();
-        lock(db).wal.end_sync(outcome)?;
+        lock(db).wal_mut().end_sync(outcome)?;
     }
-    let db = lock(db);
-    let interval = db.wal.options().sync_interval;
+    let mut db = lock(db);
+    let wal = db.wal_mut();
+    let interval = wal.options().sync_interval;
     // Idle, look again within one interval: a sample logged while nothing
     // was dirty is due at once, so it waits at most that long.
-    Ok(match db.wal.sync_deadline() {
-        Some(deadline) if db.wal.is_dirty() => deadline,
+    Ok(match wal.sync_deadline() {
+        Some(deadline) if wal.is_dirty() => deadline,
         _ => Instant::now() + interval,
     })
 }
 
-fn run(db: &Mutex<Tsdb>, shared: &SyncerShared) {
-    let interval = lock(db).wal.options().sync_interval;
+fn run<T: WalOwner>(db: &Mutex<T>, shared: &SyncerShared) {
+    let interval = lock(db).wal_mut().options().sync_interval;
     loop {
         let next = sync_once(db, false).unwrap_or_else(|e| {
             *lock(&shared.error) = Some(e);

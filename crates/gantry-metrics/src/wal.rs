@@ -344,7 +344,8 @@ pub fn replay(bytes: &[u8], head: &mut Head) -> ReplayReport {
                             AppendError::OutOfOrder { .. }
                             | AppendError::Duplicate { .. }
                             | AppendError::Chunk { .. }
-                            | AppendError::UnknownSeries(_),
+                            | AppendError::UnknownSeries(_)
+                            | AppendError::OutOfBounds { .. },
                         ) => report.refused_samples += 1,
                     }
                 }
