@@ -1,0 +1,340 @@
+//! The evaluator: walks the parsed expression at one instant at a time.
+//!
+//! A range query is the instant evaluation repeated at every step, the
+//! results gathered per label set; that is Prometheus's definition, and it
+//! keeps one code path for both.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use promql_parser::label::MatchOp as ParserMatchOp;
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
+
+use super::value::{Sample, Series, Value};
+use super::{PromqlError, Queryable};
+use crate::index::{MatchOp, Matcher};
+use crate::is_stale_nan;
+use crate::labels::{Labels, METRIC_NAME};
+
+/// Prometheus's default lookback delta: 5 minutes.
+pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// The most steps a range query may have, Prometheus's 11,000 points per
+/// series.
+pub const MAX_RANGE_STEPS: i64 = 11_000;
+
+/// Evaluates expressions against a [`Queryable`].
+pub struct Engine<'q, Q: Queryable + ?Sized> {
+    store: &'q Q,
+    lookback_ms: i64,
+}
+
+/// Where an evaluation stands: the instant, and the query's bounds for
+/// `@ start()` and `@ end()`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ctx {
+    pub(super) t: i64,
+    pub(super) start: i64,
+    pub(super) end: i64,
+}
+
+impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
+    pub fn new(store: &'q Q) -> Self {
+        Self {
+            store,
+            lookback_ms: DEFAULT_LOOKBACK_MS,
+        }
+    }
+
+    /// Another lookback delta (ms, at least 1).
+    pub fn with_lookback_ms(mut self, lookback_ms: i64) -> Self {
+        self.lookback_ms = lookback_ms.max(1);
+        self
+    }
+
+    /// Evaluates `expr` at `t` (ms). Vector samples carry `t`.
+    pub fn eval_instant(&self, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
+        let ctx = Ctx {
+            t,
+            start: t,
+            end: t,
+        };
+        Ok(match self.eval(expr, ctx)? {
+            Value::Vector(samples) => Value::Vector(at_time(samples, t)),
+            other => other,
+        })
+    }
+
+    /// Evaluates `expr` at `start`, `start + step`, … up to `end` (ms) and
+    /// gathers the values per label set, sorted by labels; a scalar becomes
+    /// a series with no labels.
+    pub fn eval_range(
+        &self,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        match expr.value_type() {
+            ValueType::Scalar | ValueType::Vector => {}
+            other => {
+                return Err(PromqlError::InvalidRange(format!(
+                    "the expression is a {other}, it must be a scalar or an instant vector"
+                )));
+            }
+        }
+        if step <= 0 {
+            return Err(PromqlError::InvalidRange(format!(
+                "step must be positive, got {step} ms"
+            )));
+        }
+        if end < start {
+            return Err(PromqlError::InvalidRange(format!(
+                "end ({end} ms) is before start ({start} ms)"
+            )));
+        }
+        let steps = (i128::from(end) - i128::from(start)) / i128::from(step) + 1;
+        if steps > i128::from(MAX_RANGE_STEPS) {
+            return Err(PromqlError::InvalidRange(format!(
+                "{steps} steps exceed the maximum of {MAX_RANGE_STEPS}; use a larger step"
+            )));
+        }
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut t = start;
+        loop {
+            let ctx = Ctx { t, start, end };
+            match self.eval(expr, ctx)? {
+                Value::Scalar(v) => out.entry(Labels::empty()).or_default().push((t, v)),
+                Value::Vector(samples) => {
+                    for s in samples {
+                        out.entry(s.labels).or_default().push((t, s.v));
+                    }
+                }
+                other => {
+                    return Err(PromqlError::InvalidRange(format!(
+                        "the expression gave a {}, it must be a scalar or an instant vector",
+                        other.type_name()
+                    )));
+                }
+            }
+            match t.checked_add(step) {
+                Some(next) if next <= end => t = next,
+                _ => break,
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect())
+    }
+
+    pub(super) fn eval(&self, expr: &Expr, ctx: Ctx) -> Result<Value, PromqlError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, ctx),
+            Expr::Unary(u) => match self.eval(&u.expr, ctx)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(samples) => {
+                    let samples = samples
+                        .into_iter()
+                        .map(|s| Sample {
+                            labels: drop_name(&s.labels),
+                            t: ctx.t,
+                            v: -s.v,
+                        })
+                        .collect();
+                    Ok(Value::Vector(check_unique(samples)?))
+                }
+                other => Err(PromqlError::Unsupported(format!(
+                    "unary minus on a {}",
+                    other.type_name()
+                ))),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ctx)?)),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ctx)?.series)),
+            Expr::Binary(_) => Err(PromqlError::Unsupported("binary operators".into())),
+            Expr::Aggregate(_) => Err(PromqlError::Unsupported("aggregations".into())),
+            Expr::Call(call) => Err(PromqlError::Unsupported(format!(
+                "the function {}",
+                call.func.name
+            ))),
+            Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
+            Expr::Extension(_) => Err(PromqlError::Unsupported("an extension expression".into())),
+        }
+    }
+
+    /// The instant `t` a selector reads at: `@` pins it, `offset` moves it.
+    fn reference_time(&self, vs: &VectorSelector, ctx: Ctx) -> i64 {
+        let base = match &vs.at {
+            None => ctx.t,
+            Some(AtModifier::Start) => ctx.start,
+            Some(AtModifier::End) => ctx.end,
+            Some(AtModifier::At(time)) => system_time_ms(*time),
+        };
+        match &vs.offset {
+            None => base,
+            Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(*d)),
+            Some(Offset::Neg(d)) => base.saturating_add(duration_ms(*d)),
+        }
+    }
+
+    fn series(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        let groups = matcher_groups(vs)?;
+        if groups.len() == 1 {
+            return self.store.select(&groups[0], mint, maxt);
+        }
+        // `{a="x" or b="y"}`: the union, each series once.
+        let mut all: BTreeMap<Labels, Series> = BTreeMap::new();
+        for group in &groups {
+            for s in self.store.select(group, mint, maxt)? {
+                all.entry(s.labels.clone()).or_insert(s);
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    /// Each series' newest sample in `(t - lookback, t]`, unless that sample
+    /// is a staleness marker.
+    pub(super) fn select_instant(
+        &self,
+        vs: &VectorSelector,
+        ctx: Ctx,
+    ) -> Result<Vec<Sample>, PromqlError> {
+        let t = self.reference_time(vs, ctx);
+        let mint = t.saturating_sub(self.lookback_ms).saturating_add(1);
+        let mut out = Vec::new();
+        for series in self.series(vs, mint, t)? {
+            let Some(&(st, v)) = series
+                .samples
+                .iter()
+                .rev()
+                .find(|(st, _)| *st <= t && *st >= mint)
+            else {
+                continue;
+            };
+            if is_stale_nan(v) {
+                continue;
+            }
+            out.push(Sample {
+                labels: series.labels,
+                t: st,
+                v,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every sample in `(t - range, t]` but staleness markers; series left
+    /// with none are dropped.
+    pub(super) fn select_range(
+        &self,
+        ms: &MatrixSelector,
+        ctx: Ctx,
+    ) -> Result<RangeSelection, PromqlError> {
+        let end = self.reference_time(&ms.vs, ctx);
+        let range = duration_ms(ms.range);
+        let start = end.saturating_sub(range);
+        let mut series = self.series(&ms.vs, start.saturating_add(1), end)?;
+        for s in &mut series {
+            s.samples
+                .retain(|&(t, v)| t > start && t <= end && !is_stale_nan(v));
+        }
+        series.retain(|s| !s.samples.is_empty());
+        Ok(RangeSelection {
+            series,
+            start,
+            end,
+            range,
+        })
+    }
+}
+
+/// A range selector's series and the window they were read from.
+#[derive(Debug)]
+#[allow(dead_code)] // the window is read by the functions, next.
+pub(super) struct RangeSelection {
+    pub(super) series: Vec<Series>,
+    /// The window is `(start, end]`, ms.
+    pub(super) start: i64,
+    pub(super) end: i64,
+    pub(super) range: i64,
+}
+
+/// The selector's matchers in our index's terms, the metric name included;
+/// one list per `or` alternative.
+fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, PromqlError> {
+    let convert = |list: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, PromqlError> {
+        let mut out = Vec::with_capacity(list.len() + 1);
+        if let Some(name) = &vs.name {
+            out.push(Matcher::equal(METRIC_NAME, name.clone()));
+        }
+        for m in list {
+            let op = match m.op {
+                ParserMatchOp::Equal => MatchOp::Equal,
+                ParserMatchOp::NotEqual => MatchOp::NotEqual,
+                ParserMatchOp::Re(_) => MatchOp::RegexMatch,
+                ParserMatchOp::NotRe(_) => MatchOp::RegexNoMatch,
+            };
+            out.push(Matcher::new(op, m.name.clone(), m.value.clone())?);
+        }
+        Ok(out)
+    };
+    if vs.matchers.or_matchers.is_empty() {
+        return Ok(vec![convert(&vs.matchers.matchers)?]);
+    }
+    vs.matchers
+        .or_matchers
+        .iter()
+        .map(|group| {
+            let mut all = vs.matchers.matchers.clone();
+            all.extend(group.iter().cloned());
+            convert(&all)
+        })
+        .collect()
+}
+
+/// A duration in ms, saturating at `i64::MAX`.
+pub(super) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A time as ms since the epoch; before it is negative.
+fn system_time_ms(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => duration_ms(d),
+        Err(e) => duration_ms(e.duration()).saturating_neg(),
+    }
+}
+
+/// `labels` without `__name__`.
+pub(super) fn drop_name(labels: &Labels) -> Labels {
+    labels.without(&[METRIC_NAME])
+}
+
+/// Every sample stamped with the evaluation time.
+fn at_time(mut samples: Vec<Sample>, t: i64) -> Vec<Sample> {
+    for s in &mut samples {
+        s.t = t;
+    }
+    samples
+}
+
+/// Refuses a vector with two samples of the same labels.
+pub(super) fn check_unique(samples: Vec<Sample>) -> Result<Vec<Sample>, PromqlError> {
+    let mut seen = std::collections::HashSet::with_capacity(samples.len());
+    for s in &samples {
+        if !seen.insert(&s.labels) {
+            return Err(PromqlError::DuplicateLabelset {
+                labels: s.labels.to_string(),
+            });
+        }
+    }
+    Ok(samples)
+}

@@ -1,0 +1,166 @@
+//! PromQL: expressions parsed by the `promql-parser` crate, evaluated here.
+//!
+//! The design:
+//!
+//! - **[`Queryable`]** is all the engine reads: `select(matchers, mint,
+//!   maxt)` gives the series passing every matcher with their samples in
+//!   `[mint, maxt]` (milliseconds, both ends included), sorted by time. The
+//!   [`Head`] implements it; blocks will too, and a merge of both.
+//! - **[`Engine::eval_instant`]`(expr, t)`** evaluates at one instant `t`
+//!   (ms) and gives a [`Value`]: a scalar, an instant vector, a range vector
+//!   (matrix) or a string. **[`Engine::eval_range`]`(expr, start, end,
+//!   step)`** evaluates the expression at every step from `start` to `end`
+//!   and gives one series per label set (a matrix), as Prometheus's
+//!   `query_range` does; only scalar and instant-vector expressions are
+//!   allowed there.
+//! - **Selection** follows Prometheus 3: an instant selector at `t` takes
+//!   each series' newest sample in `(t - lookback, t]` with a lookback delta
+//!   of 5 minutes ([`DEFAULT_LOOKBACK_MS`]); a range selector `x[r]` takes
+//!   every sample in `(t - r, t]`. `offset d` moves `t` back by `d`, and
+//!   `@ ts` / `@ start()` / `@ end()` pins it first.
+//! - **Staleness**: a staleness marker ([`crate::is_stale_nan`]) ends a
+//!   series: when it is the newest sample in the lookback window the series
+//!   has no value at `t`, and markers are never part of a range vector.
+//! - **Names**: functions and arithmetic drop `__name__` where Prometheus
+//!   drops it (everything but comparisons without `bool`, set operators,
+//!   `last_over_time`, `sort`); two results left with the same labels are a
+//!   typed error, like Prometheus's.
+//! - **Errors** are a [`PromqlError`]: a parse error carries the message the
+//!   parser gives (promql-parser 0.11 reports no position), evaluation
+//!   errors are typed (many-to-many matching, an unsupported function, a
+//!   range query over a range vector, …). No input panics.
+//!
+//! Rates (`rate`, `increase`, `delta`) extrapolate like Prometheus 3: to a
+//! range boundary when the first or last sample lies within 1.1 average
+//! sample intervals of it, else by half an interval, and a counter never
+//! below zero. Prometheus 2 differs for samples exactly on the left
+//! boundary (its ranges are closed) and in the order of the two
+//! extrapolation limits.
+//!
+//! Not yet: subqueries, native histograms, `count_values`, `limitk`,
+//! `fill` modifiers, and the label functions; each is a typed
+//! [`PromqlError::Unsupported`].
+
+mod engine;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+pub use engine::{DEFAULT_LOOKBACK_MS, Engine, MAX_RANGE_STEPS};
+pub use value::{Sample, Series, Value};
+
+pub use promql_parser::parser::Expr;
+
+use crate::chunk::ChunkError;
+use crate::head::Head;
+use crate::index::{Matcher, MatcherError};
+use crate::labels::LabelError;
+
+/// Parses a PromQL expression.
+pub fn parse(query: &str) -> Result<Expr, PromqlError> {
+    promql_parser::parser::parse(query).map_err(|message| {
+        PromqlError::Parse(ParseError {
+            query: query.to_owned(),
+            message,
+        })
+    })
+}
+
+/// An expression the parser refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot parse `{query}`: {message}")]
+pub struct ParseError {
+    /// The expression as given.
+    pub query: String,
+    /// The parser's words, e.g. `unclosed left parenthesis`.
+    pub message: String,
+}
+
+/// Which operand of a binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Left,
+    Right,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Left => "left",
+            Side::Right => "right",
+        })
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PromqlError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("reading the store: {0}")]
+    Storage(#[from] ChunkError),
+    #[error(transparent)]
+    Matcher(#[from] MatcherError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+    /// Part of PromQL this engine does not evaluate yet.
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+    /// A function given an argument of the wrong kind or value.
+    #[error("{function}: {message}")]
+    InvalidArgument { function: String, message: String },
+    /// `query_range` over an expression that is not a scalar or an instant
+    /// vector, or with a bad start, end or step.
+    #[error("invalid range query: {0}")]
+    InvalidRange(String),
+    /// Two series of a result with the same labels (after `__name__` was
+    /// dropped, say).
+    #[error("vector cannot contain metrics with the same labelset: {labels}")]
+    DuplicateLabelset { labels: String },
+    /// Vector matching found two series with the same matching labels on
+    /// the side that must be unique.
+    #[error(
+        "found duplicate series for the match group {group} on the {side} hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side"
+    )]
+    ManyToMany { side: Side, group: String },
+    /// One-to-one matching found several series on the left for one on the
+    /// right: the query needs `group_left` or `group_right`.
+    #[error(
+        "multiple matches for labels {group}: many-to-one matching must be explicit (group_left/group_right)"
+    )]
+    ManyToOneImplicit { group: String },
+    /// `group_left`/`group_right` produced two results with the same labels.
+    #[error("multiple matches for labels {labels}: grouping labels must ensure unique matches")]
+    GroupingNotUnique { labels: String },
+}
+
+/// What the engine reads: series by matchers, with samples in a range.
+pub trait Queryable {
+    /// The series passing every matcher that have a sample in `[mint,
+    /// maxt]` (ms), each with those samples in time order.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, PromqlError>;
+}
+
+impl Queryable for Head {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        Head::select(self, matchers, mint, maxt)
+            .map(|s| {
+                Ok(Series {
+                    labels: s.labels.clone(),
+                    samples: s.samples().collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
+    }
+}
