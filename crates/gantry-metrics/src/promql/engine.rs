@@ -26,8 +26,8 @@ pub const MAX_RANGE_STEPS: i64 = 11_000;
 
 /// Evaluates expressions against a [`Queryable`].
 pub struct Engine<'q, Q: Queryable + ?Sized> {
-    store: &'q Q,
-    lookback_ms: i64,
+    pub(super) store: &'q Q,
+    pub(super) lookback_ms: i64,
 }
 
 /// Where an evaluation stands: the instant, and the query's bounds for
@@ -156,10 +156,7 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ctx)?.series)),
             Expr::Binary(_) => Err(PromqlError::Unsupported("binary operators".into())),
             Expr::Aggregate(_) => Err(PromqlError::Unsupported("aggregations".into())),
-            Expr::Call(call) => Err(PromqlError::Unsupported(format!(
-                "the function {}",
-                call.func.name
-            ))),
+            Expr::Call(call) => self.call(call, ctx),
             Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
             Expr::Extension(_) => Err(PromqlError::Unsupported("an extension expression".into())),
         }
@@ -258,7 +255,6 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
 
 /// A range selector's series and the window they were read from.
 #[derive(Debug)]
-#[allow(dead_code)] // the window is read by the functions, next.
 pub(super) struct RangeSelection {
     pub(super) series: Vec<Series>,
     /// The window is `(start, end]`, ms.

@@ -42,6 +42,7 @@
 //! [`PromqlError::Unsupported`].
 
 mod engine;
+mod functions;
 mod value;
 
 #[cfg(test)]

@@ -95,6 +95,22 @@ fn v(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
     pairs.iter().map(|(l, v)| ((*l).to_owned(), *v)).collect()
 }
 
+/// Relative closeness, for values computed through divisions.
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+fn assert_close(got: &[(String, f64)], want: &[(String, f64)]) {
+    assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.0, w.0, "got {got:?}, want {want:?}");
+        assert!(
+            close(g.1, w.1) || (g.1.is_nan() && w.1.is_nan()),
+            "got {got:?}, want {want:?}"
+        );
+    }
+}
+
 // === selectors ===
 
 #[test]
@@ -331,4 +347,333 @@ fn range_queries_step_through_the_instants() {
     assert!(got.is_empty());
     let got = engine.eval_instant(&expr, i64::MIN).expect("eval");
     assert_eq!(got, Value::Vector(vec![]));
+}
+
+// === functions ===
+
+/// Counters and gauges for the functions, samples every 10 s:
+/// - `c{k="up"}`: 100, 110, 120, 130, 140, 150 at 10 … 60 s;
+/// - `c{k="reset"}`: 100, 110, 5, 15, 25, 35 at 10 … 60 s (a reset at 30 s);
+/// - `c{k="young"}`: 1, 11, 21 at 40, 50, 60 s;
+/// - `c{k="ends"}`: 100, 110, 120 at 10, 20, 30 s;
+/// - `c{k="one"}`: 5 at 60 s;
+/// - `temp{room="a"}`: 3, 1, 4, 1, 5 at 10 … 50 s;
+/// - `neg{a="x"}`: −2.5 at 10 s; `frac`: 2.71234 at 10 s.
+fn counters() -> Head {
+    let every_10s = |vals: &[f64], from: i64| -> Vec<(i64, f64)> {
+        vals.iter()
+            .enumerate()
+            .map(|(i, &v)| (from + 10 * i as i64, v))
+            .collect()
+    };
+    head(&[
+        (
+            ls("c", &[("k", "up")]),
+            every_10s(&[100.0, 110.0, 120.0, 130.0, 140.0, 150.0], 10),
+        ),
+        (
+            ls("c", &[("k", "reset")]),
+            every_10s(&[100.0, 110.0, 5.0, 15.0, 25.0, 35.0], 10),
+        ),
+        (
+            ls("c", &[("k", "young")]),
+            every_10s(&[1.0, 11.0, 21.0], 40),
+        ),
+        (
+            ls("c", &[("k", "ends")]),
+            every_10s(&[100.0, 110.0, 120.0], 10),
+        ),
+        (ls("c", &[("k", "one")]), vec![(60, 5.0)]),
+        (
+            ls("temp", &[("room", "a")]),
+            every_10s(&[3.0, 1.0, 4.0, 1.0, 5.0], 10),
+        ),
+        (ls("neg", &[("a", "x")]), vec![(10, -2.5)]),
+        (ls("frac", &[]), vec![(10, 2.71234)]),
+    ])
+}
+
+#[test]
+fn rate_increase_and_delta_extrapolate_like_prometheus() {
+    let h = counters();
+    let t = 65 * S; // window (5 s, 65 s]
+    // k="up": samples 10…60 s, change 50 over 50 s; 5 s to either end is
+    // under 1.1 × the 10 s average, so both ends extrapolate fully:
+    // 50 × (50 + 5 + 5) / 50 = 60; rate 60 / 60 s = 1.
+    // k="reset": 35 − 100 + 110 (the reset) = 45, × 1.2 = 54; rate 0.9.
+    // k="young": 40…60 s, change 20; 35 s to the start is over the
+    // threshold, so half an interval (5 s), but the zero point is only
+    // 20 × 1/20 = 1 s back: 20 × (20 + 1 + 5) / 20 = 26; rate 26/60.
+    // k="ends": 10…30 s, change 20; 35 s to the end → 5 s:
+    // 20 × (20 + 5 + 5) / 20 = 30; rate 0.5.
+    // k="one": a single sample, no result.
+    assert_close(
+        &vector(&h, "increase(c[1m])", t),
+        &v(&[
+            (r#"{k="ends"}"#, 30.0),
+            (r#"{k="reset"}"#, 54.0),
+            (r#"{k="up"}"#, 60.0),
+            (r#"{k="young"}"#, 26.0),
+        ]),
+    );
+    assert_close(
+        &vector(&h, "rate(c[1m])", t),
+        &v(&[
+            (r#"{k="ends"}"#, 0.5),
+            (r#"{k="reset"}"#, 0.9),
+            (r#"{k="up"}"#, 1.0),
+            (r#"{k="young"}"#, 26.0 / 60.0),
+        ]),
+    );
+    // delta takes no resets and no zero point: k="reset" is
+    // (35 − 100) × 1.2 = −78; k="young" (20 + 5 + 5) / 20 × 20 = 30.
+    assert_close(
+        &vector(&h, r#"delta(c{k=~"reset|young"}[1m])"#, t),
+        &v(&[(r#"{k="reset"}"#, -78.0), (r#"{k="young"}"#, 30.0)]),
+    );
+    // offset moves the window: at 85 s offset 20 s it is again (5, 65].
+    assert_close(
+        &vector(&h, r#"rate(c{k="up"}[1m] offset 20s)"#, 85 * S),
+        &v(&[(r#"{k="up"}"#, 1.0)]),
+    );
+}
+
+#[test]
+fn irate_and_idelta_use_the_last_two_samples() {
+    let h = counters();
+    // k="up" at 65 s: (150 − 140) / 10 s.
+    assert_close(
+        &vector(&h, r#"irate(c{k="up"}[1m])"#, 65 * S),
+        &v(&[(r#"{k="up"}"#, 1.0)]),
+    );
+    // k="reset" at 35 s: 110 → 5 is a reset, so the increase is 5: 0.5/s.
+    assert_close(
+        &vector(&h, r#"irate(c{k="reset"}[1m])"#, 35 * S),
+        &v(&[(r#"{k="reset"}"#, 0.5)]),
+    );
+    assert_close(
+        &vector(&h, r#"idelta(c{k="reset"}[1m])"#, 35 * S),
+        &v(&[(r#"{k="reset"}"#, -105.0)]),
+    );
+    assert_eq!(vector(&h, r#"irate(c{k="one"}[1m])"#, 65 * S), v(&[]));
+}
+
+#[test]
+fn over_time_functions() {
+    let h = counters();
+    let t = 50 * S; // temp: 3, 1, 4, 1, 5
+    let one = |q: &str| {
+        let got = vector(&h, q, t);
+        assert_eq!(got.len(), 1, "{q}: {got:?}");
+        assert_eq!(got[0].0, r#"{room="a"}"#, "{q}");
+        got[0].1
+    };
+    assert_eq!(one("avg_over_time(temp[1m])"), 2.8);
+    assert_eq!(one("min_over_time(temp[1m])"), 1.0);
+    assert_eq!(one("max_over_time(temp[1m])"), 5.0);
+    assert_eq!(one("sum_over_time(temp[1m])"), 14.0);
+    assert_eq!(one("count_over_time(temp[1m])"), 5.0);
+    // Sorted 1, 1, 3, 4, 5: rank 0.5 × 4 = 2 → 3; rank 3.6 → 4 × 0.4 + 5 × 0.6.
+    assert_eq!(one("quantile_over_time(0.5, temp[1m])"), 3.0);
+    assert!(close(one("quantile_over_time(0.9, temp[1m])"), 4.6));
+    assert_eq!(one("quantile_over_time(2, temp[1m])"), f64::INFINITY);
+    // Mean 2.8; squared deviations 0.04 + 3.24 + 1.44 + 3.24 + 4.84 = 12.8.
+    assert!(close(one("stdvar_over_time(temp[1m])"), 2.56));
+    assert!(close(one("stddev_over_time(temp[1m])"), 1.6));
+    assert_eq!(one("changes(temp[1m])"), 4.0);
+    assert_eq!(one("resets(temp[1m])"), 2.0);
+    assert_eq!(one("present_over_time(temp[1m])"), 1.0);
+    // (20 s, 50 s]: 4, 1, 5.
+    assert_eq!(one("min_over_time(temp[30s])"), 1.0);
+    assert!(close(one("avg_over_time(temp[30s])"), 10.0 / 3.0));
+    // last_over_time keeps the name.
+    assert_eq!(
+        vector(&h, "last_over_time(temp[1m])", t),
+        v(&[(r#"temp{room="a"}"#, 5.0)])
+    );
+    assert_eq!(vector(&h, "absent_over_time(temp[1m])", t), v(&[]));
+    assert_eq!(
+        vector(&h, r#"absent_over_time(nope{job="j"}[1m])"#, t),
+        v(&[(r#"{job="j"}"#, 1.0)])
+    );
+}
+
+#[test]
+fn max_and_min_over_time_skip_nan_unless_all_nan() {
+    let h = head(&[
+        (
+            ls("g", &[("s", "mixed")]),
+            vec![(10, f64::NAN), (20, 2.0), (30, f64::NAN)],
+        ),
+        (ls("g", &[("s", "nan")]), vec![(10, f64::NAN)]),
+    ]);
+    let got = vector(&h, "max_over_time(g[1m])", 30 * S);
+    assert_eq!(got[0], (r#"{s="mixed"}"#.to_owned(), 2.0));
+    assert!(got[1].1.is_nan());
+    let got = vector(&h, "min_over_time(g[1m])", 30 * S);
+    assert_eq!(got[0], (r#"{s="mixed"}"#.to_owned(), 2.0));
+}
+
+#[test]
+fn math_and_clamp() {
+    let h = counters();
+    let t = 30 * S;
+    assert_eq!(vector(&h, "abs(neg)", t), v(&[(r#"{a="x"}"#, 2.5)]));
+    assert_eq!(vector(&h, "ceil(neg)", t), v(&[(r#"{a="x"}"#, -2.0)]));
+    assert_eq!(vector(&h, "floor(neg)", t), v(&[(r#"{a="x"}"#, -3.0)]));
+    // Ties round up: −2.5 → −2.
+    assert_eq!(vector(&h, "round(neg)", t), v(&[(r#"{a="x"}"#, -2.0)]));
+    assert_eq!(vector(&h, "round(frac, 0.01)", t), v(&[("{}", 2.71)]));
+    assert_eq!(vector(&h, "round(frac, 2)", t), v(&[("{}", 2.0)]));
+    assert_eq!(
+        vector(&h, "clamp(neg, -1, 1)", t),
+        v(&[(r#"{a="x"}"#, -1.0)])
+    );
+    assert_eq!(
+        vector(&h, "clamp_min(neg, 0)", t),
+        v(&[(r#"{a="x"}"#, 0.0)])
+    );
+    assert_eq!(
+        vector(&h, "clamp_max(neg, -3)", t),
+        v(&[(r#"{a="x"}"#, -3.0)])
+    );
+    assert_eq!(vector(&h, "clamp(neg, 2, 1)", t), v(&[]));
+    assert_eq!(vector(&h, "sgn(neg)", t), v(&[(r#"{a="x"}"#, -1.0)]));
+}
+
+#[test]
+fn scalar_vector_time_timestamp_absent() {
+    let h = counters();
+    let t = 30 * S;
+    assert_eq!(scalar(&h, "scalar(neg)", t), -2.5);
+    assert!(scalar(&h, "scalar(c)", t).is_nan()); // several series
+    assert!(scalar(&h, "scalar(nope)", t).is_nan());
+    assert_eq!(vector(&h, "vector(3)", t), v(&[("{}", 3.0)]));
+    assert_eq!(vector(&h, "vector(time())", t), v(&[("{}", 30.0)]));
+    assert_eq!(scalar(&h, "time()", 65_500), 65.5);
+    // The sample of neg is from 10 s.
+    assert_eq!(vector(&h, "timestamp(neg)", t), v(&[(r#"{a="x"}"#, 10.0)]));
+    assert_eq!(
+        vector(&h, "timestamp(abs(neg))", t),
+        v(&[(r#"{a="x"}"#, 30.0)])
+    );
+    assert_eq!(vector(&h, "absent(neg)", t), v(&[]));
+    assert_eq!(vector(&h, "absent(nope)", t), v(&[("{}", 1.0)]));
+    // Only `=` matchers give labels, and a label matched twice gives none.
+    assert_eq!(
+        vector(&h, r#"absent(nope{job="a", x=~"y", k="1", k="2"})"#, t),
+        v(&[(r#"{job="a"}"#, 1.0)])
+    );
+}
+
+/// Classic histogram buckets, at 10 s:
+/// - job="api": le 0.1 → 10, 0.5 → 30, 1 → 40, +Inf → 50;
+/// - job="bad": le 0.1 → 10, 0.5 → 8 (falls), +Inf → 20;
+/// - job="noinf": le 1 → 5;
+/// - job="neg": le −1 → 4, 1 → 8, +Inf → 8.
+fn histograms() -> Head {
+    let bucket = |job: &str, le: &str, v: f64| {
+        (ls("lat_bucket", &[("job", job), ("le", le)]), vec![(10, v)])
+    };
+    head(&[
+        bucket("api", "0.1", 10.0),
+        bucket("api", "0.5", 30.0),
+        bucket("api", "1", 40.0),
+        bucket("api", "+Inf", 50.0),
+        bucket("bad", "0.1", 10.0),
+        bucket("bad", "0.5", 8.0),
+        bucket("bad", "+Inf", 20.0),
+        bucket("noinf", "1", 5.0),
+        bucket("neg", "-1", 4.0),
+        bucket("neg", "1", 8.0),
+        bucket("neg", "+Inf", 8.0),
+    ])
+}
+
+#[test]
+fn histogram_quantile_interpolates_within_buckets() {
+    let h = histograms();
+    let t = 20 * S;
+    let q = |phi: &str, job: &str| {
+        let got = vector(
+            &h,
+            &format!(r#"histogram_quantile({phi}, lat_bucket{{job="{job}"}})"#),
+            t,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, format!(r#"{{job="{job}"}}"#));
+        got[0].1
+    };
+    // api: 50 observations. φ=0.5 → rank 25, in (0.1, 0.5] holding 20 of
+    // them, 15 in: 0.1 + 0.4 × 15/20 = 0.4.
+    assert!(close(q("0.5", "api"), 0.4));
+    // φ=0.1 → rank 5 in the first bucket, from 0: 0.1 × 5/10.
+    assert!(close(q("0.1", "api"), 0.05));
+    // φ=0.9 → rank 45, past the last finite bucket: its bound, 1.
+    assert_eq!(q("0.9", "api"), 1.0);
+    assert_eq!(q("0", "api"), 0.0);
+    assert_eq!(q("1", "api"), 1.0);
+    assert_eq!(q("1.5", "api"), f64::INFINITY);
+    assert_eq!(q("-1", "api"), f64::NEG_INFINITY);
+    assert!(q("NaN", "api").is_nan());
+    // bad: counts forced monotonic to 10, 10, 20. φ=0.5 → rank 10 → the
+    // first bucket: 0.1 × 10/10; φ=0.75 → rank 15 → +Inf → 0.5.
+    assert!(close(q("0.5", "bad"), 0.1));
+    assert_eq!(q("0.75", "bad"), 0.5);
+    // noinf: no +Inf bucket → NaN.
+    assert!(q("0.5", "noinf").is_nan());
+    // neg: a first bucket bound ≤ 0 is returned as is; φ=0.75 → rank 6
+    // in (−1, 1]: −1 + 2 × 2/4 = 0.
+    assert_eq!(q("0.25", "neg"), -1.0);
+    assert!(close(q("0.75", "neg"), 0.0));
+    // All jobs at once, grouped without le and the name.
+    assert_eq!(
+        vector(&h, "histogram_quantile(0.5, lat_bucket)", t).len(),
+        4
+    );
+}
+
+#[test]
+fn bucket_quantile_merges_equal_bounds_and_float_noise() {
+    use super::functions::bucket_quantile;
+    // Two buckets with bound 1 add up: 0.5 → 3, 1 → 4 + 2, +Inf → 6.
+    // φ=0.5 → rank 3 → (0, 0.5]: 0.5.
+    let merged = bucket_quantile(
+        0.5,
+        vec![(1.0, 4.0), (0.5, 3.0), (1.0, 2.0), (f64::INFINITY, 6.0)],
+    );
+    // After merging: 0.5 → 3, 1 → 6, +Inf → 6: rank 3 → 0.5 × 3/3.
+    assert_eq!(merged, 0.5);
+    // 1e-13 below the previous count is noise, not a fall.
+    let noisy = bucket_quantile(
+        0.5,
+        vec![(1.0, 10.0), (2.0, 10.0 - 1e-12), (f64::INFINITY, 20.0)],
+    );
+    assert_eq!(noisy, 1.0 * 10.0 / 10.0);
+    // Only +Inf: fewer than two buckets.
+    assert!(bucket_quantile(0.5, vec![(f64::INFINITY, 3.0)]).is_nan());
+    // No observations.
+    assert!(bucket_quantile(0.5, vec![(1.0, 0.0), (f64::INFINITY, 0.0)]).is_nan());
+    assert!(bucket_quantile(0.5, vec![]).is_nan());
+}
+
+#[test]
+fn function_errors_are_typed() {
+    let h = counters();
+    let h2 = head(&[
+        (ls("a", &[("i", "1")]), vec![(0, 1.0)]),
+        (ls("b", &[("i", "1")]), vec![(0, 2.0)]),
+    ]);
+    assert!(matches!(
+        eval_err(&h2, r#"abs({i="1"})"#, 0),
+        PromqlError::DuplicateLabelset { .. }
+    ));
+    assert!(matches!(
+        eval_err(&h, "label_replace(c, \"a\", \"b\", \"c\", \"d\")", 0),
+        PromqlError::Unsupported(f) if f.contains("label_replace")
+    ));
+    assert!(matches!(
+        eval_err(&h, "rate(c[1m:10s])", 0),
+        PromqlError::Unsupported(_)
+    ));
 }
