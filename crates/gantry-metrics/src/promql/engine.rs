@@ -155,7 +155,7 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ctx)?)),
             Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ctx)?.series)),
             Expr::Binary(_) => Err(PromqlError::Unsupported("binary operators".into())),
-            Expr::Aggregate(_) => Err(PromqlError::Unsupported("aggregations".into())),
+            Expr::Aggregate(a) => self.aggregate(a, ctx),
             Expr::Call(call) => self.call(call, ctx),
             Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
             Expr::Extension(_) => Err(PromqlError::Unsupported("an extension expression".into())),
@@ -312,6 +312,16 @@ fn system_time_ms(time: SystemTime) -> i64 {
 /// `labels` without `__name__`.
 pub(super) fn drop_name(labels: &Labels) -> Labels {
     labels.without(&[METRIC_NAME])
+}
+
+/// `labels` with only the labels in `names`.
+pub(super) fn keep_only(labels: &Labels, names: &[String]) -> Labels {
+    let others: Vec<&str> = labels
+        .iter()
+        .map(|l| l.name.as_str())
+        .filter(|n| !names.iter().any(|k| k == n))
+        .collect();
+    labels.without(&others)
 }
 
 /// Every sample stamped with the evaluation time.

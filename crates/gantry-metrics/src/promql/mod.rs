@@ -41,6 +41,7 @@
 //! `fill` modifiers, and the label functions; each is a typed
 //! [`PromqlError::Unsupported`].
 
+mod aggregate;
 mod engine;
 mod functions;
 mod value;

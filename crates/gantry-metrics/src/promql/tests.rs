@@ -677,3 +677,187 @@ fn function_errors_are_typed() {
         PromqlError::Unsupported(_)
     ));
 }
+
+// === aggregations ===
+
+/// At 10 s:
+/// - `req{job="api", inst="1", code="200"}` 10, `{api, 2, 200}` 20,
+///   `{api, 1, 500}` 1, `{db, 1, 200}` 5, `{db, 2, 200}` 7;
+/// - `errors{job="api", inst="1"}` 2, `{api, 2}` 4;
+/// - `total{job="api", inst="1"}` 10, `{api, 2}` 40, `{db, 1}` 5;
+/// - `team_info{job="api", team="core"}` 1.
+fn services() -> Head {
+    let at10 = |name: &str, pairs: &[(&str, &str)], v: f64| (ls(name, pairs), vec![(10, v)]);
+    head(&[
+        at10(
+            "req",
+            &[("job", "api"), ("inst", "1"), ("code", "200")],
+            10.0,
+        ),
+        at10(
+            "req",
+            &[("job", "api"), ("inst", "2"), ("code", "200")],
+            20.0,
+        ),
+        at10(
+            "req",
+            &[("job", "api"), ("inst", "1"), ("code", "500")],
+            1.0,
+        ),
+        at10("req", &[("job", "db"), ("inst", "1"), ("code", "200")], 5.0),
+        at10("req", &[("job", "db"), ("inst", "2"), ("code", "200")], 7.0),
+        at10("errors", &[("job", "api"), ("inst", "1")], 2.0),
+        at10("errors", &[("job", "api"), ("inst", "2")], 4.0),
+        at10("total", &[("job", "api"), ("inst", "1")], 10.0),
+        at10("total", &[("job", "api"), ("inst", "2")], 40.0),
+        at10("total", &[("job", "db"), ("inst", "1")], 5.0),
+        at10("team_info", &[("job", "api"), ("team", "core")], 1.0),
+    ])
+}
+
+#[test]
+fn sum_avg_min_max_count_with_by_and_without() {
+    let h = services();
+    let t = 20 * S;
+    assert_eq!(vector(&h, "sum(req)", t), v(&[("{}", 43.0)]));
+    assert_eq!(
+        vector(&h, "sum by (job) (req)", t),
+        v(&[(r#"{job="api"}"#, 31.0), (r#"{job="db"}"#, 12.0)])
+    );
+    assert_eq!(
+        vector(&h, "sum(req) by (job)", t),
+        v(&[(r#"{job="api"}"#, 31.0), (r#"{job="db"}"#, 12.0)])
+    );
+    // without drops the name too.
+    assert_eq!(
+        vector(&h, "sum without (inst) (req)", t),
+        v(&[
+            (r#"{code="200", job="api"}"#, 30.0),
+            (r#"{code="200", job="db"}"#, 12.0),
+            (r#"{code="500", job="api"}"#, 1.0),
+        ])
+    );
+    // by a label some series lack: they group under its absence.
+    assert_eq!(
+        vector(&h, "count by (code) ({job=~\".+\"})", t),
+        v(&[
+            (r#"{code="200"}"#, 4.0),
+            (r#"{code="500"}"#, 1.0),
+            ("{}", 6.0), // errors, total, team_info
+        ])
+    );
+    assert_close(
+        &vector(&h, "avg by (job) (req)", t),
+        &v(&[(r#"{job="api"}"#, 31.0 / 3.0), (r#"{job="db"}"#, 6.0)]),
+    );
+    assert_eq!(
+        vector(&h, "min by (job) (req)", t),
+        v(&[(r#"{job="api"}"#, 1.0), (r#"{job="db"}"#, 5.0)])
+    );
+    assert_eq!(
+        vector(&h, "max by (job) (req)", t),
+        v(&[(r#"{job="api"}"#, 20.0), (r#"{job="db"}"#, 7.0)])
+    );
+    assert_eq!(
+        vector(&h, "group by (job) (req)", t),
+        v(&[(r#"{job="api"}"#, 1.0), (r#"{job="db"}"#, 1.0)])
+    );
+    // by (__name__) keeps the name.
+    assert_eq!(
+        vector(&h, "count by (__name__) (req)", t),
+        v(&[("req", 5.0)])
+    );
+    assert_eq!(vector(&h, "sum(nope)", t), v(&[]));
+}
+
+#[test]
+fn stddev_stdvar_and_quantile() {
+    let h = services();
+    let t = 20 * S;
+    // api: 10, 20, 1: E[x²] − E[x]² = 501/3 − 961/9 = 542/9. db: 5, 7 → 1.
+    assert_close(
+        &vector(&h, "stdvar by (job) (req)", t),
+        &v(&[(r#"{job="api"}"#, 542.0 / 9.0), (r#"{job="db"}"#, 1.0)]),
+    );
+    assert_close(
+        &vector(&h, "stddev by (job) (req)", t),
+        &v(&[
+            (r#"{job="api"}"#, (542.0f64 / 9.0).sqrt()),
+            (r#"{job="db"}"#, 1.0),
+        ]),
+    );
+    // Sorted 1, 5, 7, 10, 20: rank 0.5 × 4 = 2 → 7.
+    assert_eq!(vector(&h, "quantile(0.5, req)", t), v(&[("{}", 7.0)]));
+    // api 1, 10, 20 → 10; db 5, 7, rank 0.5 → 6.
+    assert_eq!(
+        vector(&h, "quantile by (job) (0.5, req)", t),
+        v(&[(r#"{job="api"}"#, 10.0), (r#"{job="db"}"#, 6.0)])
+    );
+    assert_eq!(
+        vector(&h, "quantile(-0.5, req)", t),
+        v(&[("{}", f64::NEG_INFINITY)])
+    );
+}
+
+#[test]
+fn topk_and_bottomk_keep_whole_samples() {
+    let h = services();
+    let t = 20 * S;
+    // Largest first, labels whole (the name too).
+    let got = match instant(&h, "topk(2, req)", t) {
+        Value::Vector(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let got: Vec<(String, f64)> = got
+        .into_iter()
+        .map(|s| (s.labels.to_string(), s.v))
+        .collect();
+    assert_eq!(
+        got,
+        v(&[
+            (r#"req{code="200", inst="2", job="api"}"#, 20.0),
+            (r#"req{code="200", inst="1", job="api"}"#, 10.0),
+        ])
+    );
+    assert_eq!(
+        vector(&h, "topk by (job) (1, req)", t),
+        v(&[
+            (r#"req{code="200", inst="2", job="api"}"#, 20.0),
+            (r#"req{code="200", inst="2", job="db"}"#, 7.0),
+        ])
+    );
+    assert_eq!(
+        vector(&h, "bottomk by (job) (1, req)", t),
+        v(&[
+            (r#"req{code="200", inst="1", job="db"}"#, 5.0),
+            (r#"req{code="500", inst="1", job="api"}"#, 1.0),
+        ])
+    );
+    assert_eq!(vector(&h, "topk(0, req)", t), v(&[]));
+    assert_eq!(vector(&h, "topk(10, req)", t).len(), 5);
+    // 1.9 is taken as 1.
+    assert_eq!(vector(&h, "bottomk(1.9, req)", t).len(), 1);
+}
+
+#[test]
+fn aggregations_skip_nan_for_min_and_max_and_sort_it_last() {
+    let h = head(&[
+        (ls("g", &[("s", "a")]), vec![(10, f64::NAN)]),
+        (ls("g", &[("s", "b")]), vec![(10, 3.0)]),
+        (ls("g", &[("s", "c")]), vec![(10, 1.0)]),
+    ]);
+    let t = 10 * S;
+    assert_eq!(vector(&h, "max(g)", t), v(&[("{}", 3.0)]));
+    assert_eq!(vector(&h, "min(g)", t), v(&[("{}", 1.0)]));
+    assert!(vector(&h, "sum(g)", t)[0].1.is_nan());
+    assert_eq!(vector(&h, "topk(1, g)", t), v(&[(r#"g{s="b"}"#, 3.0)]));
+    assert_eq!(vector(&h, "bottomk(1, g)", t), v(&[(r#"g{s="c"}"#, 1.0)]));
+    assert!(matches!(
+        eval_err(&h, "topk(NaN, g)", t),
+        PromqlError::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        eval_err(&h, r#"count_values("v", g)"#, t),
+        PromqlError::Unsupported(_)
+    ));
+}
