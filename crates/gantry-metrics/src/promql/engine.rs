@@ -154,7 +154,7 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ctx)?)),
             Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ctx)?.series)),
-            Expr::Binary(_) => Err(PromqlError::Unsupported("binary operators".into())),
+            Expr::Binary(b) => self.binary(b, ctx),
             Expr::Aggregate(a) => self.aggregate(a, ctx),
             Expr::Call(call) => self.call(call, ctx),
             Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),

@@ -42,6 +42,7 @@
 //! [`PromqlError::Unsupported`].
 
 mod aggregate;
+mod binary;
 mod engine;
 mod functions;
 mod value;

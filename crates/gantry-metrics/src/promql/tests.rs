@@ -861,3 +861,232 @@ fn aggregations_skip_nan_for_min_and_max_and_sort_it_last() {
         PromqlError::Unsupported(_)
     ));
 }
+
+// === binary operators ===
+
+#[test]
+fn scalar_arithmetic_and_comparison() {
+    let h = services();
+    assert_eq!(scalar(&h, "1 + 2 * 3", 0), 7.0);
+    assert_eq!(scalar(&h, "(1 + 2) * 3", 0), 9.0);
+    // ^ is right-associative: 2 ^ 9.
+    assert_eq!(scalar(&h, "2 ^ 3 ^ 2", 0), 512.0);
+    assert_eq!(scalar(&h, "7 % 3", 0), 1.0);
+    assert_eq!(scalar(&h, "-7 % 3", 0), -1.0);
+    assert_eq!(scalar(&h, "1 / 0", 0), f64::INFINITY);
+    assert!(scalar(&h, "0 / 0", 0).is_nan());
+    assert_eq!(scalar(&h, "1 atan2 1", 0), 1f64.atan2(1.0));
+    assert_eq!(scalar(&h, "5 > bool 3", 0), 1.0);
+    assert_eq!(scalar(&h, "5 <= bool 3", 0), 0.0);
+    assert_eq!(scalar(&h, "NaN == bool NaN", 0), 0.0);
+    assert_eq!(scalar(&h, "NaN != bool NaN", 0), 0.0);
+    assert_eq!(scalar(&h, "time() - 10", 30 * S), 20.0);
+}
+
+#[test]
+fn vector_and_scalar() {
+    let h = services();
+    let t = 20 * S;
+    // Arithmetic drops the name.
+    assert_eq!(
+        vector(&h, r#"req{code="500"} * 2"#, t),
+        v(&[(r#"{code="500", inst="1", job="api"}"#, 2.0)])
+    );
+    assert_eq!(
+        vector(&h, r#"2 - req{code="500"}"#, t),
+        v(&[(r#"{code="500", inst="1", job="api"}"#, 1.0)])
+    );
+    // A comparison filters and keeps names and the vector's values,
+    // whichever side the scalar is on.
+    let over_6 = v(&[
+        (r#"req{code="200", inst="1", job="api"}"#, 10.0),
+        (r#"req{code="200", inst="2", job="api"}"#, 20.0),
+        (r#"req{code="200", inst="2", job="db"}"#, 7.0),
+    ]);
+    assert_eq!(vector(&h, "req > 6", t), over_6);
+    assert_eq!(vector(&h, "6 < req", t), over_6);
+    // bool keeps every sample as 0 or 1 and drops the name.
+    assert_eq!(
+        vector(&h, r#"req{job="db"} > bool 6"#, t),
+        v(&[
+            (r#"{code="200", inst="1", job="db"}"#, 0.0),
+            (r#"{code="200", inst="2", job="db"}"#, 1.0),
+        ])
+    );
+    assert_eq!(vector(&h, r#"sum(req) / 43"#, t), v(&[("{}", 1.0)]));
+}
+
+#[test]
+fn vector_matching_one_to_one() {
+    let h = services();
+    let t = 20 * S;
+    // errors and total match on {job, inst}; total{db} has no partner.
+    assert_close(
+        &vector(&h, "errors / total", t),
+        &v(&[
+            (r#"{inst="1", job="api"}"#, 0.2),
+            (r#"{inst="2", job="api"}"#, 0.1),
+        ]),
+    );
+    // A comparison keeps the left side (with its name).
+    assert_eq!(
+        vector(&h, "total > errors", t),
+        v(&[
+            (r#"total{inst="1", job="api"}"#, 10.0),
+            (r#"total{inst="2", job="api"}"#, 40.0),
+        ])
+    );
+    assert_eq!(vector(&h, "errors > total", t), v(&[]));
+    assert_eq!(
+        vector(&h, "errors < bool total", t),
+        v(&[
+            (r#"{inst="1", job="api"}"#, 1.0),
+            (r#"{inst="2", job="api"}"#, 1.0)
+        ])
+    );
+    // on() keeps only those labels in the result; ignoring() drops them.
+    assert_eq!(
+        vector(&h, r#"errors{inst="1"} + on(job) total{inst="2"}"#, t),
+        v(&[(r#"{job="api"}"#, 42.0)])
+    );
+    assert_eq!(
+        vector(
+            &h,
+            r#"errors{inst="1"} + ignoring(inst) total{inst="2"}"#,
+            t
+        ),
+        v(&[(r#"{job="api"}"#, 42.0)])
+    );
+    // An empty side gives nothing, not an error.
+    assert_eq!(vector(&h, "nope + on(job) total", t), v(&[]));
+}
+
+#[test]
+fn vector_matching_many_to_one_and_one_to_many() {
+    let h = services();
+    let t = 20 * S;
+    // Each request count over its job's total: api 31, db 12.
+    assert_close(
+        &vector(
+            &h,
+            r#"req{job="api"} / on(job) group_left sum by (job) (req)"#,
+            t,
+        ),
+        &v(&[
+            (r#"{code="200", inst="1", job="api"}"#, 10.0 / 31.0),
+            (r#"{code="200", inst="2", job="api"}"#, 20.0 / 31.0),
+            (r#"{code="500", inst="1", job="api"}"#, 1.0 / 31.0),
+        ]),
+    );
+    // group_left(team) copies team from the one side.
+    let with_team = v(&[
+        (r#"{inst="1", job="api", team="core"}"#, 2.0),
+        (r#"{inst="2", job="api", team="core"}"#, 4.0),
+    ]);
+    assert_eq!(
+        vector(&h, "errors * on(job) group_left(team) team_info", t),
+        with_team
+    );
+    // group_right is the mirror image.
+    assert_eq!(
+        vector(&h, "team_info * on(job) group_right(team) errors", t),
+        with_team
+    );
+    // A filtering comparison with group_right keeps the left side's value
+    // and the right side's labels.
+    assert_eq!(
+        vector(&h, "team_info < on(job) group_right errors", t),
+        v(&[
+            (r#"errors{inst="1", job="api"}"#, 1.0),
+            (r#"errors{inst="2", job="api"}"#, 1.0),
+        ])
+    );
+}
+
+#[test]
+fn set_operators() {
+    let h = services();
+    let t = 20 * S;
+    assert_eq!(
+        vector(&h, "errors and total", t),
+        v(&[
+            (r#"errors{inst="1", job="api"}"#, 2.0),
+            (r#"errors{inst="2", job="api"}"#, 4.0),
+        ])
+    );
+    assert_eq!(
+        vector(&h, "total unless errors", t),
+        v(&[(r#"total{inst="1", job="db"}"#, 5.0)])
+    );
+    assert_eq!(
+        vector(&h, "errors or total", t),
+        v(&[
+            (r#"errors{inst="1", job="api"}"#, 2.0),
+            (r#"errors{inst="2", job="api"}"#, 4.0),
+            (r#"total{inst="1", job="db"}"#, 5.0),
+        ])
+    );
+    assert_eq!(
+        vector(&h, r#"errors and on(job) total{job="db"}"#, t),
+        v(&[])
+    );
+    assert_eq!(
+        vector(&h, r#"total and on(inst) errors{inst="2"}"#, t),
+        v(&[(r#"total{inst="2", job="api"}"#, 40.0)])
+    );
+    // Many on both sides is fine for set operators.
+    assert_eq!(vector(&h, "req and on(job) req", t).len(), 5);
+    // absent() of an aggregation has no labels to give.
+    assert_eq!(
+        vector(&h, r#"absent(sum(nope{job="a"}))"#, t),
+        v(&[("{}", 1.0)])
+    );
+    assert_eq!(
+        vector(&h, "sqrt(errors * 0 + 16)", t),
+        v(&[
+            (r#"{inst="1", job="api"}"#, 4.0),
+            (r#"{inst="2", job="api"}"#, 4.0)
+        ])
+    );
+}
+
+#[test]
+fn matching_errors_are_typed() {
+    let h = services();
+    let t = 20 * S;
+    // total has two series with inst="1": the right side is not unique.
+    match eval_err(&h, "errors / on(inst) total", t) {
+        PromqlError::ManyToMany { side, group } => {
+            assert_eq!(side, Side::Right);
+            assert_eq!(group, r#"{inst="1"}"#);
+        }
+        other => panic!("{other:?}"),
+    }
+    match eval_err(&h, "total * on(inst) group_right errors", t) {
+        PromqlError::ManyToMany { side, .. } => assert_eq!(side, Side::Left),
+        other => panic!("{other:?}"),
+    }
+    // Several on the left for one on the right needs group_left.
+    assert!(matches!(
+        eval_err(&h, r#"req{job="api"} / on(job) sum by (job) (req)"#, t),
+        PromqlError::ManyToOneImplicit { group } if group == r#"{job="api"}"#
+    ));
+    // group_left whose results collide once the name is dropped.
+    let h2 = head(&[
+        (ls("x", &[("a", "1"), ("b", "1")]), vec![(0, 1.0)]),
+        (ls("y", &[("a", "1"), ("b", "1")]), vec![(0, 2.0)]),
+        (ls("one", &[("a", "1")]), vec![(0, 3.0)]),
+    ]);
+    assert!(matches!(
+        eval_err(&h2, r#"{__name__=~"x|y"} * on(a) group_left one"#, 0),
+        PromqlError::GroupingNotUnique { labels } if labels == r#"{a="1", b="1"}"#
+    ));
+    // …and vector-scalar arithmetic likewise.
+    assert!(matches!(
+        eval_err(&h2, r#"{__name__=~"x|y"} * 2"#, 0),
+        PromqlError::DuplicateLabelset { .. }
+    ));
+    // The message names the fix.
+    let msg = eval_err(&h, "errors / on(inst) total", t).to_string();
+    assert!(msg.contains("many-to-many matching not allowed"), "{msg}");
+}
