@@ -21,6 +21,20 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
     pub(super) fn call(&self, call: &Call, ctx: Ctx) -> Result<Value, PromqlError> {
         let name = call.func.name;
         let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
+        // Two halves, so that the frame on the recursion path stays small.
+        let takes_range = call
+            .func
+            .arg_types
+            .contains(&promql_parser::parser::value::ValueType::Matrix);
+        if takes_range {
+            self.call_range(name, &args, ctx)
+        } else {
+            self.call_instant(name, &args, ctx)
+        }
+    }
+
+    /// The functions of instant vectors and scalars.
+    fn call_instant(&self, name: &str, args: &[&Expr], ctx: Ctx) -> Result<Value, PromqlError> {
         let arg = |i: usize| -> Result<&Expr, PromqlError> {
             args.get(i)
                 .copied()
@@ -106,6 +120,10 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
                 });
                 return Ok(Value::Vector(samples));
             }
+            "histogram_quantile" => {
+                let q = self.scalar_arg(name, arg(0)?, ctx)?;
+                histogram_quantile(q, self.vector_arg(name, arg(1)?, ctx)?, ctx)
+            }
             "absent" => {
                 let e = arg(0)?;
                 if !self.vector_arg(name, e, ctx)?.is_empty() {
@@ -117,6 +135,19 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
                     v: 1.0,
                 }]
             }
+            other => return Err(PromqlError::Unsupported(format!("the function {other}"))),
+        };
+        Ok(Value::Vector(check_unique(out)?))
+    }
+
+    /// The functions of range vectors.
+    fn call_range(&self, name: &str, args: &[&Expr], ctx: Ctx) -> Result<Value, PromqlError> {
+        let arg = |i: usize| -> Result<&Expr, PromqlError> {
+            args.get(i)
+                .copied()
+                .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
+        };
+        let out = match name {
             "absent_over_time" => {
                 let e = arg(0)?;
                 if !self.range_arg(name, e, ctx)?.series.is_empty() {
@@ -127,10 +158,6 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
                     t: ctx.t,
                     v: 1.0,
                 }]
-            }
-            "histogram_quantile" => {
-                let q = self.scalar_arg(name, arg(0)?, ctx)?;
-                histogram_quantile(q, self.vector_arg(name, arg(1)?, ctx)?, ctx)
             }
             "rate" | "increase" | "delta" => {
                 let sel = self.range_arg(name, arg(0)?, ctx)?;

@@ -28,7 +28,10 @@
 //! - **Errors** are a [`PromqlError`]: a parse error carries the message the
 //!   parser gives (promql-parser 0.11 reports no position), evaluation
 //!   errors are typed (many-to-many matching, an unsupported function, a
-//!   range query over a range vector, …). No input panics.
+//!   range query over a range vector, …). No input panics: expressions
+//!   longer than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_DEPTH`]
+//!   are refused, so neither the parser nor the evaluator can run out of
+//!   stack.
 //!
 //! Rates (`rate`, `increase`, `delta`) extrapolate like Prometheus 3: to a
 //! range boundary when the first or last sample lies within 1.1 average
@@ -60,14 +63,68 @@ use crate::head::Head;
 use crate::index::{Matcher, MatcherError};
 use crate::labels::LabelError;
 
-/// Parses a PromQL expression.
+/// The longest expression [`parse`] takes, 16 KiB: the parser recurses,
+/// and this bound keeps it well inside a thread's stack.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+/// The deepest nesting [`parse`] takes (parentheses, calls, operators):
+/// the evaluator recurses too.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses a PromQL expression of at most [`MAX_QUERY_BYTES`] and
+/// [`MAX_DEPTH`] levels.
 pub fn parse(query: &str) -> Result<Expr, PromqlError> {
-    promql_parser::parser::parse(query).map_err(|message| {
+    let refuse = |message: String| {
         PromqlError::Parse(ParseError {
             query: query.to_owned(),
             message,
         })
-    })
+    };
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(refuse(format!(
+            "the expression is {} bytes long, more than the {MAX_QUERY_BYTES} allowed",
+            query.len()
+        )));
+    }
+    let expr = promql_parser::parser::parse(query).map_err(refuse)?;
+    let depth = depth(&expr);
+    if depth > MAX_DEPTH {
+        return Err(refuse(format!(
+            "the expression is nested {depth} levels deep, more than the {MAX_DEPTH} allowed"
+        )));
+    }
+    Ok(expr)
+}
+
+/// How deep the expression tree is, walked without recursion.
+fn depth(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(expr, 1)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match e {
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, d + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, d + 1));
+                }
+            }
+            Expr::Unary(u) => stack.push((&u.expr, d + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, d + 1));
+                stack.push((&b.rhs, d + 1));
+            }
+            Expr::Paren(p) => stack.push((&p.expr, d + 1)),
+            Expr::Subquery(s) => stack.push((&s.expr, d + 1)),
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), d + 1))),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    deepest
 }
 
 /// An expression the parser refused.

@@ -1090,3 +1090,217 @@ fn matching_errors_are_typed() {
     let msg = eval_err(&h, "errors / on(inst) total", t).to_string();
     assert!(msg.contains("many-to-many matching not allowed"), "{msg}");
 }
+
+// === errors ===
+
+#[test]
+fn parse_errors_carry_the_parsers_message() {
+    for (q, message) in [
+        ("sum(rate(x[5m]) by (a)", "unclosed left parenthesis"),
+        ("foo{", "unexpected end of input inside braces"),
+        (
+            "rate(foo)",
+            "expected type matrix in call to function 'rate', got vector",
+        ),
+        ("\"abc", "unterminated quoted string \""),
+    ] {
+        match parse(q) {
+            Err(PromqlError::Parse(e)) => {
+                assert_eq!(e.query, q);
+                assert_eq!(e.message, message, "{q}");
+                assert_eq!(e.to_string(), format!("cannot parse `{q}`: {message}"));
+            }
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+}
+
+/// Valid expressions to cut and mutate.
+const CORPUS: &[&str] = &[
+    "gauge",
+    r#"gauge{i=~"a|b", i!="c"}[1m] offset 30s"#,
+    r#"sum by (job) (rate(c{k!~"x.*"}[1m]))"#,
+    "histogram_quantile(0.9, sum by (le, job) (rate(lat_bucket[5m])))",
+    "errors / on(job) group_left(team) team_info",
+    "topk(2, req) or bottomk(1, req) unless req > bool 3",
+    "clamp(abs(-neg), 0, 1) ^ 2 % 3 atan2 time()",
+    "quantile_over_time(0.5, temp[1m] @ 50) - scalar(vector(1))",
+    "absent(nope{job=\"a\"}) and count without (inst) (req)",
+    "round(timestamp(gauge offset -1m), 0.1) != 5",
+    "max_over_time(deriv(x[5m])[10m:1m])",
+    r#"label_replace(up, "a", "$1", "b", "(.*)")"#,
+];
+
+const TOKENS: &[&str] = &[
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "=",
+    "!=",
+    "=~",
+    "!~",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "^",
+    "==",
+    ">",
+    "<=",
+    " bool ",
+    " and ",
+    " or ",
+    " unless ",
+    " on(",
+    " ignoring(",
+    " group_left",
+    " group_right(",
+    " by (",
+    " without (",
+    " offset ",
+    " @ ",
+    "start()",
+    "5m",
+    "1s",
+    "0",
+    "-1",
+    "1e308",
+    "NaN",
+    "Inf",
+    "0.5",
+    "\"",
+    "\"a\"",
+    "gauge",
+    "c",
+    "req",
+    "le",
+    "job",
+    "__name__",
+    "rate(",
+    "sum(",
+    "topk(",
+    "histogram_quantile(",
+    "time()",
+    "vector(",
+    "scalar(",
+    "absent(",
+    ":",
+    "#",
+    "\\",
+    "é",
+    "\n",
+];
+
+#[test]
+fn random_and_mutated_expressions_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let heads = [fixture(), counters(), services(), histograms()];
+    let mut parsed = 0;
+    for round in 0..20_000 {
+        let q = if round % 3 == 0 {
+            // Random tokens.
+            (0..rng.usize(1..12))
+                .map(|_| TOKENS[rng.usize(0..TOKENS.len())])
+                .collect::<String>()
+        } else {
+            // A corpus entry, mutated: tokens inserted, bytes cut.
+            let mut q: Vec<char> = CORPUS[rng.usize(0..CORPUS.len())].chars().collect();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(0..=q.len());
+                match rng.u8(0..3) {
+                    0 => {
+                        let tok = TOKENS[rng.usize(0..TOKENS.len())];
+                        q.splice(at..at, tok.chars());
+                    }
+                    1 if at < q.len() => {
+                        let end = (at + rng.usize(1..4)).min(q.len());
+                        q.drain(at..end);
+                    }
+                    _ => q.truncate(at),
+                }
+            }
+            q.into_iter().collect()
+        };
+        let h = &heads[round % heads.len()];
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Ok(expr) = parse(&q) else {
+                return false;
+            };
+            let engine = Engine::new(h);
+            let _ = engine.eval_instant(&expr, 40 * S);
+            let _ = engine.eval_range(&expr, 0, 120 * S, 15 * S);
+            true
+        }));
+        match outcome {
+            Ok(true) => parsed += 1,
+            Ok(false) => {}
+            Err(_) => panic!("panicked on {q:?}"),
+        }
+    }
+    // The mutations keep a fair share valid, so evaluation is exercised.
+    assert!(parsed > 2_000, "only {parsed} parsed");
+}
+
+#[test]
+fn deep_nesting_and_huge_queries_are_errors_not_stack_overflows() {
+    let h = fixture();
+    let refused = |q: &str, what: &str| match parse(q) {
+        Err(PromqlError::Parse(e)) => assert!(e.message.contains(what), "{e}"),
+        other => panic!("{other:?}"),
+    };
+    let n = MAX_DEPTH;
+    refused(
+        &format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+        "levels deep",
+    );
+    refused(&format!("{}gauge", "-".repeat(n)), "levels deep");
+    refused(&format!("1{}", " + 1".repeat(n)), "levels deep");
+    refused(
+        &format!("{}gauge{}", "abs(".repeat(n), ")".repeat(n)),
+        "levels deep",
+    );
+    refused(&format!("1{}", "+1".repeat(MAX_QUERY_BYTES)), "bytes long");
+    refused(&"(".repeat(MAX_QUERY_BYTES + 1), "bytes long");
+    // Just within the limits, in a thread with a small stack, it evaluates.
+    let run = |q: String, want: f64| {
+        let h = h.clone();
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || assert_eq!(scalar(&h, &q, 0), want))
+            .expect("spawn")
+            .join()
+            .expect("no overflow");
+    };
+    let n = MAX_DEPTH - 1;
+    run(format!("{}1{}", "(".repeat(n), ")".repeat(n)), 1.0);
+    run(format!("1{}", " + 1".repeat(n - 1)), n as f64);
+    run(format!("{}1", "-".repeat(n - 1)), 1.0);
+    run(
+        format!(
+            r#"scalar({}gauge{{i="a"}}{})"#,
+            "abs(".repeat(n - 2),
+            ")".repeat(n - 2)
+        ),
+        1.0,
+    );
+    run(
+        format!(
+            r#"scalar({}gauge{{i="a"}}{})"#,
+            "sum(".repeat(n - 2),
+            ")".repeat(n - 2)
+        ),
+        1.0,
+    );
+    run(
+        format!(
+            r#"scalar({}gauge{{i="a"}})"#,
+            "gauge{i=\"a\"} * ".repeat(n - 2)
+        ),
+        1.0,
+    );
+}
