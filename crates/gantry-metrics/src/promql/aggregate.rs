@@ -19,7 +19,11 @@ use super::{Engine, PromqlError, Queryable};
 use crate::labels::{Labels, METRIC_NAME};
 
 impl<Q: Queryable + ?Sized> Engine<'_, Q> {
-    pub(super) fn aggregate(&self, agg: &AggregateExpr, ctx: Ctx) -> Result<Value, PromqlError> {
+    pub(super) fn aggregate(
+        &self,
+        agg: &AggregateExpr,
+        ctx: Ctx<'_>,
+    ) -> Result<Value, PromqlError> {
         let op = agg.op.to_string();
         let param = match &agg.param {
             Some(p) if op != "count_values" => Some(self.scalar_arg(&op, p, ctx)?),

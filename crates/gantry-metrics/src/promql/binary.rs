@@ -29,7 +29,7 @@ enum Kind {
 }
 
 impl<Q: Queryable + ?Sized> Engine<'_, Q> {
-    pub(super) fn binary(&self, b: &BinaryExpr, ctx: Ctx) -> Result<Value, PromqlError> {
+    pub(super) fn binary(&self, b: &BinaryExpr, ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         let op = b.op.to_string();
         let kind = match op.as_str() {
             "+" | "-" | "*" | "/" | "%" | "^" | "atan2" => Kind::Arithmetic,
@@ -121,7 +121,7 @@ fn vector_scalar(
     scalar_left: bool,
     apply: &dyn Fn(f64, f64) -> (f64, bool),
     drops_name: bool,
-    ctx: Ctx,
+    ctx: Ctx<'_>,
 ) -> Result<Value, PromqlError> {
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
@@ -220,7 +220,7 @@ fn vector_vector(
     m: &Matching,
     apply: &dyn Fn(f64, f64) -> (f64, bool),
     drops_name: bool,
-    ctx: Ctx,
+    ctx: Ctx<'_>,
 ) -> Result<Vec<Sample>, PromqlError> {
     if lhs.is_empty() || rhs.is_empty() {
         return Ok(Vec::new());

@@ -2,9 +2,13 @@
 //!
 //! A range query is the instant evaluation repeated at every step, the
 //! results gathered per label set; that is Prometheus's definition, and it
-//! keeps one code path for both.
+//! keeps one code path for both. Each selector reads the store once per
+//! query, for the window all steps need ([`Selections`]); a step takes its
+//! part by binary search.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
@@ -33,11 +37,17 @@ pub struct Engine<'q, Q: Queryable + ?Sized> {
 /// Where an evaluation stands: the instant, and the query's bounds for
 /// `@ start()` and `@ end()`.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Ctx {
+pub(super) struct Ctx<'c> {
     pub(super) t: i64,
     pub(super) start: i64,
     pub(super) end: i64,
+    selections: &'c Selections,
 }
+
+/// The series each selector of one query read, by the selector's address
+/// in the expression (which outlives the query).
+#[derive(Debug, Default)]
+pub(super) struct Selections(RefCell<HashMap<usize, Rc<Vec<Series>>>>);
 
 impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     pub fn new(store: &'q Q) -> Self {
@@ -55,10 +65,12 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
 
     /// Evaluates `expr` at `t` (ms). Vector samples carry `t`.
     pub fn eval_instant(&self, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
+        let selections = Selections::default();
         let ctx = Ctx {
             t,
             start: t,
             end: t,
+            selections: &selections,
         };
         Ok(match self.eval(expr, ctx)? {
             Value::Vector(samples) => Value::Vector(at_time(samples, t)),
@@ -101,9 +113,15 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             )));
         }
         let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let selections = Selections::default();
         let mut t = start;
         loop {
-            let ctx = Ctx { t, start, end };
+            let ctx = Ctx {
+                t,
+                start,
+                end,
+                selections: &selections,
+            };
             match self.eval(expr, ctx)? {
                 Value::Scalar(v) => out.entry(Labels::empty()).or_default().push((t, v)),
                 Value::Vector(samples) => {
@@ -129,7 +147,7 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             .collect())
     }
 
-    pub(super) fn eval(&self, expr: &Expr, ctx: Ctx) -> Result<Value, PromqlError> {
+    pub(super) fn eval(&self, expr: &Expr, ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -163,9 +181,13 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     }
 
     /// The instant `t` a selector reads at: `@` pins it, `offset` moves it.
-    fn reference_time(&self, vs: &VectorSelector, ctx: Ctx) -> i64 {
+    fn reference_time(&self, vs: &VectorSelector, ctx: Ctx<'_>) -> i64 {
+        self.reference_time_at(vs, ctx, ctx.t)
+    }
+
+    fn reference_time_at(&self, vs: &VectorSelector, ctx: Ctx<'_>, t: i64) -> i64 {
         let base = match &vs.at {
-            None => ctx.t,
+            None => t,
             Some(AtModifier::Start) => ctx.start,
             Some(AtModifier::End) => ctx.end,
             Some(AtModifier::At(time)) => system_time_ms(*time),
@@ -175,6 +197,29 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(*d)),
             Some(Offset::Neg(d)) => base.saturating_add(duration_ms(*d)),
         }
+    }
+
+    /// The series of `vs` with every sample any step of the query reads,
+    /// `width` ms back from its reference time; from the store on first use.
+    fn selected(
+        &self,
+        vs: &VectorSelector,
+        width: i64,
+        ctx: Ctx<'_>,
+    ) -> Result<Rc<Vec<Series>>, PromqlError> {
+        let key = std::ptr::from_ref(vs) as usize;
+        if let Some(hit) = ctx.selections.0.borrow().get(&key) {
+            return Ok(Rc::clone(hit));
+        }
+        let first = self.reference_time_at(vs, ctx, ctx.start);
+        let last = self.reference_time_at(vs, ctx, ctx.end);
+        let (lo, hi) = (first.min(last), first.max(last));
+        let series = Rc::new(self.series(vs, lo.saturating_sub(width).saturating_add(1), hi)?);
+        ctx.selections
+            .0
+            .borrow_mut()
+            .insert(key, Rc::clone(&series));
+        Ok(series)
     }
 
     fn series(
@@ -202,25 +247,21 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     pub(super) fn select_instant(
         &self,
         vs: &VectorSelector,
-        ctx: Ctx,
+        ctx: Ctx<'_>,
     ) -> Result<Vec<Sample>, PromqlError> {
         let t = self.reference_time(vs, ctx);
         let mint = t.saturating_sub(self.lookback_ms).saturating_add(1);
         let mut out = Vec::new();
-        for series in self.series(vs, mint, t)? {
-            let Some(&(st, v)) = series
-                .samples
-                .iter()
-                .rev()
-                .find(|(st, _)| *st <= t && *st >= mint)
-            else {
+        for series in self.selected(vs, self.lookback_ms, ctx)?.iter() {
+            let newer = series.samples.partition_point(|&(st, _)| st <= t);
+            let Some(&(st, v)) = newer.checked_sub(1).and_then(|i| series.samples.get(i)) else {
                 continue;
             };
-            if is_stale_nan(v) {
+            if st < mint || is_stale_nan(v) {
                 continue;
             }
             out.push(Sample {
-                labels: series.labels,
+                labels: series.labels.clone(),
                 t: st,
                 v,
             });
@@ -233,17 +274,30 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     pub(super) fn select_range(
         &self,
         ms: &MatrixSelector,
-        ctx: Ctx,
+        ctx: Ctx<'_>,
     ) -> Result<RangeSelection, PromqlError> {
         let end = self.reference_time(&ms.vs, ctx);
         let range = duration_ms(ms.range);
         let start = end.saturating_sub(range);
-        let mut series = self.series(&ms.vs, start.saturating_add(1), end)?;
-        for s in &mut series {
-            s.samples
-                .retain(|&(t, v)| t > start && t <= end && !is_stale_nan(v));
+        let mut series = Vec::new();
+        for s in self.selected(&ms.vs, range, ctx)?.iter() {
+            let from = s.samples.partition_point(|&(t, _)| t <= start);
+            let to = s.samples.partition_point(|&(t, _)| t <= end);
+            let samples: Vec<(i64, f64)> = s
+                .samples
+                .get(from..to)
+                .unwrap_or(&[])
+                .iter()
+                .copied()
+                .filter(|&(_, v)| !is_stale_nan(v))
+                .collect();
+            if !samples.is_empty() {
+                series.push(Series {
+                    labels: s.labels.clone(),
+                    samples,
+                });
+            }
         }
-        series.retain(|s| !s.samples.is_empty());
         Ok(RangeSelection {
             series,
             start,

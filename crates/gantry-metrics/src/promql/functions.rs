@@ -18,7 +18,7 @@ use crate::labels::{Labels, METRIC_NAME};
 const BUCKET_LABEL: &str = "le";
 
 impl<Q: Queryable + ?Sized> Engine<'_, Q> {
-    pub(super) fn call(&self, call: &Call, ctx: Ctx) -> Result<Value, PromqlError> {
+    pub(super) fn call(&self, call: &Call, ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         let name = call.func.name;
         let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
         // Two halves, so that the frame on the recursion path stays small.
@@ -34,7 +34,7 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
     }
 
     /// The functions of instant vectors and scalars.
-    fn call_instant(&self, name: &str, args: &[&Expr], ctx: Ctx) -> Result<Value, PromqlError> {
+    fn call_instant(&self, name: &str, args: &[&Expr], ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         let arg = |i: usize| -> Result<&Expr, PromqlError> {
             args.get(i)
                 .copied()
@@ -141,7 +141,7 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
     }
 
     /// The functions of range vectors.
-    fn call_range(&self, name: &str, args: &[&Expr], ctx: Ctx) -> Result<Value, PromqlError> {
+    fn call_range(&self, name: &str, args: &[&Expr], ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         let arg = |i: usize| -> Result<&Expr, PromqlError> {
             args.get(i)
                 .copied()
@@ -231,7 +231,7 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
         &self,
         function: &str,
         e: &Expr,
-        ctx: Ctx,
+        ctx: Ctx<'_>,
     ) -> Result<f64, PromqlError> {
         match self.eval(e, ctx)? {
             Value::Scalar(v) => Ok(v),
@@ -246,7 +246,7 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
         &self,
         function: &str,
         e: &Expr,
-        ctx: Ctx,
+        ctx: Ctx<'_>,
     ) -> Result<Vec<Sample>, PromqlError> {
         match self.eval(e, ctx)? {
             Value::Vector(samples) => Ok(samples),
@@ -257,7 +257,12 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
         }
     }
 
-    fn range_arg(&self, function: &str, e: &Expr, ctx: Ctx) -> Result<RangeSelection, PromqlError> {
+    fn range_arg(
+        &self,
+        function: &str,
+        e: &Expr,
+        ctx: Ctx<'_>,
+    ) -> Result<RangeSelection, PromqlError> {
         match e {
             Expr::MatrixSelector(ms) => self.select_range(ms, ctx),
             Expr::Paren(p) => self.range_arg(function, &p.expr, ctx),
@@ -275,7 +280,7 @@ fn invalid(function: &str, message: String) -> PromqlError {
 }
 
 /// `f` of every value, the name dropped.
-fn map_values(samples: Vec<Sample>, ctx: Ctx, f: impl Fn(f64) -> f64) -> Vec<Sample> {
+fn map_values(samples: Vec<Sample>, ctx: Ctx<'_>, f: impl Fn(f64) -> f64) -> Vec<Sample> {
     samples
         .into_iter()
         .map(|s| Sample {
@@ -288,7 +293,11 @@ fn map_values(samples: Vec<Sample>, ctx: Ctx, f: impl Fn(f64) -> f64) -> Vec<Sam
 
 /// `f` of every series of a range, the name dropped; `None` leaves the
 /// series out.
-fn over_range(sel: &RangeSelection, ctx: Ctx, f: impl Fn(&Series) -> Option<f64>) -> Vec<Sample> {
+fn over_range(
+    sel: &RangeSelection,
+    ctx: Ctx<'_>,
+    f: impl Fn(&Series) -> Option<f64>,
+) -> Vec<Sample> {
     sel.series
         .iter()
         .filter_map(|s| {
@@ -478,7 +487,7 @@ fn absent_labels(e: &Expr) -> Result<Labels, PromqlError> {
 /// `histogram_quantile(q, buckets)` over classic `le` buckets: the buckets
 /// grouped by their labels without `le` and `__name__`, one quantile each.
 /// Samples without a parsable `le` are skipped.
-fn histogram_quantile(q: f64, samples: Vec<Sample>, ctx: Ctx) -> Vec<Sample> {
+fn histogram_quantile(q: f64, samples: Vec<Sample>, ctx: Ctx<'_>) -> Vec<Sample> {
     let mut groups: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
     for s in samples {
         let Some(upper) = s.labels.get(BUCKET_LABEL).and_then(parse_bound) else {

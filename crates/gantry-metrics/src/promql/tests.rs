@@ -1304,3 +1304,77 @@ fn deep_nesting_and_huge_queries_are_errors_not_stack_overflows() {
         1.0,
     );
 }
+
+// === range queries read each selector once ===
+
+/// A store that counts its selects.
+struct Counting<'h> {
+    head: &'h Head,
+    selects: std::cell::Cell<usize>,
+}
+
+impl Queryable for Counting<'_> {
+    fn select(
+        &self,
+        matchers: &[crate::index::Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        self.selects.set(self.selects.get() + 1);
+        Queryable::select(self.head, matchers, mint, maxt)
+    }
+}
+
+#[test]
+fn a_range_query_equals_its_instant_queries_and_reads_each_selector_once() {
+    let h = counters();
+    let mut f = fixture();
+    // Both fixtures in one head, for expressions across them.
+    for s in Head::select(&h, &[crate::index::Matcher::equal("k", "up")], 0, i64::MAX) {
+        for sample in s.samples() {
+            let (t, v) = sample.expect("sample");
+            f.append(s.labels, t, v).expect("append");
+        }
+    }
+    for (q, selectors) in [
+        ("gauge", 1),
+        ("rate(c[30s]) + on() group_left gauge{i=\"a\"}", 2),
+        ("gauge offset 20s @ 100 - gauge offset -15s", 2),
+        (
+            "sum_over_time(c[25s] offset 5s) / on() group_left count(gauge)",
+            2,
+        ),
+        ("gauge{i=\"b\"} or c", 2),
+    ] {
+        let expr = parse(q).expect("parse");
+        let store = Counting {
+            head: &f,
+            selects: std::cell::Cell::new(0),
+        };
+        let engine = Engine::new(&store);
+        let (start, end, step) = (-30 * S, 200 * S, 5 * S);
+        let range = engine.eval_range(&expr, start, end, step).expect("range");
+        assert_eq!(store.selects.get(), selectors, "{q}");
+        // The same, one instant at a time.
+        let mut by_labels: std::collections::BTreeMap<Labels, Vec<(i64, f64)>> =
+            std::collections::BTreeMap::new();
+        let mut t = start;
+        while t <= end {
+            match engine.eval_instant(&expr, t).expect("instant") {
+                Value::Vector(samples) => {
+                    for s in samples {
+                        by_labels.entry(s.labels).or_default().push((t, s.v));
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+            t += step;
+        }
+        let instants: Vec<Series> = by_labels
+            .into_iter()
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect();
+        assert!(!instants.is_empty(), "{q}");
+        assert_eq!(range, instants, "{q}");
+    }
+}
