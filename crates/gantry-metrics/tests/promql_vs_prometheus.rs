@@ -371,6 +371,10 @@ const EXPRESSIONS: &[&str] = &[
     "absent(nonexistent{job=\"x\"})",
     "scalar(sum(team_info))",
     "time() - 1700000000",
+    r#"label_replace(http_requests_total, "status", "${1}xx", "code", "(.).*")"#,
+    r#"label_join(temperature, "where", "/", "room", "__name__")"#,
+    "deriv(temperature[10m])",
+    "predict_linear(temperature[10m], 3600)",
 ];
 
 #[test]

@@ -30,6 +30,20 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
             _ => None,
         };
         let samples = self.vector_arg(&op, &agg.expr, ctx)?;
+        aggregate_samples(agg, op, param, samples, ctx)
+    }
+}
+
+/// The aggregation proper, out of the recursion path.
+#[inline(never)]
+fn aggregate_samples(
+    agg: &AggregateExpr,
+    op: String,
+    param: Option<f64>,
+    samples: Vec<Sample>,
+    ctx: Ctx<'_>,
+) -> Result<Value, PromqlError> {
+    {
         let key = |labels: &Labels| -> Labels {
             match &agg.modifier {
                 None => Labels::empty(),

@@ -41,9 +41,24 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
         if modifier.fill_values.lhs.is_some() || modifier.fill_values.rhs.is_some() {
             return Err(PromqlError::Unsupported("fill modifiers".into()));
         }
-        let want_bool = modifier.return_bool;
         let lhs = self.eval(&b.lhs, ctx)?;
         let rhs = self.eval(&b.rhs, ctx)?;
+        combine(op, kind, &modifier, lhs, rhs, ctx)
+    }
+}
+
+/// The operator applied, out of the recursion path.
+#[inline(never)]
+fn combine(
+    op: String,
+    kind: Kind,
+    modifier: &promql_parser::parser::BinModifier,
+    lhs: Value,
+    rhs: Value,
+    ctx: Ctx<'_>,
+) -> Result<Value, PromqlError> {
+    {
+        let want_bool = modifier.return_bool;
         let apply = |l: f64, r: f64| -> (f64, bool) {
             match kind {
                 Kind::Arithmetic => (arithmetic(&op, l, r), true),

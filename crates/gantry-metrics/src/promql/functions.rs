@@ -18,213 +18,30 @@ use crate::labels::{Labels, METRIC_NAME};
 const BUCKET_LABEL: &str = "le";
 
 impl<Q: Queryable + ?Sized> Engine<'_, Q> {
+    /// Evaluates the arguments, then applies the function. Only this small
+    /// frame is on the recursion path; the functions themselves are plain
+    /// code over values.
     pub(super) fn call(&self, call: &Call, ctx: Ctx<'_>) -> Result<Value, PromqlError> {
         let name = call.func.name;
         let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
-        // Two halves, so that the frame on the recursion path stays small.
+        let mut vals = Vec::with_capacity(args.len());
+        for a in &args {
+            vals.push(Some(match unparen(a) {
+                Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+                    Arg::Range(self.range_arg(name, a, ctx)?)
+                }
+                _ => Arg::Value(self.eval(a, ctx)?),
+            }));
+        }
         let takes_range = call
             .func
             .arg_types
             .contains(&promql_parser::parser::value::ValueType::Matrix);
         if takes_range {
-            self.call_range(name, &args, ctx)
+            call_range(name, vals, &args, ctx)
         } else {
-            self.call_instant(name, &args, ctx)
+            call_instant(name, vals, &args, ctx)
         }
-    }
-
-    /// The functions of instant vectors and scalars.
-    fn call_instant(&self, name: &str, args: &[&Expr], ctx: Ctx<'_>) -> Result<Value, PromqlError> {
-        let arg = |i: usize| -> Result<&Expr, PromqlError> {
-            args.get(i)
-                .copied()
-                .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
-        };
-        let out = match name {
-            "time" => return Ok(Value::Scalar(ctx.t as f64 / 1000.0)),
-            "vector" => {
-                let v = self.scalar_arg(name, arg(0)?, ctx)?;
-                return Ok(Value::Vector(vec![Sample {
-                    labels: Labels::empty(),
-                    t: ctx.t,
-                    v,
-                }]));
-            }
-            "scalar" => {
-                let samples = self.vector_arg(name, arg(0)?, ctx)?;
-                return Ok(Value::Scalar(match samples.as_slice() {
-                    [one] => one.v,
-                    _ => f64::NAN,
-                }));
-            }
-            "abs" | "ceil" | "floor" | "sqrt" | "exp" | "ln" | "log2" | "log10" | "sgn" => {
-                let f: fn(f64) -> f64 = match name {
-                    "abs" => f64::abs,
-                    "ceil" => f64::ceil,
-                    "floor" => f64::floor,
-                    "sqrt" => f64::sqrt,
-                    "exp" => f64::exp,
-                    "ln" => f64::ln,
-                    "log2" => f64::log2,
-                    "log10" => f64::log10,
-                    _ => sgn,
-                };
-                map_values(self.vector_arg(name, arg(0)?, ctx)?, ctx, f)
-            }
-            "round" => {
-                let to_nearest = match args.get(1) {
-                    Some(e) => self.scalar_arg(name, e, ctx)?,
-                    None => 1.0,
-                };
-                // Dividing by the inverse keeps 0.1 steps exact more often.
-                let inverse = 1.0 / to_nearest;
-                map_values(self.vector_arg(name, arg(0)?, ctx)?, ctx, |v| {
-                    (v * inverse + 0.5).floor() / inverse
-                })
-            }
-            "clamp" | "clamp_min" | "clamp_max" => {
-                let samples = self.vector_arg(name, arg(0)?, ctx)?;
-                let (lo, hi) = match name {
-                    "clamp" => (
-                        self.scalar_arg(name, arg(1)?, ctx)?,
-                        self.scalar_arg(name, arg(2)?, ctx)?,
-                    ),
-                    "clamp_min" => (self.scalar_arg(name, arg(1)?, ctx)?, f64::INFINITY),
-                    _ => (f64::NEG_INFINITY, self.scalar_arg(name, arg(1)?, ctx)?),
-                };
-                if hi < lo {
-                    return Ok(Value::Vector(Vec::new()));
-                }
-                map_values(samples, ctx, |v| nan_max(lo, nan_min(hi, v)))
-            }
-            "timestamp" => {
-                let samples = self.vector_arg(name, arg(0)?, ctx)?;
-                samples
-                    .into_iter()
-                    .map(|s| Sample {
-                        labels: drop_name(&s.labels),
-                        t: ctx.t,
-                        v: s.t as f64 / 1000.0,
-                    })
-                    .collect()
-            }
-            "sort" | "sort_desc" => {
-                let mut samples = self.vector_arg(name, arg(0)?, ctx)?;
-                // NaN last either way.
-                samples.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
-                    (true, true) => std::cmp::Ordering::Equal,
-                    (true, false) => std::cmp::Ordering::Greater,
-                    (false, true) => std::cmp::Ordering::Less,
-                    (false, false) if name == "sort" => a.v.total_cmp(&b.v),
-                    (false, false) => b.v.total_cmp(&a.v),
-                });
-                return Ok(Value::Vector(samples));
-            }
-            "histogram_quantile" => {
-                let q = self.scalar_arg(name, arg(0)?, ctx)?;
-                histogram_quantile(q, self.vector_arg(name, arg(1)?, ctx)?, ctx)
-            }
-            "absent" => {
-                let e = arg(0)?;
-                if !self.vector_arg(name, e, ctx)?.is_empty() {
-                    return Ok(Value::Vector(Vec::new()));
-                }
-                vec![Sample {
-                    labels: absent_labels(e)?,
-                    t: ctx.t,
-                    v: 1.0,
-                }]
-            }
-            other => return Err(PromqlError::Unsupported(format!("the function {other}"))),
-        };
-        Ok(Value::Vector(check_unique(out)?))
-    }
-
-    /// The functions of range vectors.
-    fn call_range(&self, name: &str, args: &[&Expr], ctx: Ctx<'_>) -> Result<Value, PromqlError> {
-        let arg = |i: usize| -> Result<&Expr, PromqlError> {
-            args.get(i)
-                .copied()
-                .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
-        };
-        let out = match name {
-            "absent_over_time" => {
-                let e = arg(0)?;
-                if !self.range_arg(name, e, ctx)?.series.is_empty() {
-                    return Ok(Value::Vector(Vec::new()));
-                }
-                vec![Sample {
-                    labels: absent_labels(e)?,
-                    t: ctx.t,
-                    v: 1.0,
-                }]
-            }
-            "rate" | "increase" | "delta" => {
-                let sel = self.range_arg(name, arg(0)?, ctx)?;
-                let (counter, per_second) = match name {
-                    "rate" => (true, true),
-                    "increase" => (true, false),
-                    _ => (false, false),
-                };
-                over_range(&sel, ctx, |s| {
-                    extrapolated_rate(&s.samples, &sel, counter, per_second)
-                })
-            }
-            "irate" | "idelta" => {
-                let sel = self.range_arg(name, arg(0)?, ctx)?;
-                let per_second = name == "irate";
-                over_range(&sel, ctx, |s| instant_rate(&s.samples, per_second))
-            }
-            "quantile_over_time" => {
-                let q = self.scalar_arg(name, arg(0)?, ctx)?;
-                let sel = self.range_arg(name, arg(1)?, ctx)?;
-                over_range(&sel, ctx, |s| {
-                    Some(quantile(q, s.samples.iter().map(|&(_, v)| v).collect()))
-                })
-            }
-            "last_over_time" => {
-                let sel = self.range_arg(name, arg(0)?, ctx)?;
-                return Ok(Value::Vector(
-                    sel.series
-                        .into_iter()
-                        .filter_map(|s| {
-                            let &(_, v) = s.samples.last()?;
-                            Some(Sample {
-                                labels: s.labels,
-                                t: ctx.t,
-                                v,
-                            })
-                        })
-                        .collect(),
-                ));
-            }
-            "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
-            | "count_over_time" | "stddev_over_time" | "stdvar_over_time" | "present_over_time"
-            | "changes" | "resets" => {
-                let sel = self.range_arg(name, arg(0)?, ctx)?;
-                over_range(&sel, ctx, |s| {
-                    let values = s.samples.iter().map(|&(_, v)| v);
-                    Some(match name {
-                        "avg_over_time" => values.sum::<f64>() / s.samples.len() as f64,
-                        "min_over_time" => values.reduce(nan_aware_min)?,
-                        "max_over_time" => values.reduce(nan_aware_max)?,
-                        "sum_over_time" => values.sum(),
-                        "count_over_time" => s.samples.len() as f64,
-                        "stddev_over_time" => variance(values).sqrt(),
-                        "stdvar_over_time" => variance(values),
-                        "present_over_time" => 1.0,
-                        "changes" => s
-                            .samples
-                            .windows(2)
-                            .filter(|w| !(w[0].1 == w[1].1 || w[0].1.is_nan() && w[1].1.is_nan()))
-                            .count() as f64,
-                        _ => s.samples.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64,
-                    })
-                })
-            }
-            other => return Err(PromqlError::Unsupported(format!("the function {other}"))),
-        };
-        Ok(Value::Vector(check_unique(out)?))
     }
 
     pub(super) fn scalar_arg(
@@ -269,6 +86,334 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
             Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
             _ => Err(invalid(function, "expected a range vector selector".into())),
         }
+    }
+}
+
+/// The functions of instant vectors and scalars.
+#[inline(never)]
+fn call_instant(
+    name: &str,
+    mut vals: Vec<Option<Arg>>,
+    args: &[&Expr],
+    ctx: Ctx<'_>,
+) -> Result<Value, PromqlError> {
+    let arg = |i: usize| -> Result<&Expr, PromqlError> {
+        args.get(i)
+            .copied()
+            .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
+    };
+    let out = match name {
+        "time" => return Ok(Value::Scalar(ctx.t as f64 / 1000.0)),
+        "vector" => {
+            let v = take_scalar(name, &mut vals, 0)?;
+            return Ok(Value::Vector(vec![Sample {
+                labels: Labels::empty(),
+                t: ctx.t,
+                v,
+            }]));
+        }
+        "scalar" => {
+            let samples = take_vector(name, &mut vals, 0)?;
+            return Ok(Value::Scalar(match samples.as_slice() {
+                [one] => one.v,
+                _ => f64::NAN,
+            }));
+        }
+        "abs" | "ceil" | "floor" | "sqrt" | "exp" | "ln" | "log2" | "log10" | "sgn" => {
+            let f: fn(f64) -> f64 = match name {
+                "abs" => f64::abs,
+                "ceil" => f64::ceil,
+                "floor" => f64::floor,
+                "sqrt" => f64::sqrt,
+                "exp" => f64::exp,
+                "ln" => f64::ln,
+                "log2" => f64::log2,
+                "log10" => f64::log10,
+                _ => sgn,
+            };
+            map_values(take_vector(name, &mut vals, 0)?, ctx, f)
+        }
+        "round" => {
+            let to_nearest = if vals.len() > 1 {
+                take_scalar(name, &mut vals, 1)?
+            } else {
+                1.0
+            };
+            // Dividing by the inverse keeps 0.1 steps exact more often.
+            let inverse = 1.0 / to_nearest;
+            map_values(take_vector(name, &mut vals, 0)?, ctx, |v| {
+                (v * inverse + 0.5).floor() / inverse
+            })
+        }
+        "clamp" | "clamp_min" | "clamp_max" => {
+            let samples = take_vector(name, &mut vals, 0)?;
+            let (lo, hi) = match name {
+                "clamp" => (
+                    take_scalar(name, &mut vals, 1)?,
+                    take_scalar(name, &mut vals, 2)?,
+                ),
+                "clamp_min" => (take_scalar(name, &mut vals, 1)?, f64::INFINITY),
+                _ => (f64::NEG_INFINITY, take_scalar(name, &mut vals, 1)?),
+            };
+            if hi < lo {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            map_values(samples, ctx, |v| nan_max(lo, nan_min(hi, v)))
+        }
+        "timestamp" => {
+            let samples = take_vector(name, &mut vals, 0)?;
+            samples
+                .into_iter()
+                .map(|s| Sample {
+                    labels: drop_name(&s.labels),
+                    t: ctx.t,
+                    v: s.t as f64 / 1000.0,
+                })
+                .collect()
+        }
+        "sort" | "sort_desc" => {
+            let mut samples = take_vector(name, &mut vals, 0)?;
+            // NaN last either way.
+            samples.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                (false, false) if name == "sort" => a.v.total_cmp(&b.v),
+                (false, false) => b.v.total_cmp(&a.v),
+            });
+            return Ok(Value::Vector(samples));
+        }
+        "histogram_quantile" => {
+            let q = take_scalar(name, &mut vals, 0)?;
+            histogram_quantile(q, take_vector(name, &mut vals, 1)?, ctx)
+        }
+        "label_replace" => {
+            let samples = take_vector(name, &mut vals, 0)?;
+            let dst = take_string(name, &mut vals, 1)?;
+            let replacement = take_string(name, &mut vals, 2)?;
+            let src = take_string(name, &mut vals, 3)?;
+            let pattern = take_string(name, &mut vals, 4)?;
+            label_replace(samples, &dst, &replacement, &src, &pattern)?
+        }
+        "label_join" => {
+            let samples = take_vector(name, &mut vals, 0)?;
+            let dst = take_string(name, &mut vals, 1)?;
+            let sep = take_string(name, &mut vals, 2)?;
+            let mut sources = Vec::new();
+            for i in 3..vals.len() {
+                sources.push(take_string(name, &mut vals, i)?);
+            }
+            crate::labels::validate_name(&dst)?;
+            let mut out = Vec::with_capacity(samples.len());
+            for s in samples {
+                let joined: Vec<&str> = sources
+                    .iter()
+                    .map(|src| s.labels.get(src).unwrap_or(""))
+                    .collect();
+                let labels = s.labels.with(&dst, &joined.join(&sep))?;
+                out.push(Sample { labels, ..s });
+            }
+            out
+        }
+        "absent" => {
+            let e = arg(0)?;
+            if !take_vector(name, &mut vals, 0)?.is_empty() {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            vec![Sample {
+                labels: absent_labels(e)?,
+                t: ctx.t,
+                v: 1.0,
+            }]
+        }
+        other => return Err(PromqlError::Unsupported(format!("the function {other}"))),
+    };
+    Ok(Value::Vector(check_unique(out)?))
+}
+
+/// The functions of range vectors.
+#[inline(never)]
+fn call_range(
+    name: &str,
+    mut vals: Vec<Option<Arg>>,
+    args: &[&Expr],
+    ctx: Ctx<'_>,
+) -> Result<Value, PromqlError> {
+    let arg = |i: usize| -> Result<&Expr, PromqlError> {
+        args.get(i)
+            .copied()
+            .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
+    };
+    let out = match name {
+        "absent_over_time" => {
+            let e = arg(0)?;
+            if !take_range(name, &mut vals, 0)?.series.is_empty() {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            vec![Sample {
+                labels: absent_labels(e)?,
+                t: ctx.t,
+                v: 1.0,
+            }]
+        }
+        "rate" | "increase" | "delta" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            let (counter, per_second) = match name {
+                "rate" => (true, true),
+                "increase" => (true, false),
+                _ => (false, false),
+            };
+            over_range(&sel, ctx, |s| {
+                extrapolated_rate(&s.samples, &sel, counter, per_second)
+            })
+        }
+        "irate" | "idelta" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            let per_second = name == "irate";
+            over_range(&sel, ctx, |s| instant_rate(&s.samples, per_second))
+        }
+        "deriv" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            over_range(&sel, ctx, |s| {
+                let first = s.samples.first()?.0;
+                linear_regression(&s.samples, first).map(|(slope, _)| slope)
+            })
+        }
+        "predict_linear" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            let ahead = take_scalar(name, &mut vals, 1)?;
+            over_range(&sel, ctx, |s| {
+                linear_regression(&s.samples, ctx.t)
+                    .map(|(slope, intercept)| intercept + slope * ahead)
+            })
+        }
+        "quantile_over_time" => {
+            let q = take_scalar(name, &mut vals, 0)?;
+            let sel = take_range(name, &mut vals, 1)?;
+            over_range(&sel, ctx, |s| {
+                Some(quantile(q, s.samples.iter().map(|&(_, v)| v).collect()))
+            })
+        }
+        "last_over_time" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            return Ok(Value::Vector(
+                sel.series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let &(_, v) = s.samples.last()?;
+                        Some(Sample {
+                            labels: s.labels,
+                            t: ctx.t,
+                            v,
+                        })
+                    })
+                    .collect(),
+            ));
+        }
+        "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
+        | "count_over_time" | "stddev_over_time" | "stdvar_over_time" | "present_over_time"
+        | "changes" | "resets" => {
+            let sel = take_range(name, &mut vals, 0)?;
+            over_range(&sel, ctx, |s| {
+                let values = s.samples.iter().map(|&(_, v)| v);
+                Some(match name {
+                    "avg_over_time" => values.sum::<f64>() / s.samples.len() as f64,
+                    "min_over_time" => values.reduce(nan_aware_min)?,
+                    "max_over_time" => values.reduce(nan_aware_max)?,
+                    "sum_over_time" => values.sum(),
+                    "count_over_time" => s.samples.len() as f64,
+                    "stddev_over_time" => variance(values).sqrt(),
+                    "stdvar_over_time" => variance(values),
+                    "present_over_time" => 1.0,
+                    "changes" => s
+                        .samples
+                        .windows(2)
+                        .filter(|w| !(w[0].1 == w[1].1 || w[0].1.is_nan() && w[1].1.is_nan()))
+                        .count() as f64,
+                    _ => s.samples.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64,
+                })
+            })
+        }
+        other => return Err(PromqlError::Unsupported(format!("the function {other}"))),
+    };
+    Ok(Value::Vector(check_unique(out)?))
+}
+
+/// An evaluated argument: a value, or a range selector's window.
+enum Arg {
+    Value(Value),
+    Range(RangeSelection),
+}
+
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
+
+fn take(name: &str, vals: &mut [Option<Arg>], i: usize) -> Result<Arg, PromqlError> {
+    vals.get_mut(i)
+        .and_then(Option::take)
+        .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
+}
+
+fn take_scalar(name: &str, vals: &mut [Option<Arg>], i: usize) -> Result<f64, PromqlError> {
+    match take(name, vals, i)? {
+        Arg::Value(Value::Scalar(v)) => Ok(v),
+        Arg::Value(other) => Err(invalid(
+            name,
+            format!("expected a scalar, got a {}", other.type_name()),
+        )),
+        Arg::Range(_) => Err(invalid(
+            name,
+            "expected a scalar, got a range vector".into(),
+        )),
+    }
+}
+
+fn take_vector(name: &str, vals: &mut [Option<Arg>], i: usize) -> Result<Vec<Sample>, PromqlError> {
+    match take(name, vals, i)? {
+        Arg::Value(Value::Vector(v)) => Ok(v),
+        Arg::Value(other) => Err(invalid(
+            name,
+            format!("expected an instant vector, got a {}", other.type_name()),
+        )),
+        Arg::Range(_) => Err(invalid(
+            name,
+            "expected an instant vector, got a range vector".into(),
+        )),
+    }
+}
+
+fn take_string(name: &str, vals: &mut [Option<Arg>], i: usize) -> Result<String, PromqlError> {
+    match take(name, vals, i)? {
+        Arg::Value(Value::String(s)) => Ok(s),
+        Arg::Value(other) => Err(invalid(
+            name,
+            format!("expected a string, got a {}", other.type_name()),
+        )),
+        Arg::Range(_) => Err(invalid(
+            name,
+            "expected a string, got a range vector".into(),
+        )),
+    }
+}
+
+fn take_range(
+    name: &str,
+    vals: &mut [Option<Arg>],
+    i: usize,
+) -> Result<RangeSelection, PromqlError> {
+    match take(name, vals, i)? {
+        Arg::Range(sel) => Ok(sel),
+        Arg::Value(other) => Err(invalid(
+            name,
+            format!(
+                "expected a range vector selector, got a {}",
+                other.type_name()
+            ),
+        )),
     }
 }
 
@@ -595,4 +740,62 @@ pub(super) fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
         rank -= merged[b - 1].1;
     }
     start + (end - start) * (rank / count)
+}
+
+/// `label_replace`: where `src`'s value matches the anchored `pattern`,
+/// `dst` becomes `replacement` with `$1`, `${name}` expanded (removed when
+/// that is empty); other samples pass unchanged. The name is kept.
+fn label_replace(
+    samples: Vec<Sample>,
+    dst: &str,
+    replacement: &str,
+    src: &str,
+    pattern: &str,
+) -> Result<Vec<Sample>, PromqlError> {
+    let re = regex::Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
+        invalid(
+            "label_replace",
+            format!("invalid regular expression {pattern:?}: {e}"),
+        )
+    })?;
+    crate::labels::validate_name(dst)?;
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let value = s.labels.get(src).unwrap_or("");
+        let Some(caps) = re.captures(value) else {
+            out.push(s);
+            continue;
+        };
+        let mut new = String::new();
+        caps.expand(replacement, &mut new);
+        let labels = s.labels.with(dst, &new)?;
+        out.push(Sample { labels, ..s });
+    }
+    Ok(out)
+}
+
+/// Least squares through the samples, time in seconds from `at`:
+/// (slope per second, value at `at`). Constant values give slope 0 exactly.
+fn linear_regression(samples: &[(i64, f64)], at: i64) -> Option<(f64, f64)> {
+    if samples.len() < 2 {
+        return None;
+    }
+    let first = samples[0].1;
+    if samples.iter().all(|&(_, v)| v == first) {
+        return Some((0.0, first));
+    }
+    let n = samples.len() as f64;
+    let (mut sx, mut sy, mut sxy, mut sxx) = (0.0, 0.0, 0.0, 0.0);
+    for &(t, v) in samples {
+        let x = (i128::from(t) - i128::from(at)) as f64 / 1000.0;
+        sx += x;
+        sy += v;
+        sxy += x * v;
+        sxx += x * x;
+    }
+    let cov = sxy - sx * sy / n;
+    let var = sxx - sx * sx / n;
+    let slope = cov / var;
+    let intercept = sy / n - slope * sx / n;
+    Some((slope, intercept))
 }

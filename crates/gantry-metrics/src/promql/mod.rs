@@ -40,8 +40,9 @@
 //! boundary (its ranges are closed) and in the order of the two
 //! extrapolation limits.
 //!
-//! Not yet: subqueries, native histograms, `count_values`, `limitk`,
-//! `fill` modifiers, and the label functions; each is a typed
+//! Not yet: subqueries, native histograms, `count_values`, `limitk` and
+//! `limit_ratio`, `fill` modifiers, and some functions (the date
+//! functions, `holt_winters`, the trigonometric ones, …); each is a typed
 //! [`PromqlError::Unsupported`].
 
 mod aggregate;

@@ -669,8 +669,8 @@ fn function_errors_are_typed() {
         PromqlError::DuplicateLabelset { .. }
     ));
     assert!(matches!(
-        eval_err(&h, "label_replace(c, \"a\", \"b\", \"c\", \"d\")", 0),
-        PromqlError::Unsupported(f) if f.contains("label_replace")
+        eval_err(&h, "day_of_month(c)", 0),
+        PromqlError::Unsupported(f) if f.contains("day_of_month")
     ));
     assert!(matches!(
         eval_err(&h, "rate(c[1m:10s])", 0),
@@ -1377,4 +1377,82 @@ fn a_range_query_equals_its_instant_queries_and_reads_each_selector_once() {
         assert!(!instants.is_empty(), "{q}");
         assert_eq!(range, instants, "{q}");
     }
+}
+
+#[test]
+fn label_replace_and_label_join() {
+    let h = fixture();
+    let t = 150 * S; // only gauge{i="a"} = 3
+    assert_eq!(
+        vector(&h, r#"label_replace(gauge, "dst", "x-$1", "i", "(.*)")"#, t),
+        v(&[(r#"gauge{dst="x-a", i="a"}"#, 3.0)])
+    );
+    // Named groups; the regex is anchored, so "a" alone does not match "ab".
+    assert_eq!(
+        vector(
+            &h,
+            r#"label_replace(gauge, "dst", "${x}!", "i", "(?P<x>a)")"#,
+            t
+        ),
+        v(&[(r#"gauge{dst="a!", i="a"}"#, 3.0)])
+    );
+    assert_eq!(
+        vector(&h, r#"label_replace(gauge, "dst", "$1", "i", "z")"#, t),
+        v(&[(r#"gauge{i="a"}"#, 3.0)])
+    );
+    // An empty result removes the label.
+    assert_eq!(
+        vector(&h, r#"label_replace(gauge, "i", "", "i", ".*")"#, t),
+        v(&[("gauge", 3.0)])
+    );
+    assert!(matches!(
+        eval_err(&h, r#"label_replace(gauge, "dst", "", "i", "(")"#, t),
+        PromqlError::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        eval_err(&h, r#"label_replace(gauge, "1dst", "", "i", ".*")"#, t),
+        PromqlError::Label(_)
+    ));
+    // Two series made equal is an error.
+    assert!(matches!(
+        eval_err(
+            &h,
+            r#"label_replace(gauge, "i", "same", "i", ".*")"#,
+            60 * S
+        ),
+        PromqlError::DuplicateLabelset { .. }
+    ));
+    assert_eq!(
+        vector(
+            &h,
+            r#"label_join(other, "both", "-", "i", "job", "none")"#,
+            60 * S
+        ),
+        v(&[(r#"other{both="a-x-", i="a", job="x"}"#, 7.0)])
+    );
+}
+
+#[test]
+fn deriv_and_predict_linear_fit_a_line() {
+    let h = counters();
+    let t = 50 * S;
+    // temp 3, 1, 4, 1, 5 at 10…50 s: x̄ = 30 s, ȳ = 2.8;
+    // Σ(x−x̄)(y−ȳ) = −4 + 18 + 0 − 18 + 44 = 40, Σ(x−x̄)² = 1000: 0.04/s.
+    assert_close(
+        &vector(&h, "deriv(temp[1m])", t),
+        &v(&[(r#"{room="a"}"#, 0.04)]),
+    );
+    // At t the line is at 2.8 + 0.04 × 20 = 3.6; 100 s later 7.6.
+    assert_close(
+        &vector(&h, "predict_linear(temp[1m], 100)", t),
+        &v(&[(r#"{room="a"}"#, 7.6)]),
+    );
+    assert_close(
+        &vector(&h, r#"deriv(c{k="up"}[1m])"#, 65 * S),
+        &v(&[(r#"{k="up"}"#, 1.0)]),
+    );
+    // A constant series has slope 0 exactly; one sample, no result.
+    let flat = head(&[(ls("f", &[]), vec![(10, 0.1), (20, 0.1), (30, 0.1)])]);
+    assert_eq!(vector(&flat, "deriv(f[1m])", 30 * S), v(&[("{}", 0.0)]));
+    assert_eq!(vector(&h, r#"deriv(c{k="one"}[1m])"#, 65 * S), v(&[]));
 }
