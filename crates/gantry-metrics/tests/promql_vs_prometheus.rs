@@ -8,9 +8,10 @@
 //! must agree in labels and within 1e-9 relative in value.
 //!
 //! The Debian Prometheus is 2.42, whose windows are closed where ours (like
-//! Prometheus 3) are left-open: samples sit 7 s past every 15 s, so no
-//! sample ever lies on a window boundary, and counters start far from zero,
-//! so the two versions' rate extrapolations agree.
+//! Prometheus 3) are left-open: samples sit 7 s past every 15 s and the
+//! evaluation times 20 s past the minute, so no sample or subquery step
+//! ever lies on a window boundary, and counters start far from zero, so
+//! the two versions' rate extrapolations agree.
 //!
 //! Without `prometheus` and `promtool` on the PATH the test says so and
 //! passes.
@@ -375,6 +376,8 @@ const EXPRESSIONS: &[&str] = &[
     r#"label_join(temperature, "where", "/", "room", "__name__")"#,
     "deriv(temperature[10m])",
     "predict_linear(temperature[10m], 3600)",
+    "max_over_time(rate(http_requests_total[5m])[10m:1m])",
+    "avg_over_time(temperature[5m:30s])",
 ];
 
 #[test]

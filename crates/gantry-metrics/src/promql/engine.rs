@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::value::ValueType;
-use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
+use promql_parser::parser::{
+    AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+};
 
 use super::value::{Sample, Series, Value};
 use super::{PromqlError, Queryable};
@@ -25,13 +27,18 @@ use crate::labels::{Labels, METRIC_NAME};
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
 /// The most steps a range query may have, Prometheus's 11,000 points per
-/// series.
+/// series; a subquery likewise.
 pub const MAX_RANGE_STEPS: i64 = 11_000;
+
+/// A subquery's step when it names none (`x[1h:]`): Prometheus's default
+/// evaluation interval, 1 minute.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60 * 1000;
 
 /// Evaluates expressions against a [`Queryable`].
 pub struct Engine<'q, Q: Queryable + ?Sized> {
     pub(super) store: &'q Q,
     pub(super) lookback_ms: i64,
+    subquery_step_ms: i64,
 }
 
 /// Where an evaluation stands: the instant, and the query's bounds for
@@ -41,20 +48,53 @@ pub(super) struct Ctx<'c> {
     pub(super) t: i64,
     pub(super) start: i64,
     pub(super) end: i64,
+    /// The first and last instant this part of the expression is evaluated
+    /// at: the query's, or a subquery's around it.
+    window_start: i64,
+    window_end: i64,
     selections: &'c Selections,
 }
 
 /// The series each selector of one query read, by the selector's address
-/// in the expression (which outlives the query).
+/// in the expression (which outlives the query), and the steps evaluated
+/// so far (range steps and subquery steps, nested ones multiplied).
 #[derive(Debug, Default)]
-pub(super) struct Selections(RefCell<HashMap<usize, Rc<Vec<Series>>>>);
+pub(super) struct Selections {
+    series: RefCell<HashMap<usize, Rc<Vec<Series>>>>,
+    steps: std::cell::Cell<u64>,
+}
+
+/// The most evaluation steps one query may take, range and subquery steps
+/// together (a subquery inside a range query takes its steps at every
+/// step of the range).
+pub const MAX_QUERY_STEPS: u64 = 1_000_000;
+
+impl Selections {
+    fn step(&self) -> Result<(), PromqlError> {
+        let steps = self.steps.get() + 1;
+        self.steps.set(steps);
+        if steps > MAX_QUERY_STEPS {
+            return Err(PromqlError::TooManySteps {
+                limit: MAX_QUERY_STEPS,
+            });
+        }
+        Ok(())
+    }
+}
 
 impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     pub fn new(store: &'q Q) -> Self {
         Self {
             store,
             lookback_ms: DEFAULT_LOOKBACK_MS,
+            subquery_step_ms: DEFAULT_SUBQUERY_STEP_MS,
         }
+    }
+
+    /// Another default subquery step (ms, at least 1).
+    pub fn with_subquery_step_ms(mut self, step_ms: i64) -> Self {
+        self.subquery_step_ms = step_ms.max(1);
+        self
     }
 
     /// Another lookback delta (ms, at least 1).
@@ -70,6 +110,8 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             t,
             start: t,
             end: t,
+            window_start: t,
+            window_end: t,
             selections: &selections,
         };
         Ok(match self.eval(expr, ctx)? {
@@ -120,8 +162,11 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
                 t,
                 start,
                 end,
+                window_start: start,
+                window_end: end,
                 selections: &selections,
             };
+            selections.step()?;
             match self.eval(expr, ctx)? {
                 Value::Scalar(v) => out.entry(Labels::empty()).or_default().push((t, v)),
                 Value::Vector(samples) => {
@@ -175,7 +220,7 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
             Expr::Binary(b) => self.binary(b, ctx),
             Expr::Aggregate(a) => self.aggregate(a, ctx),
             Expr::Call(call) => self.call(call, ctx),
-            Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, ctx)?.series)),
             Expr::Extension(_) => Err(PromqlError::Unsupported("an extension expression".into())),
         }
     }
@@ -186,17 +231,75 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
     }
 
     fn reference_time_at(&self, vs: &VectorSelector, ctx: Ctx<'_>, t: i64) -> i64 {
-        let base = match &vs.at {
-            None => t,
-            Some(AtModifier::Start) => ctx.start,
-            Some(AtModifier::End) => ctx.end,
-            Some(AtModifier::At(time)) => system_time_ms(*time),
-        };
-        match &vs.offset {
-            None => base,
-            Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(*d)),
-            Some(Offset::Neg(d)) => base.saturating_add(duration_ms(*d)),
+        shifted(&vs.at, &vs.offset, ctx, t)
+    }
+
+    /// `expr[range:step]` at `ctx.t`: the inner expression evaluated at
+    /// every multiple of the step in `(t - range, t]` (after `@` and
+    /// `offset`), gathered per label set.
+    pub(super) fn subquery(
+        &self,
+        sq: &SubqueryExpr,
+        ctx: Ctx<'_>,
+    ) -> Result<RangeSelection, PromqlError> {
+        let end = shifted(&sq.at, &sq.offset, ctx, ctx.t);
+        let range = duration_ms(sq.range);
+        let start = end.saturating_sub(range);
+        let step = sq
+            .step
+            .map(duration_ms)
+            .filter(|&s| s > 0)
+            .unwrap_or(self.subquery_step_ms);
+        let mut t = start.div_euclid(step).saturating_mul(step);
+        if t <= start {
+            t = t.saturating_add(step);
         }
+        let points = (i128::from(end) - i128::from(t)) / i128::from(step) + 1;
+        if points > i128::from(MAX_RANGE_STEPS) {
+            return Err(PromqlError::InvalidArgument {
+                function: "subquery".into(),
+                message: format!(
+                    "{points} steps exceed the maximum of {MAX_RANGE_STEPS}; use a larger step"
+                ),
+            });
+        }
+        let inner = Ctx {
+            t,
+            window_start: shifted(&sq.at, &sq.offset, ctx, ctx.window_start).saturating_sub(range),
+            window_end: shifted(&sq.at, &sq.offset, ctx, ctx.window_end),
+            ..ctx
+        };
+        let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        while t <= end {
+            ctx.selections.step()?;
+            match self.eval(&sq.expr, Ctx { t, ..inner })? {
+                Value::Scalar(v) => out.entry(Labels::empty()).or_default().push((t, v)),
+                Value::Vector(samples) => {
+                    for s in samples {
+                        out.entry(s.labels).or_default().push((t, s.v));
+                    }
+                }
+                other => {
+                    return Err(PromqlError::InvalidArgument {
+                        function: "subquery".into(),
+                        message: format!("expected an instant vector, got a {}", other.type_name()),
+                    });
+                }
+            }
+            match t.checked_add(step) {
+                Some(next) => t = next,
+                None => break,
+            }
+        }
+        Ok(RangeSelection {
+            series: out
+                .into_iter()
+                .map(|(labels, samples)| Series { labels, samples })
+                .collect(),
+            start,
+            end,
+            range,
+        })
     }
 
     /// The series of `vs` with every sample any step of the query reads,
@@ -208,15 +311,15 @@ impl<'q, Q: Queryable + ?Sized> Engine<'q, Q> {
         ctx: Ctx<'_>,
     ) -> Result<Rc<Vec<Series>>, PromqlError> {
         let key = std::ptr::from_ref(vs) as usize;
-        if let Some(hit) = ctx.selections.0.borrow().get(&key) {
+        if let Some(hit) = ctx.selections.series.borrow().get(&key) {
             return Ok(Rc::clone(hit));
         }
-        let first = self.reference_time_at(vs, ctx, ctx.start);
-        let last = self.reference_time_at(vs, ctx, ctx.end);
+        let first = self.reference_time_at(vs, ctx, ctx.window_start);
+        let last = self.reference_time_at(vs, ctx, ctx.window_end);
         let (lo, hi) = (first.min(last), first.max(last));
         let series = Rc::new(self.series(vs, lo.saturating_sub(width).saturating_add(1), hi)?);
         ctx.selections
-            .0
+            .series
             .borrow_mut()
             .insert(key, Rc::clone(&series));
         Ok(series)
@@ -348,6 +451,22 @@ fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, PromqlError>
             convert(&all)
         })
         .collect()
+}
+
+/// The instant `t` becomes under `@` (pinning it) and `offset` (moving
+/// it back).
+fn shifted(at: &Option<AtModifier>, offset: &Option<Offset>, ctx: Ctx<'_>, t: i64) -> i64 {
+    let base = match at {
+        None => t,
+        Some(AtModifier::Start) => ctx.start,
+        Some(AtModifier::End) => ctx.end,
+        Some(AtModifier::At(time)) => system_time_ms(*time),
+    };
+    match offset {
+        None => base,
+        Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(*d)),
+        Some(Offset::Neg(d)) => base.saturating_add(duration_ms(*d)),
+    }
 }
 
 /// A duration in ms, saturating at `i64::MAX`.

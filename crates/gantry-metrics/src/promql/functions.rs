@@ -83,7 +83,7 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
         match e {
             Expr::MatrixSelector(ms) => self.select_range(ms, ctx),
             Expr::Paren(p) => self.range_arg(function, &p.expr, ctx),
-            Expr::Subquery(_) => Err(PromqlError::Unsupported("a subquery".into())),
+            Expr::Subquery(sq) => self.subquery(sq, ctx),
             _ => Err(invalid(function, "expected a range vector selector".into())),
         }
     }

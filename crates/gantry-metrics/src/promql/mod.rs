@@ -40,7 +40,10 @@
 //! boundary (its ranges are closed) and in the order of the two
 //! extrapolation limits.
 //!
-//! Not yet: subqueries, native histograms, `count_values`, `limitk` and
+//! A subquery `expr[range:step]` evaluates `expr` at the multiples of the
+//! step (1 minute when omitted) in `(t - range, t]`, giving a range vector.
+//!
+//! Not yet: native histograms, `count_values`, `limitk` and
 //! `limit_ratio`, `fill` modifiers, and some functions (the date
 //! functions, `holt_winters`, the trigonometric ones, …); each is a typed
 //! [`PromqlError::Unsupported`].
@@ -54,7 +57,9 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{DEFAULT_LOOKBACK_MS, Engine, MAX_RANGE_STEPS};
+pub use engine::{
+    DEFAULT_LOOKBACK_MS, DEFAULT_SUBQUERY_STEP_MS, Engine, MAX_QUERY_STEPS, MAX_RANGE_STEPS,
+};
 pub use value::{Sample, Series, Value};
 
 pub use promql_parser::parser::Expr;
@@ -175,6 +180,13 @@ pub enum PromqlError {
     /// vector, or with a bad start, end or step.
     #[error("invalid range query: {0}")]
     InvalidRange(String),
+    /// The query would take more evaluation steps than allowed
+    /// ([`MAX_QUERY_STEPS`]): nested subqueries or a subquery in a long
+    /// range query with small steps.
+    #[error(
+        "the query needs more than {limit} evaluation steps; use larger steps or shorter ranges"
+    )]
+    TooManySteps { limit: u64 },
     /// Two series of a result with the same labels (after `__name__` was
     /// dropped, say).
     #[error("vector cannot contain metrics with the same labelset: {labels}")]

@@ -673,8 +673,8 @@ fn function_errors_are_typed() {
         PromqlError::Unsupported(f) if f.contains("day_of_month")
     ));
     assert!(matches!(
-        eval_err(&h, "rate(c[1m:10s])", 0),
-        PromqlError::Unsupported(_)
+        eval_err(&h, "temp[1y:1s]", 0),
+        PromqlError::InvalidArgument { function, .. } if function == "subquery"
     ));
 }
 
@@ -1345,6 +1345,10 @@ fn a_range_query_equals_its_instant_queries_and_reads_each_selector_once() {
             2,
         ),
         ("gauge{i=\"b\"} or c", 2),
+        (
+            "max_over_time(gauge[1m:15s]) - on(i) min_over_time(gauge[1m:15s] @ 100 offset 1m)",
+            2,
+        ),
     ] {
         let expr = parse(q).expect("parse");
         let store = Counting {
@@ -1455,4 +1459,56 @@ fn deriv_and_predict_linear_fit_a_line() {
     let flat = head(&[(ls("f", &[]), vec![(10, 0.1), (20, 0.1), (30, 0.1)])]);
     assert_eq!(vector(&flat, "deriv(f[1m])", 30 * S), v(&[("{}", 0.0)]));
     assert_eq!(vector(&h, r#"deriv(c{k="one"}[1m])"#, 65 * S), v(&[]));
+}
+
+#[test]
+fn subqueries_evaluate_at_the_multiples_of_their_step() {
+    let h = counters();
+    // temp 3, 1, 4, 1, 5 at 10…50 s. At 50 s, [30s:10s] is (20, 50]:
+    // 30, 40, 50 s → 4, 1, 5.
+    match instant(&h, "temp[30s:10s]", 50 * S) {
+        Value::Matrix(series) => {
+            assert_eq!(series.len(), 1);
+            assert_eq!(series[0].labels, ls("temp", &[("room", "a")]));
+            assert_eq!(
+                series[0].samples,
+                vec![(30 * S, 4.0), (40 * S, 1.0), (50 * S, 5.0)]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let one = |q: &str, t: i64| {
+        let got = vector(&h, q, t);
+        assert_eq!(got.len(), 1, "{q}: {got:?}");
+        got[0].1
+    };
+    assert_eq!(one("max_over_time(temp[30s:10s])", 50 * S), 5.0);
+    assert_eq!(one("min_over_time(temp[30s:10s])", 50 * S), 1.0);
+    // At 45 s: 20, 30, 40 s → 1, 4, 1.
+    assert_eq!(one("sum_over_time(temp[30s:10s])", 45 * S), 6.0);
+    // offset and @ move the subquery's end.
+    assert_eq!(one("max_over_time(temp[30s:10s] offset 10s)", 60 * S), 5.0);
+    assert_eq!(one("sum_over_time(temp[30s:10s] @ 45)", 500 * S), 6.0);
+    // A subquery of a function of a range: rate(c{k="up"}[30s]) is 1/s at
+    // 50 and 60 s (three samples 10 s apart, 10 s to extrapolate at the
+    // start, none at the end: 20 × 30/20 / 30 s).
+    assert!(close(
+        one(r#"max_over_time(rate(c{k="up"}[30s])[20s:10s])"#, 65 * S),
+        1.0
+    ));
+    // Nested subqueries multiply their steps: 10,000 × 10,000 is refused.
+    assert!(matches!(
+        eval_err(&h, "max_over_time(max_over_time(temp[10000s:1s])[10000s:1s])", 0),
+        PromqlError::TooManySteps { limit } if limit == MAX_QUERY_STEPS
+    ));
+    // Without a step, the engine's default: 1 minute, here 10 s.
+    let expr = parse("count_over_time(temp[3m:])").expect("parse");
+    let got = Engine::new(&h)
+        .with_subquery_step_ms(10 * S)
+        .eval_instant(&expr, 50 * S)
+        .expect("eval");
+    assert!(matches!(got, Value::Vector(s) if s.len() == 1 && s[0].v == 5.0));
+    // With the 1 minute default, (−130 s, 50 s] has −120, −60 and 0 s,
+    // before the first sample.
+    assert_eq!(vector(&h, "count_over_time(temp[3m:])", 50 * S), v(&[]));
 }
