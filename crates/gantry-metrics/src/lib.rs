@@ -66,6 +66,7 @@ pub mod exposition;
 pub mod head;
 pub mod index;
 pub mod labels;
+pub mod promql;
 pub mod tsdb;
 pub mod wal;
 
