@@ -164,8 +164,11 @@ impl std::fmt::Display for Side {
 pub enum PromqlError {
     #[error(transparent)]
     Parse(#[from] ParseError),
-    #[error("reading the store: {0}")]
+    #[error("cannot read a chunk of the store")]
     Storage(#[from] ChunkError),
+    /// The on-disk store failed to answer a selection.
+    #[error("cannot read the store")]
+    Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Matcher(#[from] MatcherError),
     #[error(transparent)]
@@ -218,6 +221,23 @@ pub trait Queryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Series>, PromqlError>;
+}
+
+impl Queryable for crate::db::Db {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        Ok(crate::db::Db::select(self, matchers, mint, maxt)?
+            .into_iter()
+            .map(|s| Series {
+                labels: s.labels,
+                samples: s.samples,
+            })
+            .collect())
+    }
 }
 
 impl Queryable for Head {
