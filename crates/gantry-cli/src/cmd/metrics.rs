@@ -32,21 +32,21 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn print_status(s: &MetricsStatus) {
-    println!("series:     {}", s.series);
-    println!("samples:    {}", s.samples);
+    println!("series:        {}", s.series);
+    println!("samples:       {}", s.samples);
     println!(
-        "bytes/sample: {}",
+        "bytes/sample:  {}",
         s.bytes_per_sample
             .map_or_else(|| "-".to_string(), |b| format!("{b:.2}"))
     );
-    println!("head:       {}", bytes(s.head_bytes));
+    println!("head memory:   {}", bytes(s.head_bytes));
     println!(
-        "disk:       {} in {} block(s)",
+        "disk:          {} in {} block(s)",
         bytes(s.disk_bytes),
         s.blocks
     );
     if let Some(t) = s.oldest {
-        println!("oldest:     {}", output::time(t));
+        println!("oldest:        {}", output::time(t));
     }
     println!();
     let rows: Vec<Vec<String>> = s
