@@ -380,3 +380,41 @@ pub struct TimelineEntry {
     pub phase: String,
     pub message: String,
 }
+
+/// `GET /api/v1/metrics/status`: the embedded metrics store and its
+/// scrape targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsStatus {
+    /// Series in the head (the recent hours in memory).
+    pub series: u64,
+    /// Samples in the head and in the blocks on disk (an aggregate point
+    /// of a downsampled block counts one).
+    pub samples: u64,
+    /// Encoded bytes of the head's chunks.
+    pub head_bytes: u64,
+    /// Bytes of the blocks on disk.
+    pub disk_bytes: u64,
+    /// Blocks on disk (raw, 1m and 1h together).
+    pub blocks: u64,
+    /// Bytes per sample over head and blocks; `None` while empty.
+    pub bytes_per_sample: Option<f64>,
+    /// The oldest sample's time (ms since the epoch); `None` while empty.
+    pub oldest: Option<i64>,
+    pub targets: Vec<MetricsTarget>,
+}
+
+/// One scrape target in [`MetricsStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsTarget {
+    pub job: String,
+    pub instance: String,
+    /// Whether the last scrape succeeded; false before the first.
+    pub up: bool,
+    /// When the last scrape started (ms since the epoch).
+    pub last_scrape: Option<i64>,
+    pub last_duration_seconds: Option<f64>,
+    /// Samples the last scrape returned.
+    pub samples_scraped: u64,
+    /// Why the last scrape failed.
+    pub last_error: Option<String>,
+}

@@ -139,6 +139,11 @@ enum Command {
     ///
     /// Example: gantry audit --since 1h
     Audit(cmd::audit::Args),
+    /// The embedded metrics store: what it holds and what it scrapes.
+    ///
+    /// Example: gantry metrics status
+    #[command(subcommand)]
+    Metrics(cmd::metrics::Command),
     /// Internal: supervise one app process (started by the server).
     #[command(hide = true)]
     Shim {
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Metrics(c) => cmd::metrics::run(&ctx, c),
         Command::Whoami => cmd::whoami(&ctx),
         Command::Check(c) => cmd::check::run(&ctx, c),
         Command::Dev(a) => cmd::dev::run(&ctx, a),

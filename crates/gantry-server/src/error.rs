@@ -119,6 +119,21 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot open the metrics store in {}; move it aside to start with an empty one \
+         (its samples are then lost), or restore it from a backup",
+        dir.display()
+    )]
+    Metrics {
+        dir: PathBuf,
+        #[source]
+        source: gantry_metrics::DbError,
+    },
+    #[error("cannot start the metrics store's WAL sync thread")]
+    MetricsSyncer {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a task of the server's start failed")]
     Task {
         #[source]

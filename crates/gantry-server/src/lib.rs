@@ -18,7 +18,8 @@
 //!    migration and hook commands);
 //! 2. `error` ([`error::ApiError`], [`ServerError`]);
 //! 3. `db` (store calls and other blocking work on the blocking pool);
-//! 4. `fleet` (the instances);
+//! 4. `fleet` (the instances), `metrics` (the embedded metrics store in
+//!    `<data>/metrics/`, its maintenance and the proxy's scrapes);
 //! 5. `build` (releases), `deployer` (the rollout executor);
 //! 6. `state` (what the handlers share: store, fleet, deployer, proxy);
 //! 7. `auth` (who calls);
@@ -34,6 +35,7 @@ mod deployer;
 mod error;
 mod fleet;
 mod limits;
+mod metrics;
 mod paths;
 mod shell;
 mod state;
@@ -79,6 +81,8 @@ pub struct ServerOptions {
     pub proxy_addr: Option<SocketAddr>,
     /// How long a deploy's lease lasts unrenewed.
     pub deploy_lease: std::time::Duration,
+    /// How often the edge proxy's `/metrics` is scraped into the metrics store.
+    pub metrics_interval: std::time::Duration,
 }
 
 /// Where a started server listens.
@@ -164,6 +168,15 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("proxy").join("admin.sock"));
     let proxy = gantry_proxy::AdminClient::new(proxy_admin);
+    // Tells the background loops (metrics) to stop once serving ends.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (metrics, metrics_running) = metrics::start(
+        &opts.data_dir,
+        proxy.clone(),
+        opts.metrics_interval,
+        stop_rx.clone(),
+    )
+    .await?;
     let deployer = deployer::Deployer::new(
         store.clone(),
         fleet.clone(),
@@ -184,6 +197,7 @@ pub async fn run(
         fleet,
         deployer,
         proxy,
+        metrics,
     };
     let router = app(state);
 
@@ -211,7 +225,6 @@ pub async fn run(
     tracing::info!(socket = %socket.display(), tcp = ?listening.tcp, "gantry server ready");
     on_ready(&listening);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -233,6 +246,7 @@ pub async fn run(
         None => unix_server.await,
     };
     let _ = tokio::fs::remove_file(&socket).await;
+    metrics_running.shutdown().await;
     tracing::info!("gantry server stopped");
     result.map_err(|source| ServerError::Serve { source })
 }
@@ -329,6 +343,7 @@ mod tests {
             proxy_admin: None,
             proxy_addr: None,
             deploy_lease: std::time::Duration::from_secs(60),
+            metrics_interval: std::time::Duration::from_secs(3600),
         }
     }
 
@@ -394,7 +409,7 @@ mod tests {
         &["limits", "paths", "shell"],
         &["error"],
         &["db"],
-        &["fleet"],
+        &["fleet", "metrics"],
         &["build", "deployer"],
         &["state"],
         &["auth"],

@@ -18,6 +18,8 @@ pub(crate) struct AppState {
     /// The edge proxy's admin API (read-only calls; the deployer owns the
     /// table).
     pub(crate) proxy: gantry_proxy::AdminClient,
+    /// The embedded metrics store and its scrape targets.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {

@@ -7,6 +7,7 @@ pub(crate) mod demo;
 pub(crate) mod deploys;
 pub(crate) mod dev;
 pub(crate) mod instances;
+pub(crate) mod metrics;
 pub(crate) mod proxy;
 pub(crate) mod releases;
 pub(crate) mod secrets;

@@ -35,9 +35,23 @@ pub(crate) struct Args {
     /// plane that dies frees the environment after at most this long).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::output::parse_duration, hide = true)]
     deploy_lease: std::time::Duration,
+    /// How often the edge proxy's metrics are scraped into the embedded
+    /// metrics store (`gantry metrics status` shows the result).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_interval)]
+    metrics_interval: std::time::Duration,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, crate::output::BadValue> {
+    let d = crate::output::parse_duration(s)?;
+    if d < std::time::Duration::from_millis(10) {
+        return Err(crate::output::BadValue(format!(
+            "`{s}` is too short an interval; use at least 10ms, e.g. `15s`"
+        )));
+    }
+    Ok(d)
 }
 
 fn parse_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, crate::output::BadValue> {
@@ -116,6 +130,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         proxy_admin: args.proxy_admin,
         proxy_addr: args.proxy_addr,
         deploy_lease: args.deploy_lease,
+        metrics_interval: args.metrics_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

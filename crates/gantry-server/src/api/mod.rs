@@ -6,6 +6,7 @@ mod config;
 mod csp;
 mod deploys;
 mod instances;
+mod metrics;
 mod releases;
 mod secrets;
 mod tokens;
@@ -100,6 +101,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/audit", get(audit_log::list))
         .route("/api/v1/audit/verify", get(audit_log::verify))
+        .route("/api/v1/metrics/status", get(metrics::status))
 }
 
 async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> ApiResult<WhoAmI> {
