@@ -438,6 +438,9 @@ fn scenario(demo: &mut Demo, args: &Args, example: &Path) -> anyhow::Result<()> 
             "server".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", args.api_port),
+            // Scraped often enough that the demo's metrics step shows them.
+            "--metrics-interval".into(),
+            "2s".into(),
         ],
         &data,
         "gantry server ready",
@@ -488,6 +491,8 @@ fn scenario(demo: &mut Demo, args: &Args, example: &Path) -> anyhow::Result<()> 
     let _ = traffic.join();
     canary?;
     run(&["ps"])?;
+    // What the control plane has scraped from the proxy meanwhile.
+    run(&["metrics", "status"])?;
 
     println!(
         "\nGantry is running the example app.\n  \
@@ -495,6 +500,7 @@ fn scenario(demo: &mut Demo, args: &Args, example: &Path) -> anyhow::Result<()> 
          app (staging):    curl -H 'Host: staging.hello.localhost' http://127.0.0.1:{port}/\n  \
          API:              http://127.0.0.1:{api}/api/v1  (tokens: GANTRY_DATA_DIR={data} gantry token create --role viewer)\n  \
          dashboard:        not built yet (it comes with the dashboard issue)\n  \
+         metrics:          GANTRY_DATA_DIR={data} gantry metrics status\n  \
          try:              GANTRY_DATA_DIR={data} gantry deploys --env production --app hello",
         port = args.port,
         api = args.api_port,
