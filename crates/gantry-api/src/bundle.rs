@@ -63,6 +63,55 @@ pub fn unpack(bytes: impl Read, dest: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The entry point for fuzzing: [`unpack`] on a byte slice, the way
+/// `POST …/releases` runs it on an uploaded bundle. It must not panic,
+/// whatever the input; the fuzz target (fuzz/fuzz_targets/bundle.rs)
+/// calls it once per input. Not part of the crate's API (hidden from its
+/// docs).
+#[doc(hidden)]
+pub mod fuzz {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Unpacks `data` into a fresh directory `<tmp>/<unique>/dest`, then
+    /// panics if anything landed beside `dest` (an entry that escaped
+    /// it), and removes the directory.
+    pub fn unpack(data: &[u8]) {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "gantry-fuzz-bundle-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dest = root.join("dest");
+        std::fs::create_dir_all(&dest).expect("cannot create the fuzzing directory");
+        let _ = super::unpack(data, &dest);
+        let beside: Vec<_> = std::fs::read_dir(&root)
+            .expect("cannot list the fuzzing directory")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "dest")
+            .collect();
+        remove(&root);
+        assert!(beside.is_empty(), "entries escaped the bundle: {beside:?}");
+    }
+
+    /// Removes `dir`, first making every directory in it writable
+    /// (a bundle can carry directories of mode 0).
+    fn remove(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +141,16 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let dst = tempfile::tempdir().unwrap();
         assert!(unpack(&b"not a tarball"[..], dst.path()).is_err());
+    }
+
+    #[test]
+    fn fuzz_entry_point_unpacks_and_cleans_up() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("gantry.toml"), "x").unwrap();
+        std::fs::create_dir_all(src.path().join("sub")).unwrap();
+        let bytes = pack(src.path()).unwrap();
+        for input in [&bytes[..], b"", b"\x1f\x8b", &bytes[..bytes.len() / 2]] {
+            fuzz::unpack(input);
+        }
     }
 }

@@ -320,6 +320,16 @@ mod tests {
                     "rate_limit": {"requests_per_second": 0, "burst": 0}}]}"#,
                 "a zero rate limit",
             ),
+            (
+                br#"{"routes": [{"id": "a", "hosts": ["a"], "sets": [],
+                    "tls": {"mode": "files", "cert": "/dev/zero", "key": "/dev/zero"}}]}"#,
+                "certificate files that never end (found by fuzzing: they were read to the end)",
+            ),
+            (
+                br#"{"routes": [{"id": "a", "hosts": ["a"], "sets": [],
+                    "tls": {"mode": "files", "cert": "/", "key": "/"}}]}"#,
+                "certificate files that are directories",
+            ),
         ] {
             assert_eq!(compile_table(bad), None, "{why}");
             table_json(bad);

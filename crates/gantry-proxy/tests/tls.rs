@@ -154,6 +154,17 @@ async fn bad_certificate_files_are_refused_naming_the_route_and_file() {
     let garbage = dir.path().join("garbage.crt");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let missing = dir.path().join("missing.key");
+    // Found by fuzzing the table: paths that are no regular file, or a
+    // huge one, were read to the end (`/dev/zero` never ends; a FIFO
+    // waits for a writer forever).
+    let huge = dir.path().join("huge.crt");
+    std::fs::write(&huge, vec![b'-'; 1024 * 1024 + 1]).unwrap();
+    let fifo = dir.path().join("fifo.key");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
     let proxy = Running::start(support::config(dir.path())).await;
     let backend = Backend::start("app").await;
     for (cert, key, needle) in [
@@ -173,6 +184,35 @@ async fn bad_certificate_files_are_refused_naming_the_route_and_file() {
             format!(
                 "`{}` does not fit the certificate file",
                 other_key.display()
+            ),
+        ),
+        (
+            "/dev/zero".into(),
+            other_key.clone(),
+            "cannot read the certificate file `/dev/zero`: it is a device, FIFO or socket, \
+             not a regular file"
+                .to_string(),
+        ),
+        (
+            a_crt.clone(),
+            fifo.clone(),
+            format!(
+                "cannot read the private key file `{}`: it is a device, FIFO or socket",
+                fifo.display()
+            ),
+        ),
+        (
+            dir.path().to_path_buf(),
+            other_key.clone(),
+            "it is a directory, not a regular file".to_string(),
+        ),
+        (
+            huge.clone(),
+            other_key.clone(),
+            format!(
+                "cannot read the certificate file `{}`: it is 1048577 bytes; a PEM certificate \
+                 or key file is at most 1048576 bytes (1 MiB)",
+                huge.display()
             ),
         ),
         (

@@ -23,6 +23,8 @@
 mod diagnostic;
 mod duration;
 mod formats;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod model;
 mod redact;
 mod schema;

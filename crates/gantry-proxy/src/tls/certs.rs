@@ -138,7 +138,7 @@ fn server_config(
 /// error names the file at fault.
 pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     let read = |p: &Path, what: &'static str| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
+        read_pem_file(p).map_err(|source| TlsError::Read {
             what,
             path: p.to_path_buf(),
             source,
@@ -166,6 +166,56 @@ pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
         cert: cert.to_path_buf(),
         source: Box::new(e),
     })
+}
+
+/// The largest certificate or key file read: a chain of a few
+/// certificates is a few KiB.
+pub(crate) const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a certificate or key file named by the table: only a regular
+/// file (after symlinks) of at most [`MAX_PEM_FILE`] bytes. The table
+/// comes from outside the proxy, and a path such as `/dev/zero`, a FIFO or
+/// a huge file must be an error, not a read that never ends or fills the
+/// memory; a FIFO or device is refused before it is opened (opening a
+/// FIFO waits for a writer).
+fn read_pem_file(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let check = |meta: &std::fs::Metadata| {
+        if !meta.is_file() {
+            let kind = if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device, FIFO or socket"
+            };
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("it is {kind}, not a regular file"),
+            ));
+        }
+        if meta.len() > MAX_PEM_FILE {
+            return Err(too_large(meta.len()));
+        }
+        Ok(())
+    };
+    fn too_large(len: u64) -> Error {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "it is {len} bytes; a PEM certificate or key file is at most {MAX_PEM_FILE} \
+                 bytes (1 MiB)"
+            ),
+        )
+    }
+    check(&std::fs::metadata(p)?)?;
+    let file = std::fs::File::open(p)?;
+    // The file opened is the one checked, even if the path changed since.
+    check(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// A chain and key as a served certificate.

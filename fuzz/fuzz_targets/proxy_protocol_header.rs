@@ -1,0 +1,4 @@
+//! `gantry_proxy::fuzz::proxy_protocol_header` on each input (see crates/gantry-proxy/src/fuzz.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gantry_proxy::fuzz::proxy_protocol_header(data));
