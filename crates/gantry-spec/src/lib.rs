@@ -199,10 +199,24 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     use std::io::Read;
     let name = path.display().to_string();
     let mut bytes = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| {
-        f.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes)?;
-        Ok(())
-    });
+    // Only a regular file (a symlink to one is fine): opening a FIFO waits
+    // for a writer forever, and a device never ends.
+    let read = std::fs::metadata(path)
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is not a regular file (a directory, FIFO, socket or device)",
+                ))
+            }
+        })
+        .and_then(|()| std::fs::File::open(path))
+        .and_then(|f| {
+            f.take(MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+            Ok(())
+        });
     match read {
         Ok(()) => {
             if bytes.len() > MAX_SPEC_BYTES {

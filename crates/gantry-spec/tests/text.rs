@@ -82,3 +82,37 @@ fn invalid_utf8_is_reported_where_it_is() {
         ))
     );
 }
+
+#[test]
+fn only_a_regular_file_is_read_never_a_fifo_or_a_device() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gantry-spec-text-{}-special", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A symlink named gantry.toml to a FIFO (as a bundle could carry) or
+    // to a device: refused at once, saying what the path is.
+    for (name, target) in [
+        ("to-fifo.toml", fifo.clone()),
+        ("to-zero.toml", "/dev/zero".into()),
+    ] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let line = first_line(gantry_spec::load(&link));
+        assert!(line.contains("not a regular file"), "{line}");
+    }
+    let line = first_line(gantry_spec::load(&dir));
+    assert!(line.contains("not a regular file"), "{line}");
+    // A symlink to a regular file still works.
+    let good = temp_file("link-target", GOOD.as_bytes());
+    let link = dir.join("to-good.toml");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    assert!(gantry_spec::load(&link).is_ok());
+}
