@@ -121,9 +121,15 @@ pub(crate) fn https(over_tls: bool, req: &Request<RequestBody>) -> bool {
 /// The steps, each a function below: [`start`] (the guard, the request
 /// id), [`host_of`], phase 1 ([`select`], the route's policy checks, the
 /// set entered: [`enter_set`], [`pin_sticky`]), phase 2
-/// ([`rewrite_headers`]), phases 3 and 4 (a loop of [`pick`] and
-/// [`attempt`], a connect failure retried by [`connect_failed`]), then the
+/// ([`rewrite_headers`]), phases 3 and 4 (a loop of [`pick`] and an
+/// attempt, its failure judged by [`Attempts::blame`], a connect failure
+/// retried by [`connect_failed`]), then the
 /// answer ([`answer`]) or the proxy's own page ([`failure_page`]).
+///
+/// The steps of the common request are `#[inline(always)]`: each has this
+/// one caller, and out of line (LLVM leaves them there, `handle`'s future
+/// being large) their results and the answer are copied between frames,
+/// about 600 instructions a request (BENCHMARKS.md, issue 13).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<RequestBody>,
@@ -249,7 +255,24 @@ pub(crate) async fn handle(
         let instance = &set.instances[i];
         let lease = instance.lease();
         let last_try = tried.len() + 1 >= set.instances.len();
-        match send.attempt(instance, &mut parts, last_try).await {
+        // Phase 4: one attempt on `instance`, with the response timeout
+        // (from the request body's last move) and the drain deadline. The
+        // common request (own client, no drain watch) is sent here, not in
+        // an async fn of its own: each async layer copies the answer once
+        // more. Others are boxed ([`Attempts::watched`]): their state would
+        // make every request's future larger, and it is copied when it
+        // starts.
+        let result = if send.own_h1 && !send.watch_drain {
+            tokio::time::timeout_at(
+                send.deadline,
+                send_h1(instance, send.connect_timeout, &parts, send.path),
+            )
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+        } else {
+            Box::pin(send.watched(instance, &mut parts, last_try)).await
+        };
+        match result.map_err(|failure| send.blame(failure)) {
             Ok(resp) => {
                 instance.succeeded();
                 guard.instance = Some(instance.addr);
@@ -305,6 +328,7 @@ struct Ids {
 
 /// The request's guard (in flight, access log) and its id, made when
 /// absent.
+#[inline(always)]
 fn start(
     shared: &Shared,
     parts: &mut hyper::http::request::Parts,
@@ -348,6 +372,7 @@ fn start(
 /// when empty); a request with no or two hosts is refused (counted in
 /// `bad_requests`).
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 fn host_of(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
@@ -431,6 +456,7 @@ async fn csp_report(
 
 /// Counts the request in flight on `set`; false (and not counted) when the
 /// set was retired meanwhile.
+#[inline(always)]
 fn enter_set(guard: &mut Guard, set: &CompiledSet) -> bool {
     guard.enter_set(set.stats.clone());
     if set.stats.is_retired() {
@@ -442,6 +468,7 @@ fn enter_set(guard: &mut Guard, set: &CompiledSet) -> bool {
 
 /// Sticky sessions: the cookie may pin the set (the request moves to it)
 /// and the first instance, which is returned.
+#[inline(always)]
 fn pin_sticky<'r>(
     route: &'r CompiledRoute,
     set: &mut &'r CompiledSet,
@@ -460,6 +487,7 @@ fn pin_sticky<'r>(
 /// Phase 2: the request's headers as the backend gets them. A WebSocket
 /// upgrade keeps its two hop-by-hop headers (returned, for the answer);
 /// compression looks at Accept-Encoding before it goes.
+#[inline(always)]
 fn rewrite_headers(
     shared: &Shared,
     route: &CompiledRoute,
@@ -500,6 +528,7 @@ fn rewrite_headers(
 
 /// The path and query the backend gets; `None` for `*` (OPTIONS *), which
 /// has no origin-form to forward.
+#[inline(always)]
 fn origin_form(uri: &Uri) -> Option<PathAndQuery> {
     let pq = uri
         .path_and_query()
@@ -523,36 +552,16 @@ struct Attempts<'a> {
 }
 
 impl Attempts<'_> {
-    /// Phase 4: one attempt on `instance`, with the response timeout (from
-    /// the request body's last move) and the drain deadline. A failure
-    /// while the client broke its body, or while the proxy had long been
-    /// waiting for the client's body, is the client's.
-    async fn attempt(
-        &self,
-        instance: &Instance,
-        parts: &mut hyper::http::request::Parts,
-        last_try: bool,
-    ) -> Result<Response<Upstream>, Failure> {
-        // Others than the common request (own client, no drain watch) are
-        // boxed: their state would make every request's future larger, and
-        // it is copied when it starts.
-        let result = if self.own_h1 && !self.watch_drain {
-            tokio::time::timeout_at(
-                self.deadline,
-                send_h1(instance, self.connect_timeout, parts, self.path),
-            )
-            .await
-            .unwrap_or(Err(Failure::Timeout))
-        } else {
-            Box::pin(self.watched(instance, parts, last_try)).await
-        };
-        match result {
-            Err(Failure::Connect(why)) => Err(Failure::Connect(why)),
-            Err(failure) => match client_fault(self.body, &failure) {
-                Some(fault) => Err(Failure::Client(fault)),
-                None => Err(failure),
-            },
-            ok => ok,
+    /// A failure while the client broke its body, or while the proxy had
+    /// long been waiting for the client's body, is the client's.
+    #[inline(always)]
+    fn blame(&self, failure: Failure) -> Failure {
+        if let Failure::Connect(_) = failure {
+            return failure;
+        }
+        match client_fault(self.body, &failure) {
+            Some(fault) => Failure::Client(fault),
+            None => failure,
         }
     }
 
@@ -660,6 +669,7 @@ fn tunnel(
 /// The backend's answer on its way back: hop-by-hop headers out, the
 /// request id in, compressed when negotiated, the sticky cookie when the
 /// instance `sticky` is not the one the client is pinned to.
+#[inline(always)]
 fn answer(
     resp: Response<Upstream>,
     guard: Guard,

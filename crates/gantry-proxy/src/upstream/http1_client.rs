@@ -561,18 +561,25 @@ fn content_length(headers: &HeaderMap) -> Result<u64, Error> {
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for item in v.as_bytes().split(|b| *b == b',') {
             let item = item.trim_ascii();
-            let n = std::str::from_utf8(item)
+            // `let else`, not `ok_or`: an `Invalid` made eagerly is dropped
+            // on every valid header, a call on each answer's path.
+            let Some(n) = std::str::from_utf8(item)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Invalid::ContentLength)?;
+            else {
+                return Err(Invalid::ContentLength.into());
+            };
             if found.is_some_and(|f| f != n) {
                 return Err(Invalid::ConflictingLengths.into());
             }
             found = Some(n);
         }
     }
-    Ok(found.ok_or(Invalid::EmptyContentLength)?)
+    match found {
+        Some(n) => Ok(n),
+        None => Err(Invalid::EmptyContentLength.into()),
+    }
 }
 
 // === the response body ===
