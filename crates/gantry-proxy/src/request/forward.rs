@@ -118,8 +118,8 @@ pub(crate) fn https(over_tls: bool, req: &Request<RequestBody>) -> bool {
 /// of the route, the backend's or the proxy's own. (The caller, not a
 /// wrapper here: each async layer copies the request's state once more.)
 ///
-/// The steps, each a function below: [`start`] (the guard, the request
-/// id), [`host_of`], phase 1 ([`select`], the route's policy checks, the
+/// The steps, each a function below: [`start`] (the guard),
+/// [`request_ids`], [`host_of`], phase 1 ([`select`], the route's policy checks, the
 /// set entered: [`enter_set`], [`pin_sticky`]), phase 2
 /// ([`rewrite_headers`]), phases 3 and 4 (a loop of [`pick`] and an
 /// attempt, its failure judged by [`Attempts::blame`], a connect failure
@@ -147,7 +147,8 @@ pub(crate) async fn handle(
     // headers change, without copying it.
     let uri = parts.uri.clone();
     let path = uri.path();
-    let (mut guard, id) = start(&shared, &mut parts, path, peer);
+    let mut guard = start(&shared, &parts, path, peer);
+    let id = request_ids(&shared, &mut parts.headers, &mut guard);
     let (host, host_value) = match host_of(&shared, &parts, &uri) {
         Ok(host) => host,
         Err(why) => return bad_request(&id.request_id, why, guard, parts.version),
@@ -278,14 +279,15 @@ pub(crate) async fn handle(
                 guard.instance = Some(instance.addr);
                 guard.lease = Some(lease);
                 let sticky = (route.sticky.is_some() && pinned != Some(i)).then_some(i);
-                let (resp, g) = match upgrade.take() {
-                    Some(up) => match tunnel(&shared, set, up, resp, guard, &id) {
-                        Ok(answer) => return answer,
-                        Err(back) => back,
-                    },
-                    None => (resp, guard),
+                // Not `let (resp, guard) = match upgrade …`: the pair
+                // would copy the answer and the guard once more.
+                let Some(up) = upgrade.take() else {
+                    return answer(resp, guard, &id, negotiated, set, sticky, https);
                 };
-                return answer(resp, g, &id, negotiated, set, sticky, https);
+                return match tunnel(&shared, set, up, resp, guard, &id) {
+                    Ok(tunnelled) => tunnelled,
+                    Err((resp, guard)) => answer(resp, guard, &id, negotiated, set, sticky, https),
+                };
             }
             Err(Failure::Connect(why)) => {
                 last_failure = Some(connect_failed(&shared, &send, instance, &id, &why));
@@ -326,45 +328,46 @@ struct Ids {
     answer: Option<HeaderValue>,
 }
 
-/// The request's guard (in flight, access log) and its id, made when
-/// absent.
+/// The request's guard (in flight, access log).
 #[inline(always)]
 fn start(
     shared: &Shared,
-    parts: &mut hyper::http::request::Parts,
+    parts: &hyper::http::request::Parts,
     path: &str,
     peer: SocketAddr,
-) -> (Guard, Ids) {
-    let logging = shared.log.enabled();
-    let mut guard = Guard::new(
+) -> Guard {
+    Guard::new(
         shared.log.clone(),
         parts.method.clone(),
         // Only the access log reads it.
-        if logging {
+        if shared.log.enabled() {
             path.to_string()
         } else {
             String::new()
         },
         peer.ip(),
-    );
-    let (request_id, new_id) = ensure_request_id(&mut parts.headers);
+    )
+}
+
+/// The request's id, made when absent. (Apart from [`start`]: returned
+/// together, the guard and the ids were copied once more.)
+#[inline(always)]
+fn request_ids(shared: &Shared, headers: &mut hyper::HeaderMap, guard: &mut Guard) -> Ids {
+    let (request_id, new_id) = ensure_request_id(headers);
     // The guard keeps it for the access log only.
-    if logging {
+    if shared.log.enabled() {
         guard.request_id = request_id.clone();
     }
-    let answer = parts.headers.get(X_REQUEST_ID).map(|v| {
+    let answer = headers.get(X_REQUEST_ID).map(|v| {
         let mut v = v.clone();
         v.set_sensitive(true);
         v
     });
-    (
-        guard,
-        Ids {
-            request_id,
-            new_id,
-            answer,
-        },
-    )
+    Ids {
+        request_id,
+        new_id,
+        answer,
+    }
 }
 
 /// The Host header (a cheap clone of its value), else the URI authority
