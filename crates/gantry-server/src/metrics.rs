@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_api::{MetricsStatus, MetricsTarget};
-use gantry_common::lock;
+use gantry_common::{lock, now_ms};
 use gantry_metrics::exposition::{self, ParseOptions};
 use gantry_metrics::{Db, DbOptions, Labels, Syncer};
 use gantry_proxy::AdminClient;
@@ -178,13 +178,6 @@ fn never_scraped(target: &Target) -> MetricsTarget {
         samples_scraped: 0,
         last_error: None,
     }
-}
-
-/// Now, in ms since the epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 // === maintenance ===

@@ -157,10 +157,7 @@ pub(crate) fn ps(ctx: &Ctx, a: PsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_ps(list: &[InstanceInfo]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = gantry_common::now_ms();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {

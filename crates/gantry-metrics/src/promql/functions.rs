@@ -89,6 +89,13 @@ impl<Q: Queryable + ?Sized> Engine<'_, Q> {
     }
 }
 
+/// Argument `i` of a call to `name`, or the error that it is missing.
+fn nth_arg<'e>(name: &str, args: &[&'e Expr], i: usize) -> Result<&'e Expr, PromqlError> {
+    args.get(i)
+        .copied()
+        .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
+}
+
 /// The functions of instant vectors and scalars.
 #[inline(never)]
 fn call_instant(
@@ -97,11 +104,7 @@ fn call_instant(
     args: &[&Expr],
     ctx: Ctx<'_>,
 ) -> Result<Value, PromqlError> {
-    let arg = |i: usize| -> Result<&Expr, PromqlError> {
-        args.get(i)
-            .copied()
-            .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
-    };
+    let arg = |i: usize| nth_arg(name, args, i);
     let out = match name {
         "time" => return Ok(Value::Scalar(ctx.t as f64 / 1000.0)),
         "vector" => {
@@ -239,11 +242,7 @@ fn call_range(
     args: &[&Expr],
     ctx: Ctx<'_>,
 ) -> Result<Value, PromqlError> {
-    let arg = |i: usize| -> Result<&Expr, PromqlError> {
-        args.get(i)
-            .copied()
-            .ok_or_else(|| invalid(name, format!("argument {} is missing", i + 1)))
-    };
+    let arg = |i: usize| nth_arg(name, args, i);
     let out = match name {
         "absent_over_time" => {
             let e = arg(0)?;

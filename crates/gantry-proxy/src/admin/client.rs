@@ -179,11 +179,10 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Bytes), AdminClientError> {
-        let call = format!("{method} {path}");
-        match tokio::time::timeout(deadline, self.call(method, path, body)).await {
+        match tokio::time::timeout(deadline, self.call(method.clone(), path, body)).await {
             Ok(answer) => answer,
             Err(_) => Err(AdminClientError::TimedOut {
-                call,
+                call: format!("{method} {path}"),
                 socket: self.socket.clone(),
                 after: deadline,
             }),
