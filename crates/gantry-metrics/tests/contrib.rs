@@ -92,7 +92,10 @@ fn the_rules_file_passes_promtool_check_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules failed:\n{text}");
-    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
+    // promtool counts the same rules the other checks here read.
+    let rules = std::fs::read_to_string(&path).expect("rules");
+    let want = format!("SUCCESS: {} rules found", rule_exprs(&rules).len());
+    assert!(text.contains(&want), "{text}");
 }
 
 #[test]
@@ -102,13 +105,11 @@ fn every_contrib_expression_parses_in_gantrys_engine() {
     assert_eq!(exprs.len(), 7, "{exprs:#?}");
     let dash = dashboard_exprs();
     assert_eq!(dash.len(), 7, "{dash:#?}");
-    for e in exprs.iter().chain(
-        dash.iter()
-            .map(|e| grafana_to_promql(e))
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
-        parse(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+    for e in exprs
+        .into_iter()
+        .chain(dash.iter().map(|e| grafana_to_promql(e)))
+    {
+        parse(&e).unwrap_or_else(|err| panic!("{e}: {err}"));
     }
 }
 
